@@ -15,6 +15,8 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/models.smk"
 include: "workflow/rules/tasks.smk"
 include: "workflow/rules/inference.smk"
+include: "workflow/rules/tokenlevel.smk"
+include: "workflow/rules/rl.smk"
 include: "workflow/rules/figures.smk"
 
 

@@ -36,7 +36,7 @@ def git_commit() -> str:
         return "unknown"
 
 
-def index_page(figures: list[str], notebooks: list[str], stc: pd.DataFrame, *, out: Path,
+def index_page(figures: list[str], notebooks: list[str], stc: pd.DataFrame | None, *, out: Path,
                config_name: str) -> str:
     by_name = {Path(n).stem: n for n in notebooks}
     parts = [
@@ -44,14 +44,16 @@ def index_page(figures: list[str], notebooks: list[str], stc: pd.DataFrame, *, o
         "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto} img{max-width:100%;"
         "border:1px solid #ddd} table{border-collapse:collapse;font-size:90%} td,th{padding:2px 8px;"
         "border-bottom:1px solid #eee}</style></head><body>",
-        "<h1>RepExp replication: inference-time results</h1>",
+        "<h1>RepExp replication: results</h1>",
         f"<p>config <code>{html.escape(config_name)}</code>, commit <code>{git_commit()}</code>, repexp "
         f"{repexp.__version__}, built {datetime.now(UTC):%Y-%m-%d %H:%M} UTC.</p>",
-        "<h2>Samples-to-correct (solved questions, vanilla pools, mean features)</h2>",
     ]
-    base = stc[(stc["sampler"] == "vanilla") & (stc["pooling"] == "mean")]
-    cols = ["model", "task", "questions", "unsolved", "pass1", "stc_random", "stc_repexp", "reduction", "speedup"]
-    parts.append(base[cols].round(3).to_html(index=False, na_rep="-"))
+    if stc is not None:
+        parts.append("<h2>Samples-to-correct (solved questions, vanilla pools, mean features)</h2>")
+        base = stc[(stc["sampler"] == "vanilla") & (stc["pooling"] == "mean")]
+        cols = ["model", "task", "questions", "unsolved", "pass1", "stc_random", "stc_repexp", "reduction",
+                "speedup"]
+        parts.append(base[cols].round(3).to_html(index=False, na_rep="-"))
     for fig in figures:
         name = Path(fig).stem
         rel_png = os.path.relpath(fig, out.parent)
@@ -67,12 +69,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m repexp.report", description=__doc__.split("\n")[0])
     ap.add_argument("--figures", nargs="+", required=True)
     ap.add_argument("--notebooks", nargs="*", default=[])
-    ap.add_argument("--stc", required=True)
+    ap.add_argument("--stc", default=None, help="the inference-time STC table, when that stage ran")
     ap.add_argument("--config-name", default="config/config.yaml")
     ap.add_argument("--out", required=True)
     a = ap.parse_args(argv)
     out = Path(a.out)
-    page = index_page(a.figures, a.notebooks, pd.read_csv(a.stc), out=out, config_name=a.config_name)
+    page = index_page(a.figures, a.notebooks, pd.read_csv(a.stc) if a.stc else None, out=out, config_name=a.config_name)
     with atomic_path(out) as tmp:
         tmp.write_text(page)
     return 0

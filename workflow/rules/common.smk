@@ -73,12 +73,17 @@ def task_tables():
     ]
 
 
+# Every figure of this config: {name: [result tables it reads]}. Each stage's .smk file adds its
+# figures (only when the config runs that stage); figures.smk draws them and builds the index.
+FIGURES = {}
+
+
 def get_final_output():
-    """Everything the default target builds (later stages add their figures here)."""
+    """Everything the default target builds: models, task tables, every figure and the index."""
     return (
         [f"resources/models/{m}" for m in used_models()]
         + task_tables()
-        + inference_outputs()
+        + figure_outputs()
     )
 
 
@@ -89,20 +94,11 @@ from repexp.features import POOLINGS
 from repexp.pools import n_shards
 from repexp.tasks import expected_questions
 
-FIGURES = {
-    "overview": ["results/tables/overview.parquet"],
-    "stc": ["results/tables/stc.csv", "results/tables/questions.parquet"],
-    "features": ["results/tables/stc.csv", "results/tables/passk.csv"],
-    "model_rank_difficulty": ["results/tables/stc.csv", "results/tables/deciles.csv"],
-    "samplers": ["results/tables/stc.csv", "results/tables/passk.csv"],
-}
-
 
 wildcard_constraints:
     sampler=r"[a-z0-9][a-z0-9._-]*",
     shard=r"\d+",
     pooling="|".join(POOLINGS),
-    figure="|".join(FIGURES),
 
 
 def inference_pools():
@@ -187,13 +183,15 @@ def overview_files(kind):
     return pool_files(kind, **overview_pool()) if inference_pools() else []
 
 
-def inference_outputs():
-    if not inference_pools():
+def figure_outputs():
+    """Every figure (PDF, PNG, executed notebook as HTML) and the results index."""
+    if not FIGURES:
         return []
-    figs = [f"results/figures/{f}.{ext}" for f in FIGURES for ext in ("pdf", "png")]
-    return (
-        figs + [f"results/notebooks/{f}.html" for f in FIGURES] + ["results/index.html"]
-    )
+    return [
+        f"results/{kind}/{f}.{ext}"
+        for f in FIGURES
+        for kind, ext in (("figures", "pdf"), ("figures", "png"), ("notebooks", "html"))
+    ] + ["results/index.html"]
 
 
 def config_names(wildcards):

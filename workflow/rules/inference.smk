@@ -1,5 +1,19 @@
 # Inference-time RepExp (paper.md section 1): pools -> scores -> features -> selection -> tables.
 
+if inference_pools():
+    FIGURES.update(
+        {
+            "overview": ["results/tables/overview.parquet"],
+            "stc": ["results/tables/stc.csv", "results/tables/questions.parquet"],
+            "features": ["results/tables/stc.csv", "results/tables/passk.csv"],
+            "model_rank_difficulty": [
+                "results/tables/stc.csv",
+                "results/tables/deciles.csv",
+            ],
+            "samplers": ["results/tables/stc.csv", "results/tables/passk.csv"],
+        }
+    )
+
 
 rule generate_pool:
     input:

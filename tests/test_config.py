@@ -94,6 +94,12 @@ BAD = [
      ["`tasks.game24.splits`", "'train'", "test"]),
     ("hub model without id", lambda c: c["models"].update({"q": {"source": "hub"}}),
      ["`models.q`", "repo_id"]),
+    ("token level without reference", lambda c: c["token_level"].update({"reference_model": None}),
+     ["`token_level.model`", "`token_level.reference_model`", "token_level.model: null"]),
+    ("token level task without test split", lambda c: c["tasks"]["mbppplus"].update({"splits": []}),
+     ["`tasks.mbppplus.splits`", "'test'", "token_level.task"]),
+    ("repeated beta", lambda c: c["token_level"].update({"betas": [1.0, 1.0]}),
+     ["`token_level.betas`", "without repeated items"]),
 ]
 
 

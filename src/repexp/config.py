@@ -107,6 +107,13 @@ def reference_errors(config: dict) -> list[str]:
     need("model", models, "token_level.model", tl.get("model"))
     need("model", models, "token_level.reference_model", tl.get("reference_model"))
     need("task", tasks, "token_level.task", tl.get("task"))
+    if tl.get("model") and not (tl.get("task") and tl.get("reference_model")):
+        errors.append("config key `token_level.model` is set, so `token_level.task` and "
+                      "`token_level.reference_model` must be set too (the reference model's vanilla pools "
+                      "rank the questions); set token_level.model: null to skip the token-level stage")
+    if tl.get("task") in tasks and "test" not in config["tasks"][tl["task"]].get("splits", ["test"]):
+        errors.append(f"config key `tasks.{tl['task']}.splits` must include 'test': the token-level stage "
+                      f"(token_level.task) runs on the test split")
     rl = config.get("rl", {})
     need("model", models, "rl.model", rl.get("model"))
     for i, t in enumerate(rl.get("tasks", [])):

@@ -227,3 +227,176 @@ def save(fig, out_pdf: str | Path, out_png: str | Path, dpi: int = 150) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=dpi)
         print(f"wrote {path}")
+
+
+# ------------------------------------------------------------------------------------------------
+# token-level RepExp (Figs. 7 and 10)
+# ------------------------------------------------------------------------------------------------
+VANILLA_LABEL = "vanilla sampling"
+
+
+def token_method_label(method: str, beta: float | None = None) -> str:
+    """``vanilla`` -> "vanilla sampling"; ``beta0.5`` -> "token-level RepExp (β = 0.5)"."""
+    if method == "vanilla":
+        return VANILLA_LABEL
+    return f"token-level RepExp (β = {beta:g})" if beta is not None and np.isfinite(beta) else method
+
+
+def token_method_colors(methods: Sequence[str]) -> dict[str, tuple]:
+    """Vanilla grey (the random colour); the β methods in greens/blues, the largest β in RepExp green."""
+    betas = [m for m in methods if m != "vanilla"]
+    others = [sns.color_palette("colorblind")[i] for i in (0, 4, 9, 3)]
+    colors = {"vanilla": RANDOM_COLOR}
+    for i, m in enumerate(reversed(betas)):
+        colors[m] = REPEXP_COLOR if i == 0 else others[(i - 1) % len(others)]
+    return colors
+
+
+def token_passk_panel(ax, passk: pd.DataFrame, *, bands: bool) -> bool:
+    """pass@k against the number of generations, one curve per method (± SE bands if ``bands``)."""
+    methods = sorted(passk["method"].unique(), key=lambda m: (m != "vanilla", m))
+    colors = token_method_colors(methods)
+    drawn = False
+    for m in methods:
+        d = passk[passk["method"] == m].sort_values("k")
+        if d["pass_at_k"].notna().sum() == 0:
+            continue
+        label = token_method_label(m, d["beta"].iloc[0])
+        ax.plot(d["k"], d["pass_at_k"], color=colors[m], label=label, lw=1.6)
+        if bands and d["se"].notna().any():
+            ax.fill_between(d["k"], d["pass_at_k"] - d["se"], d["pass_at_k"] + d["se"], color=colors[m],
+                            alpha=0.2, lw=0)
+        drawn = True
+    if not drawn:
+        empty_panel(ax, "no runs (no solvable question in the reference pools?)")
+        return False
+    log2_k_axis(ax, passk["k"])
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("k (generations per question)")
+    ax.set_ylabel("pass@k (fraction of runs solved)")
+    ax.legend(loc="upper left", fontsize=8)
+    return True
+
+
+def token_difficulty_panel(ax, difficulty: pd.DataFrame, *, methods: Sequence[str], error_bars: bool) -> bool:
+    """Solve-rate improvement over vanilla per difficulty bin (1 = hardest), one bar per method."""
+    d = difficulty[difficulty["method"].isin(methods)]
+    if d.empty or d["improvement"].notna().sum() == 0:
+        empty_panel(ax, "no improvement to show (no runs, or no vanilla runs to compare with)")
+        return False
+    colors = token_method_colors(sorted(difficulty["method"].unique(), key=lambda m: (m != "vanilla", m)))
+    bins = sorted(d["bin"].unique())
+    width = 0.8 / len(methods)
+    for i, m in enumerate(methods):
+        dm = d[d["method"] == m].set_index("bin").reindex(bins)
+        x = np.arange(len(bins)) + (i - (len(methods) - 1) / 2) * width
+        yerr = dm["improvement_se"].to_numpy() if error_bars else None
+        ax.bar(x, dm["improvement"], width=width, color=colors.get(m), yerr=yerr, capsize=3,
+               label=token_method_label(m, dm["beta"].dropna().iloc[0] if dm["beta"].notna().any() else None))
+    ref = d.drop_duplicates("bin").set_index("bin").reindex(bins)
+    ax.set_xticks(np.arange(len(bins)))
+    ax.set_xticklabels([f"{b}\n{lo:.2g}–{hi:.2g}" for b, lo, hi in zip(bins, ref["ref_pass1_min"],
+                                                                        ref["ref_pass1_max"], strict=True)],
+                       fontsize=8)
+    ax.axhline(0, color="0.3", lw=1)
+    k = int(d["k"].iloc[0])
+    ax.set_xlabel("difficulty bin (1 = hardest) and its reference pass@1 range")
+    ax.set_ylabel(f"solve rate within {k} generations\nminus vanilla's")
+    ax.legend(loc="best", fontsize=8)
+    return True
+
+
+# ------------------------------------------------------------------------------------------------
+# RL post-training (Figs. 2, 9, 11, 12; Table 3)
+# ------------------------------------------------------------------------------------------------
+# The authors' plot script (paper.md §4): GRPO = deep[-1], Base = deep[7], RepExp = colorblind[2],
+# Unlikeliness = deep[1]; marker "o", line width 1.275; legend at the bottom centre.
+RL_METHODS = ("base", "grpo", "unlikeliness", "repexp")
+RL_LABELS = {"base": "Base Model", "grpo": "GRPO", "unlikeliness": "Unlikeliness", "repexp": REPEXP_LABEL}
+RL_COLORS = {"base": sns.color_palette("deep")[7], "grpo": sns.color_palette("deep")[-1],
+             "unlikeliness": sns.color_palette("deep")[1], "repexp": REPEXP_COLOR}
+RL_LINEWIDTH = 1.275
+# Panels are named by the test set: DAPO-trained runs are tested on AIME 2024 (paper.md §3.4).
+RL_TASK_LABELS = {"math": "MATH", "gsm8k": "GSM8K", "dapo": "AIME 2024 (trained on DAPO)",
+                  "aime2024": "AIME 2024", "aime": "AIME 2025", "game24": "Game of 24", "mbppplus": "MBPP+"}
+_RL_TASK_ORDER = ("math", "gsm8k", "dapo")
+
+
+def rl_tasks(table: pd.DataFrame, requested=None) -> list[str]:
+    """The tasks to draw: ``requested`` (a name or a list) or every task of ``table``, paper order first."""
+    present = list(dict.fromkeys(table["task"])) if "task" in table else []
+    if requested is not None:
+        wanted = [requested] if isinstance(requested, str) else list(requested)
+        unknown = [t for t in wanted if t not in present]
+        if unknown:
+            raise ValueError(f"task(s) {unknown} are not in the tables; available: {present}")
+        return wanted
+    return sorted(present, key=lambda t: (_RL_TASK_ORDER.index(t) if t in _RL_TASK_ORDER else 99, t))
+
+
+def rl_methods(table: pd.DataFrame) -> list[str]:
+    """The methods of ``table`` in the paper's order (unknown names last)."""
+    present = set(table["method"]) if "method" in table else set()
+    return [m for m in RL_METHODS if m in present] + sorted(present - set(RL_METHODS))
+
+
+def rl_method_notes(table: pd.DataFrame, expected: Sequence[str] = RL_METHODS) -> str:
+    """A note naming missing methods and single-seed runs ('' when every method has several seeds)."""
+    notes = []
+    missing = [RL_LABELS.get(m, m) for m in expected if m not in set(table.get("method", []))]
+    if missing:
+        notes.append("no " + ", ".join(missing) + " results in this run")
+    if "seeds" in table and len(table):
+        trained = table[table["method"] != "base"]
+        if len(trained) and trained["seeds"].max() <= 1:
+            notes.append("one seed per method: no SEM bands")
+    return "; ".join(notes)
+
+
+def rl_curve(ax, d: pd.DataFrame, method: str, *, x: str = "k", y: str = "mean", se: str | None = "se",
+             label: str | None = None) -> bool:
+    """One method's curve (marker "o") with a ±1 SEM band where ``se`` is finite; False if empty."""
+    d = d[[x, y] + ([se] if se else [])].dropna(subset=[y]).sort_values(x)
+    if d.empty:
+        return False
+    color = RL_COLORS.get(method)
+    ax.plot(d[x], d[y], marker="o", ms=3.5, lw=RL_LINEWIDTH, color=color,
+            label=RL_LABELS.get(method, method) if label is None else label)
+    if se and d[se].notna().any():
+        band = d[d[se].notna()]
+        ax.fill_between(band[x], band[y] - band[se], band[y] + band[se], color=color, alpha=0.2, lw=0)
+    return True
+
+
+def rl_legend(fig, methods: Sequence[str]) -> None:
+    """The methods' legend at the bottom centre of the figure, in the paper's order."""
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=RL_COLORS.get(m), marker="o", lw=RL_LINEWIDTH, label=RL_LABELS.get(m, m))
+               for m in methods]
+    if handles:
+        fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), frameon=False)
+
+
+def loglik_panel(ax, loglik: pd.DataFrame, column: str, methods: Sequence[str], title: str, bins: int = 40) -> bool:
+    """Overlaid density histograms of ``column`` (log-likelihood under the base model), one per
+    method, on shared bins, with each method's median as a dashed line; False when nothing to draw."""
+    values = {m: loglik.loc[loglik["method"] == m, column].to_numpy(dtype=float) for m in methods}
+    values = {m: v[np.isfinite(v)] for m, v in values.items()}
+    values = {m: v for m, v in values.items() if v.size}
+    ax.set_title(title)
+    if not values:
+        empty_panel(ax, "no finite log-likelihoods")
+        return False
+    allv = np.concatenate(list(values.values()))
+    lo, hi = float(allv.min()), float(allv.max())
+    edges = np.linspace(lo, hi if hi > lo else lo + 1.0, bins + 1)
+    for m, v in values.items():
+        color = RL_COLORS.get(m)
+        ax.hist(v, bins=edges, density=True, histtype="stepfilled", alpha=0.35, color=color,
+                label=f"{RL_LABELS.get(m, m)} (n = {v.size})")
+        ax.hist(v, bins=edges, density=True, histtype="step", lw=RL_LINEWIDTH, color=color)
+        ax.axvline(np.median(v), color=color, ls="--", lw=1)
+    ax.set_ylabel("density")
+    ax.legend(loc="upper left", fontsize=8)
+    return True

@@ -25,6 +25,8 @@ TITLES = {
     "features": "Mean vs last vs penultimate token features (Fig. 4)",
     "model_rank_difficulty": "Gain vs model strength and question difficulty (Fig. 5)",
     "samplers": "RepExp under five pool samplers (Fig. 6)",
+    "tokenlevel": "Token-level RepExp vs vanilla sampling (Fig. 7)",
+    "tokenlevel_se": "Token-level RepExp vs vanilla sampling, with standard errors (Fig. 10)",
 }
 
 

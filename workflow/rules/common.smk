@@ -183,6 +183,59 @@ def overview_files(kind):
     return pool_files(kind, **overview_pool()) if inference_pools() else []
 
 
+def verifier_args(wildcards):
+    """The task and verifier flags of `repexp.score.add_verifier_args`."""
+    v = config["verifiers"]
+    return (
+        f"--task {wildcards.task} --source {config['tasks'][wildcards.task]['source']} "
+        + ("--last-number-fallback " if v["gsm8k_last_number_fallback"] else "")
+        + f"--math-timeout-s {v['math_timeout_s']} --code-timeout-s {v['code_timeout_s']} "
+        f"--code-memory-mb {v['code_memory_mb']} --code-max-procs {v['code_max_procs']}"
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# token-level stage
+# ------------------------------------------------------------------------------------------------
+from repexp.tokenlevel import method_name, run_shards
+
+
+def token_level_on():
+    return bool(config["token_level"]["model"] and config["token_level"]["task"])
+
+
+def token_level_methods():
+    """vanilla, then one method per beta (named beta<value>)."""
+    return ["vanilla"] + [method_name(b) for b in config["token_level"]["betas"]]
+
+
+def token_level_beta(wildcards):
+    if wildcards.tl_method == "vanilla":
+        return "none"
+    betas = {method_name(b): b for b in config["token_level"]["betas"]}
+    return betas[wildcards.tl_method]
+
+
+def token_level_shards():
+    tl = config["token_level"]
+    return range(run_shards(tl["n_questions"], tl["seeds"], tl["runs_per_shard"]))
+
+
+def token_level_reference_scores(wildcards):
+    """The reference model's vanilla pool of the task: its pass@1 ranks the questions."""
+    tl = config["token_level"]
+    return pool_files("scores", tl["reference_model"], wildcards.task, "vanilla")
+
+
+def token_level_runs(wildcards):
+    tl = config["token_level"]
+    return [
+        f"results/token_level/{tl['model']}/{tl['task']}/{m}/shard-{s}.parquet"
+        for m in token_level_methods()
+        for s in token_level_shards()
+    ]
+
+
 def figure_outputs():
     """Every figure (PDF, PNG, executed notebook as HTML) and the results index."""
     if not FIGURES:

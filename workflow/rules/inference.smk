@@ -63,22 +63,10 @@ rule score_pool:
         mem_mb=8000,
         runtime=120,
     params:
-        source=task_param("source"),
-        fallback=(
-            "--last-number-fallback"
-            if config["verifiers"]["gsm8k_last_number_fallback"]
-            else ""
-        ),
-        math_timeout=config["verifiers"]["math_timeout_s"],
-        code_timeout=config["verifiers"]["code_timeout_s"],
-        code_memory=config["verifiers"]["code_memory_mb"],
-        code_procs=config["verifiers"]["code_max_procs"],
+        verifier=verifier_args,
     shell:
-        "python -m repexp.score --pool {input.pool} --tasks {input.tasks} --task {wildcards.task} "
-        "--source {params.source} --workers {threads} {params.fallback} "
-        "--math-timeout-s {params.math_timeout} --code-timeout-s {params.code_timeout} "
-        "--code-memory-mb {params.code_memory} --code-max-procs {params.code_procs} "
-        "--out {output} > {log} 2>&1"
+        "python -m repexp.score --pool {input.pool} --tasks {input.tasks} --workers {threads} "
+        "{params.verifier} --out {output} > {log} 2>&1"
 
 
 rule cache_features:

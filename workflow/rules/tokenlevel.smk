@@ -1,1 +1,98 @@
 # Token-level RepExp (paper.md section 2): hardest solvable questions -> runs -> tables.
+
+if token_level_on():
+    FIGURES.update(
+        {
+            "tokenlevel": [
+                "results/tables/tokenlevel_passk.csv",
+                "results/tables/tokenlevel_difficulty.csv",
+            ],
+            "tokenlevel_se": [
+                "results/tables/tokenlevel_passk.csv",
+                "results/tables/tokenlevel_difficulty.csv",
+            ],
+        }
+    )
+
+
+wildcard_constraints:
+    tl_method=r"vanilla|beta[0-9.e+-]+",
+
+
+rule token_level_questions:
+    input:
+        scores=token_level_reference_scores,
+    output:
+        "results/token_level/{model}/{task}/questions.parquet",
+    log:
+        "logs/token_level_questions/{model}/{task}.log",
+    conda:
+        "../../envs/analysis.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        n_questions=config["token_level"]["n_questions"],
+    shell:
+        "python -m repexp.tokenlevel questions --scores {input.scores} "
+        "--n-questions {params.n_questions} --out {output} > {log} 2>&1"
+
+
+rule token_level_run:
+    input:
+        model="resources/models/{model}",
+        tasks="resources/tasks/{task}/test.parquet",
+        questions="results/token_level/{model}/{task}/questions.parquet",
+    output:
+        "results/token_level/{model}/{task}/{tl_method}/shard-{shard}.parquet",
+    log:
+        "logs/token_level_run/{model}/{task}/{tl_method}/shard-{shard}.log",
+    conda:
+        "../../envs/generation.yaml"
+    threads: 1
+    resources:
+        mem_mb=16000,
+        runtime=720,
+    params:
+        beta=token_level_beta,
+        tl=config["token_level"],
+        dtype=lambda wildcards: config["models"][wildcards.model]["dtype"],
+        verifier=verifier_args,
+        seed=config["seed"],
+    shell:
+        "python -m repexp.tokenlevel run --model {input.model} --model-name {wildcards.model} "
+        "--tasks {input.tasks} --questions {input.questions} --method {wildcards.tl_method} "
+        "--beta {params.beta} --shard {wildcards.shard} --n-questions {params.tl[n_questions]} "
+        "--seeds {params.tl[seeds]} --runs-per-shard {params.tl[runs_per_shard]} "
+        "--k-max {params.tl[k_max]} --lam {params.tl[lam]} --top-p {params.tl[top_p]} "
+        "--top-k {params.tl[top_k]} --candidate-batch {params.tl[candidate_batch]} "
+        "--max-new-tokens {params.tl[max_new_tokens]} "
+        "--vanilla-batch-size {params.tl[vanilla_batch_size]} --seed {params.seed} "
+        "--dtype {params.dtype} --threads {threads} {params.verifier} --out {output} "
+        "> {log} 2>&1"
+
+
+rule token_level_summary:
+    input:
+        runs=token_level_runs,
+        questions=lambda wildcards: "results/token_level/{model}/{task}/questions.parquet".format(
+            **config["token_level"]
+        ),
+    output:
+        passk="results/tables/tokenlevel_passk.csv",
+        difficulty="results/tables/tokenlevel_difficulty.csv",
+        runs="results/tables/tokenlevel_runs.csv",
+    log:
+        "logs/token_level_summary.log",
+    conda:
+        "../../envs/analysis.yaml"
+    resources:
+        mem_mb=4000,
+        runtime=10,
+    params:
+        tl=config["token_level"],
+    shell:
+        "python -m repexp.tokenlevel summarize --runs {input.runs} --questions {input.questions} "
+        "--model-name {params.tl[model]} --task {params.tl[task]} --k-max {params.tl[k_max]} "
+        "--difficulty-bins {params.tl[difficulty_bins]} --out-passk {output.passk} "
+        "--out-difficulty {output.difficulty} --out-runs {output.runs} > {log} 2>&1"

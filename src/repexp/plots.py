@@ -256,16 +256,19 @@ def token_passk_panel(ax, passk: pd.DataFrame, *, bands: bool) -> bool:
     """pass@k against the number of generations, one curve per method (± SE bands if ``bands``)."""
     methods = sorted(passk["method"].unique(), key=lambda m: (m != "vanilla", m))
     colors = token_method_colors(methods)
+    styles = ["-", "--", ":", "-."]
     drawn = False
-    for m in methods:
+    for i, m in enumerate(methods):
         d = passk[passk["method"] == m].sort_values("k")
         if d["pass_at_k"].notna().sum() == 0:
             continue
         label = token_method_label(m, d["beta"].iloc[0])
-        ax.plot(d["k"], d["pass_at_k"], color=colors[m], label=label, lw=1.6)
+        # a step function: the fraction of runs solved within k generations (k an integer)
+        ax.plot(d["k"], d["pass_at_k"], color=colors[m], label=label, lw=1.8, ls=styles[i % len(styles)],
+                drawstyle="steps-post")
         if bands and d["se"].notna().any():
             ax.fill_between(d["k"], d["pass_at_k"] - d["se"], d["pass_at_k"] + d["se"], color=colors[m],
-                            alpha=0.2, lw=0)
+                            alpha=0.15, lw=0, step="post")
         drawn = True
     if not drawn:
         empty_panel(ax, "no runs (no solvable question in the reference pools?)")
@@ -378,9 +381,11 @@ def rl_legend(fig, methods: Sequence[str]) -> None:
         fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), frameon=False)
 
 
-def loglik_panel(ax, loglik: pd.DataFrame, column: str, methods: Sequence[str], title: str, bins: int = 40) -> bool:
+def loglik_panel(ax, loglik: pd.DataFrame, column: str, methods: Sequence[str], title: str,
+                 bins: int | None = None) -> bool:
     """Overlaid density histograms of ``column`` (log-likelihood under the base model), one per
-    method, on shared bins, with each method's median as a dashed line; False when nothing to draw."""
+    method, on shared bins (default: 2 sqrt(n), 10 to 40), with each method's median as a dashed
+    line; False when there is nothing to draw."""
     values = {m: loglik.loc[loglik["method"] == m, column].to_numpy(dtype=float) for m in methods}
     values = {m: v[np.isfinite(v)] for m, v in values.items()}
     values = {m: v for m, v in values.items() if v.size}
@@ -390,6 +395,7 @@ def loglik_panel(ax, loglik: pd.DataFrame, column: str, methods: Sequence[str], 
         return False
     allv = np.concatenate(list(values.values()))
     lo, hi = float(allv.min()), float(allv.max())
+    bins = bins or int(np.clip(2 * np.sqrt(allv.size), 10, 40))
     edges = np.linspace(lo, hi if hi > lo else lo + 1.0, bins + 1)
     for m, v in values.items():
         color = RL_COLORS.get(m)
@@ -397,6 +403,7 @@ def loglik_panel(ax, loglik: pd.DataFrame, column: str, methods: Sequence[str], 
                 label=f"{RL_LABELS.get(m, m)} (n = {v.size})")
         ax.hist(v, bins=edges, density=True, histtype="step", lw=RL_LINEWIDTH, color=color)
         ax.axvline(np.median(v), color=color, ls="--", lw=1)
+    ax.xaxis.set_major_locator(mticker.MaxNLocator(6))
     ax.set_ylabel("density")
-    ax.legend(loc="upper left", fontsize=8)
+    ax.legend(loc="best", fontsize=8)
     return True

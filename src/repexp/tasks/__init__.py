@@ -13,7 +13,11 @@ game24     nlile/24-game (1,362)            ToT 24.csv: the same 1,362 puzzles  
 aime       AIME 2025 (MathArena)            openai/evals AIME items (14)                integer 0-999
 aime2024   AIME 2024 I+II (MathArena)       openai/evals AIME items (14)                integer 0-999
 dapo       deduplicated DAPO-Math-17K       CHAMP, numeric answers                      last \\boxed{} + math-verify
+arith      (none: offline only)             reasoning-gym chain_sum, 2 one-digit terms  number after ####, else last number
 =========  ==============================  ==========================================  ==============
+
+``arith`` is not a paper task: it is the post-training stand-in of the CPU default, where
+SmolLM2-135M-Instruct has reward variance (config/README.md, "Embedded default").
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ TEMPLATES = {
     "aime": "{question} " + BOXED,
     "aime2024": "{question} " + BOXED,
     "gsm8k": "{question} " + HASH,  # verl rep_exp recipe, gsm8k.py
+    "arith": "{question}\n" + HASH,  # the gsm8k phrasing, on its own line after "7 - 9 ="
     "game24": (
         "Use the four numbers {question} and the operations +, -, *, / (with parentheses) to "
         "obtain 24. Use each number exactly once. Let's think step by step and output the final "
@@ -66,6 +71,7 @@ SPLITS = {
     "aime": ("test",),
     "aime2024": ("test",),
     "dapo": ("train",),
+    "arith": ("test", "train", "dev", "test_rest"),
 }
 TASK_NAMES = tuple(SPLITS)
 
@@ -87,6 +93,7 @@ SIZES = {
     ("aime", "offline"): {"test": 15},
     ("aime2024", "offline"): {"test": 15},
     ("dapo", "offline"): {"train": 42},
+    ("arith", "offline"): {"test": 100, "train": 100, "dev": 50, "test_rest": 50},
 }
 
 
@@ -110,6 +117,7 @@ OFFLINE_WHEELS = {
     "game24": "tree-of-thoughts-llm",
     "aime": "evals",
     "aime2024": "evals",
+    "arith": "reasoning-gym",
 }
 
 
@@ -132,6 +140,8 @@ class Task:
             raise ValueError(f"unknown task {self.name!r}; known tasks: {', '.join(TASK_NAMES)}")
         if self.source not in ("hub", "offline"):
             raise ValueError(f"task {self.name}: source must be 'hub' or 'offline', not {self.source!r}")
+        if (self.name, self.source) not in SIZES:
+            raise ValueError(f"task {self.name} has no {self.source!r} source (it is generated offline only)")
 
     # ---------------------------------------------------------------- prompts
     @property
@@ -167,6 +177,7 @@ class Task:
             "game24": src.game24_offline,
             "aime": partial(src.aime_offline, prefix="aime"),
             "aime2024": partial(src.aime_offline, prefix="aime2024"),
+            "arith": src.arith_offline,
         }[self.name]
         return fn(split, wheel_dir)
 
@@ -194,6 +205,11 @@ class Task:
             from repexp.verifiers.gsm8k import check_gsm8k
 
             return check_gsm8k(answer, response, last_number_fallback=o.get("last_number_fallback", False))
+        if self.name == "arith":
+            from repexp.verifiers.gsm8k import check_gsm8k
+
+            # always with the last-number fallback: the 135M default model rarely writes "####"
+            return check_gsm8k(answer, response, last_number_fallback=True)
         if self.name == "game24":
             from repexp.verifiers.game24 import check_game24
 
@@ -207,7 +223,8 @@ class Task:
 
 
 def get_task(name: str, *, source: str = "offline", template: str | None = None, **options) -> Task:
-    """The task called ``name`` (``math``, ``gsm8k``, ``mbppplus``, ``game24``, ``aime``, ``aime2024``, ``dapo``).
+    """The task called ``name`` (``math``, ``gsm8k``, ``mbppplus``, ``game24``, ``aime``, ``aime2024``, ``dapo``,
+    ``arith``).
 
     ``options`` are the verifier switches: ``last_number_fallback`` (gsm8k), ``math_timeout_s``,
     ``code_timeout_s``, ``code_memory_mb``, ``code_max_procs``.

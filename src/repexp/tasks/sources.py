@@ -279,6 +279,81 @@ def gsm_symbolic_offline(split: str, wheel_dir: Path | None = None, *, test_size
     return _dev_split(recs, split, dev_size, "gsm8k")
 
 
+ARITH_SIZES = {"test": 100, "train": 100, "dev": 50}
+
+
+def arith_offline(split: str, wheel_dir: Path | None = None, *, test_size: int = ARITH_SIZES["test"],
+                  train_size: int = ARITH_SIZES["train"], dev_size: int = ARITH_SIZES["dev"]) -> list[dict]:
+    """Two-term one-digit sums and differences (``7 - 9 =``) from reasoning-gym's ``chain_sum`` generator.
+
+    The post-training stand-in for the CPU default: SmolLM2-135M-Instruct is right on roughly a
+    fifth of these, so GRPO groups have reward variance (it never solves GSM-Symbolic). The
+    generator module is read from the wheel as for GSM-Symbolic (never installed), configured with
+    ``min_terms = max_terms = 2``, ``min_digits = max_digits = 1`` (operands 0-9, ``+`` or ``-``,
+    so results -9..18: 200 distinct problems). Instances ``i = 0, 1, ...`` of seed 0 are read in
+    order, keeping the first occurrence of each problem: the first ``test_size`` distinct ones are
+    ``test`` (``dev`` = its first ``dev_size``, ``test_rest`` = the others) and the next
+    ``train_size`` distinct ones are ``train``, so no training problem is a dev or test problem.
+    """
+    gen = _chain_sum_generator(_wheel("reasoning-gym", wheel_dir))
+    seen, recs, i = set(), [], 0
+    while len(recs) < test_size + train_size:
+        ex = gen(i)
+        i += 1
+        if ex["metadata"]["expression"] in seen:
+            continue
+        seen.add(ex["metadata"]["expression"])
+        recs.append(_rec(f"arith-{ex['metadata']['expression'].replace(' ', '')}", ex["question"], ex["answer"],
+                         index=i - 1))
+        if i > 100_000:
+            raise TaskDataError(f"reasoning-gym chain_sum gave only {len(recs)} distinct problems")
+    if split == "train":
+        return recs[test_size:]
+    return _dev_split(recs[:test_size], split, dev_size, "arith")
+
+
+def _chain_sum_generator(wheel: Path, seed: int = 0):
+    """``idx -> reasoning-gym chain_sum item`` (2 terms of 1 digit), loaded from the wheel's source.
+
+    ``chain_sum.py`` imports the package's dataset registry and curriculum classes, which would pull
+    in all of reasoning-gym; both are replaced by the two names it uses from them (a dataset base
+    class that stores ``config``, ``seed`` and ``size``; a no-op registration), and its only other
+    import is the stdlib-only ``utils``.
+    """
+    import zipfile
+
+    pkg = "_repexp_vendored_reasoning_gym"
+    name = f"{pkg}.chain_sum"
+    if name not in sys.modules:
+        _gsm_symbolic_generators(wheel)  # creates the package and its `utils` module
+        with zipfile.ZipFile(wheel) as zf:
+            code = zf.read("reasoning_gym/arithmetic/chain_sum.py").decode()
+        stubs = types.ModuleType(f"{pkg}.stubs")
+
+        class ProceduralDataset:
+            def __init__(self, config, seed=None, size=500):
+                self.config, self.seed, self.size = config, seed, size
+
+        class _Ignored:
+            def __init__(self, *args, **kwargs):
+                pass
+
+        stubs.ProceduralDataset, stubs.register_dataset = ProceduralDataset, lambda *a, **k: None
+        stubs.BaseCurriculum = stubs.RangeAttributeDefinition = _Ignored
+        sys.modules[stubs.__name__] = stubs
+        for old, new in (("from reasoning_gym import utils", f"from {pkg} import utils"),
+                         ("from ..coaching import", f"from {pkg}.stubs import"),
+                         ("from ..factory import", f"from {pkg}.stubs import")):
+            if old not in code:
+                raise TaskDataError(f"reasoning-gym chain_sum.py no longer has {old!r}; update the loader")
+            code = code.replace(old, new)
+        _module_from_source(name, code)
+    mod = sys.modules[name]
+    ds = mod.ChainSumDataset(mod.ChainSumConfig(min_terms=2, max_terms=2, min_digits=1, max_digits=1,
+                                                seed=seed, size=10**9))
+    return ds.__getitem__
+
+
 def _gsm_symbolic_generators(wheel: Path):
     import zipfile
 
@@ -293,7 +368,7 @@ def _gsm_symbolic_generators(wheel: Path):
     root = types.ModuleType(pkg)
     root.__path__ = []
     sys.modules[pkg] = root
-    _module_from_source(f"{pkg}.utils", src["utils.py"])  # the generators import it
+    root.utils = _module_from_source(f"{pkg}.utils", src["utils.py"])  # the generators import it
     gens = {}
     for name in ("arithmetic/gsm_symbolic/generators_00_49.py", "arithmetic/gsm_symbolic/generators_50_99.py"):
         code = src[name].replace("from reasoning_gym.utils import", f"from {pkg}.utils import")

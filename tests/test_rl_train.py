@@ -1,0 +1,296 @@
+"""RL post-training on TRL (repexp.rl): the verl -> TRL batch mapping, the RepExp reward against an
+independent forward pass, the policy log-probabilities of the Unlikeliness hook, and short runs of the
+training CLI on the tiny random model (every method; a kill and a resume)."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from repexp.bonus import projection_seed, sparse_projection
+from repexp.rl.rewards import RepExpReward
+from repexp.rl.trainer import RLSettings, batch_layout, check_group_layout, grpo_config
+from repexp.tasks import Task, build_table, get_task
+
+SETTINGS = {
+    "group_size": 4, "train_batch_prompts": 2, "mini_batch_prompts": 1, "micro_batch_size": 4,
+    "max_prompt_length": 256, "max_response_length": 8, "eval_every": 1, "max_steps": 2, "dev_samples": 2,
+    "learning_rate": 0.01, "repexp": {"proj_dim": 16, "feature_dtype": "float32"},
+}
+
+
+@pytest.fixture(scope="module")
+def tables(tmp_path_factory, wheel_dir):
+    d = tmp_path_factory.mktemp("arith")
+    task = get_task("arith")
+    build_table(task, "train", n_questions=16, wheel_dir=wheel_dir).to_parquet(d / "train.parquet")
+    build_table(task, "dev", n_questions=2, wheel_dir=wheel_dir).to_parquet(d / "dev.parquet")
+    return d
+
+
+@pytest.fixture()
+def coin_checker(monkeypatch):
+    """The tiny random model is never right; score a response as correct when its length is even, so
+    that groups have reward variance and the policy gradient is not zero."""
+    monkeypatch.setattr(Task, "score", lambda self, answer, response: float(len(response) % 2 == 0))
+
+
+def cli(tiny, tables, out, method, settings=SETTINGS, extra=()):
+    from repexp.rl.train import main
+
+    return main(["--model", str(tiny), "--model-name", "tiny-random", "--task", "arith",
+                 "--train", str(tables / "train.parquet"), "--dev", str(tables / "dev.parquet"),
+                 "--method", method, "--seed", "41", "--settings", json.dumps(settings), "--source", "offline",
+                 "--threads", "1", "--out", str(out), *extra])
+
+
+# ------------------------------------------------------------------------------------------------
+# the stand-in task of the CPU default
+# ------------------------------------------------------------------------------------------------
+def test_arith_task_splits_answers_and_checker(wheel_dir):
+    task = get_task("arith")
+    tables = {s: build_table(task, s, wheel_dir=wheel_dir) for s in ("test", "train", "dev", "test_rest")}
+    assert {s: len(t) for s, t in tables.items()} == {"test": 100, "train": 100, "dev": 50, "test_rest": 50}
+    assert not set(tables["train"]["qid"]) & set(tables["test"]["qid"])
+    assert list(tables["dev"]["qid"]) + list(tables["test_rest"]["qid"]) == list(tables["test"]["qid"])
+    for q, a in zip(tables["train"]["question"], tables["train"]["answer"], strict=True):
+        x, op, y = q.rsplit(":", 1)[1].strip().rstrip("=").split()
+        assert 0 <= int(x) <= 9 and 0 <= int(y) <= 9 and int(a) == (int(x) + int(y) if op == "+" else int(x) - int(y))
+    msgs = json.loads(tables["dev"]["prompt"].iloc[0])
+    assert msgs[0]["content"].endswith('=\nLet\'s think step by step and output the final answer after "####".')
+    # the gsm8k checker with the last-number fallback (always on for this task)
+    assert task.score("-2", "So 7 - 9 = -2.") == 1.0 and task.score("-2", "#### -2") == 1.0
+    assert task.score("3", "3 + 1 = 4") == 0.0 and task.score("3", "#### 4, not 3") == 0.0
+    with pytest.raises(ValueError, match="no 'hub' source"):
+        get_task("arith", source="hub")
+
+
+# ------------------------------------------------------------------------------------------------
+# batch layout and config
+# ------------------------------------------------------------------------------------------------
+def test_batch_layout_maps_verl_batches_to_trl():
+    paper = RLSettings.from_dict({"train_batch_prompts": 1024, "mini_batch_prompts": 256, "micro_batch_size": 16})
+    lay = batch_layout(paper, num_processes=8)
+    # 256 prompts x 8 = 2048 rollouts per update = 16 per device x 8 GPUs x 16 accumulation steps
+    assert (lay.per_device_train_batch_size, lay.gradient_accumulation_steps, lay.steps_per_generation) == (16, 16, 64)
+    assert lay.per_process_generation_batch == 1024 * 8 // 8 and paper.updates_per_step == 4
+    cpu = batch_layout(RLSettings.from_dict({"train_batch_prompts": 2, "mini_batch_prompts": 2,
+                                             "micro_batch_size": 8}), num_processes=1)
+    assert (cpu.per_device_train_batch_size, cpu.gradient_accumulation_steps, cpu.steps_per_generation) == (8, 2, 2)
+
+
+def test_a_group_split_across_processes_fails_clearly():
+    # 3 processes share 2 prompts x 8 rollouts: 16 is not a multiple of 3 x micro-batch 8
+    with pytest.raises(ValueError, match="not a multiple of micro_batch_size"):
+        batch_layout(RLSettings.from_dict({"train_batch_prompts": 2, "mini_batch_prompts": 2,
+                                           "micro_batch_size": 8}), num_processes=3)
+    # 3 prompts x 8 = 24 rollouts over 3 processes with micro-batch 4: 2 steps per generation, so
+    # 8 rollouts per process = one whole group each
+    batch_layout(RLSettings.from_dict({"train_batch_prompts": 3, "mini_batch_prompts": 3,
+                                       "micro_batch_size": 4}), num_processes=3)
+    # the same over 2 processes: 12 rollouts each, so the second group straddles them
+    with pytest.raises(ValueError, match="split\\s+across processes"):
+        check_group_layout(per_device_train_batch_size=4, steps_per_generation=3, num_processes=2, group_size=8)
+    with pytest.raises(ValueError, match="split"):
+        batch_layout(RLSettings.from_dict({"train_batch_prompts": 3, "mini_batch_prompts": 3,
+                                           "micro_batch_size": 4}), num_processes=2)
+    check_group_layout(per_device_train_batch_size=4, steps_per_generation=2, num_processes=2, group_size=8)
+
+
+def test_settings_reject_unknown_keys_and_bad_batches():
+    with pytest.raises(ValueError, match="unknown rl settings"):
+        RLSettings.from_dict({"learning_rat": 1e-6})
+    with pytest.raises(ValueError, match="multiple of"):
+        RLSettings.from_dict({"train_batch_prompts": 6, "mini_batch_prompts": 4})
+    # the grid keys of the rl section are accepted and ignored
+    assert RLSettings.from_dict({"seeds": [41], "tasks": ["arith"], "dev_task": "aime2024"}).dev_task == "aime2024"
+
+
+def test_grpo_config_has_the_paper_values(tmp_path):
+    s = RLSettings.from_dict({"train_batch_prompts": 16, "mini_batch_prompts": 4, "micro_batch_size": 8})
+    cfg = grpo_config(s, output_dir=str(tmp_path), seed=42)
+    assert cfg.num_generations == 8 and cfg.beta == 0.0 and cfg.epsilon == 0.2 and cfg.num_iterations == 1
+    assert cfg.loss_type == "dapo" and cfg.scale_rewards == "group" and cfg.entropy_coef == 0.0
+    assert cfg.learning_rate == 1e-6 and cfg.lr_scheduler_type == "constant" and cfg.warmup_steps == 0
+    assert cfg.weight_decay == 0.01 and cfg.max_grad_norm == 1.0 and (cfg.adam_beta1, cfg.adam_beta2) == (0.9, 0.999)
+    assert cfg.temperature == 1.0 and cfg.top_p == 1.0 and cfg.top_k == 0 and cfg.max_completion_length == 1024
+    assert cfg.max_steps == 1000 * 4 and cfg.save_steps == 20 * 4
+    assert (cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps, cfg.steps_per_generation) == (8, 4, 16)
+    assert cfg.generation_batch_size == 16 * 8 and cfg.seed == 42 and cfg.data_seed == 42
+    assert cfg.use_cpu and not cfg.bf16 and not cfg.use_vllm
+
+
+# ------------------------------------------------------------------------------------------------
+# the RepExp reward against an independent computation
+# ------------------------------------------------------------------------------------------------
+def test_repexp_reward_equals_an_independent_forward_and_inverse(tiny):
+    import torch
+
+    from repexp.models import load_model, load_tokenizer
+
+    G, k, beta, lam = 4, 16, 0.5, 0.01
+    reward = RepExpReward(str(tiny), task="arith", group_size=G, beta=beta, lam=lam, proj_dim=k, seed=41,
+                          dtype="float32")
+    tok = load_tokenizer(tiny)
+    prompts = [[{"role": "user", "content": "What is 2 + 3?"}]] * G + [[{"role": "user", "content": "1 - 7 ="}]] * G
+    answers = ["5"] * G + ["-6"] * G
+    texts = ["#### 5", "4", "so 5", "x", "#### 2", "no", "-6?", "7"]  # group 1: 2 correct, group 2: 1 correct
+    rng = np.random.default_rng(0)
+    eos = tok.eos_token_id
+    completion_ids = [list(rng.integers(100, 5000, size=n)) + ([eos] if n % 2 else []) for n in (3, 5, 2, 7, 4, 1, 6, 3)]
+    completions = [[{"role": "assistant", "content": t}] for t in texts]
+    state = SimpleNamespace(global_step=3)
+    got = np.array(reward(prompts=prompts, completions=completions, completion_ids=completion_ids, answer=answers,
+                          qid=["a"] * G + ["b"] * G, trainer_state=state))
+    # reference: one full forward per sequence, mean over the completion positions, projection, brute-force inverse
+    base = load_model(tiny, dtype="float32", lm_head=False)
+    feats = []
+    for p, c in zip(prompts, completion_ids, strict=True):
+        ids = tok.apply_chat_template(p, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
+        with torch.no_grad():
+            h = base(input_ids=torch.tensor([list(ids) + c])).last_hidden_state[0]
+        feats.append(h[len(ids):].mean(0).numpy())
+    phi = np.array(feats) @ sparse_projection(64, k, projection_seed(41, 3))
+    correct = np.array([1, 0, 1, 0, 0, 0, 1, 0], dtype=float)
+    expect = correct.copy()
+    for rows in (slice(0, G), slice(G, 2 * G)):
+        x = phi[rows] - phi[rows].mean(0)
+        inv = np.linalg.inv(lam * np.eye(k) + x.T @ x)
+        expect[rows] += beta * np.einsum("id,de,ie->i", x, inv, x)
+    np.testing.assert_allclose(got, expect, rtol=1e-4, atol=1e-6)
+    np.testing.assert_array_equal(reward.last["correct"], correct)
+    assert (reward.last["bonus"] > 0).all() and (reward.last["bonus"] < 1).all()
+    # the exact prompt ids from the trainer give the same; ids that are not the chat template's are an error
+    ids = reward.prompt_ids_of(prompts)
+    again = reward(prompts=prompts, completions=completions, completion_ids=completion_ids, answer=answers,
+                   prompt_ids=ids, trainer_state=state)
+    np.testing.assert_allclose(again, got, rtol=1e-6)
+    with pytest.raises(RuntimeError, match="differ"):
+        reward(prompts=prompts, completions=completions, completion_ids=completion_ids, answer=answers,
+               prompt_ids=[i[1:] for i in ids], trainer_state=state)
+    # no correct rollout in a group: no bonus; a new step draws a new projection
+    wrong = reward(prompts=prompts, completions=completions, completion_ids=completion_ids, answer=["9"] * 8,
+                   trainer_state=SimpleNamespace(global_step=4))
+    np.testing.assert_array_equal(wrong, np.zeros(8))
+    # picklable without its model
+    clone = pickle.loads(pickle.dumps(reward))
+    assert clone._model is None and clone.proj_dim == k
+
+
+def test_repexp_reward_refuses_a_split_group():
+    reward = RepExpReward("unused", task="arith", group_size=4)
+    with pytest.raises(ValueError, match="not whole|split"):
+        reward(prompts=["p"] * 6, completions=["x"] * 6, completion_ids=[[1]] * 6, answer=["1"] * 6,
+               qid=["a"] * 4 + ["b"] * 2)
+    with pytest.raises(ValueError, match="not whole"):
+        reward(prompts=["p"] * 8, completions=["x"] * 8, completion_ids=[[1]] * 8, answer=["1"] * 8,
+               qid=["a"] * 3 + ["b"] * 5)
+
+
+# ------------------------------------------------------------------------------------------------
+# the Unlikeliness hook's policy log-probabilities
+# ------------------------------------------------------------------------------------------------
+def test_policy_mean_logprobs_match_a_direct_computation(tiny, tables, tmp_path):
+    import torch
+
+    from repexp.rl.train import build_trainer, parse_args
+
+    args = parse_args(["--model", str(tiny), "--model-name", "t", "--task", "arith", "--train",
+                       str(tables / "train.parquet"), "--dev", str(tables / "dev.parquet"), "--method",
+                       "unlikeliness", "--seed", "1", "--settings", "{}", "--out", str(tmp_path)])
+    args.dev_task = None
+    trainer, _ = build_trainer(args, RLSettings.from_dict(SETTINGS))
+    assert trainer.beta_rank == 0.25
+    prompts = [[5, 6, 7], [8, 9]]
+    completions = [[10, 11, 12, 13], [14]]
+    got = trainer.mean_logprobs(prompts, completions).cpu().numpy()
+    model = trainer.model
+    for p, c, g in zip(prompts, completions, got, strict=True):
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([p + c])).logits[0].float()
+        lp = torch.log_softmax(logits[len(p) - 1:-1], -1).gather(1, torch.tensor(c)[:, None]).mean()
+        assert g == pytest.approx(float(lp), abs=1e-4)
+
+
+# ------------------------------------------------------------------------------------------------
+# the training CLI
+# ------------------------------------------------------------------------------------------------
+def check_outputs(out: Path, method: str, tiny: Path, steps=(0, 1, 2)) -> dict:
+    from safetensors.numpy import load_file
+
+    from repexp.models import load_model, load_tokenizer
+
+    done = json.loads((out / "done.json").read_text())
+    assert done["method"] == method and done["seed"] == 41 and done["steps"] == 2 and done["updates"] == 4
+    dev = pd.read_csv(out / "dev.csv")
+    assert dev["step"].tolist() == list(steps) and (dev["dev_samples"] == 2).all() and (dev["dev_questions"] == 2).all()
+    assert dev["dev_pass1"].between(0, 1).all()
+    log = pd.read_csv(out / "train_log.csv")
+    assert log["step"].tolist() == [1, 2] and (log["updates"] == 2).all()
+    assert log["reward_correct"].between(0, 1).all() and log["reward_correct"].gt(0).any()
+    assert np.isfinite(log[["loss", "grad_norm", "lr", "reward_total", "seconds_generation", "seconds_update",
+                            "seconds_step"]].to_numpy()).all()
+    if method == "repexp":
+        assert (log["reward_bonus"] > 0).all() and (log["seconds_bonus_forward"] > 0).all()
+    else:
+        assert (log["reward_bonus"] == 0).all()
+    if method == "unlikeliness":
+        assert log["unlikeliness_scale"].between(1 - 0.25 * 3 / 4, 1).all()
+    # the best checkpoint: strict > over an initial 0, step 0 = the base model
+    best = json.loads((out / "best.json").read_text())
+    want, at = 0.0, 0
+    for s, p in zip(dev["step"], dev["dev_pass1"], strict=True):
+        if p > want:
+            want, at = p, s
+    assert best["step"] == at and best["method"] == method and best["task"] == "arith"
+    assert load_tokenizer(out / "best") is not None
+    load_model(out / "best", dtype="float32")
+    # training changed the parameters (the last checkpoint against the base model)
+    ckpt = sorted((out / "checkpoints").glob("checkpoint-*"))[-1]
+    trained, base = load_file(ckpt / "model.safetensors"), load_file(tiny / "model.safetensors")
+    changed = [k for k in base if k in trained and not np.array_equal(trained[k], base[k])]
+    assert changed, "no parameter changed"
+    return done
+
+
+@pytest.mark.parametrize("method", ["repexp", "unlikeliness"])
+def test_cli_runs_two_steps(method, tiny, tables, tmp_path, coin_checker):
+    out = tmp_path / method
+    assert cli(tiny, tables, out, method, extra=["--keep-checkpoints"]) == 0
+    check_outputs(out, method, tiny)
+
+
+def test_cli_resumes_after_a_kill(tiny, tables, tmp_path, coin_checker, monkeypatch):
+    from repexp.rl import train as rl_train
+
+    class Killed(Exception):
+        pass
+
+    evaluate = rl_train.Run.evaluate
+
+    def dies_at_step_1(self, trainer, step, update):
+        if step == 1:
+            raise Killed
+        return evaluate(self, trainer, step, update)
+
+    out = tmp_path / "grpo"
+    monkeypatch.setattr(rl_train.Run, "evaluate", dies_at_step_1)
+    with pytest.raises(Killed):
+        cli(tiny, tables, out, "grpo")
+    assert (out / "checkpoints" / "checkpoint-2").is_dir() and not (out / "done.json").exists()
+    assert pd.read_csv(out / "dev.csv")["step"].tolist() == [0]
+    monkeypatch.setattr(rl_train.Run, "evaluate", evaluate)
+    assert cli(tiny, tables, out, "grpo", extra=["--keep-checkpoints"]) == 0
+    done = check_outputs(out, "grpo", tiny)
+    assert done["resumed_from"].endswith("checkpoint-2")
+    # without --keep-checkpoints a finished run removes them
+    out2 = tmp_path / "grpo-nokeep"
+    one_step = {**SETTINGS, "max_steps": 1, "train_batch_prompts": 1}
+    assert cli(tiny, tables, out2, "grpo", settings=one_step) == 0
+    assert not (out2 / "checkpoints").exists() and (out2 / "done.json").is_file()

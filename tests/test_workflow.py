@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,10 +14,10 @@ import pytest
 from conftest import REPO
 
 
-def snakemake(*args: str, cwd: Path = REPO, check: bool = True) -> subprocess.CompletedProcess:
+def snakemake(*args: str, cwd: Path = REPO, check: bool = True, timeout: int = 900) -> subprocess.CompletedProcess:
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     proc = subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=900)
+                          capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed ({proc.returncode}):\n"
                              f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
@@ -45,6 +46,30 @@ def test_paper_dag_builds_here():
                    "resources/tasks/dapo/train.parquet", "resources/tasks/aime2024/test.parquet",
                    "resources/models/qwen2.5-7b-instruct"]:
         assert target in listing
+
+
+def test_paper_dag_has_the_rl_grid():
+    """3 tasks x 3 methods x 3 seeds trainings; the base model and every run sampled on its test set."""
+    targets = ("results/tables/rl_passk.csv", "results/tables/rl_hparams.csv")
+    listing = snakemake(*targets, "-n", "-p", "--configfile", "config/paper.yaml").stdout
+    stats = listing[listing.index("Job stats"):]
+    counts = {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", stats, re.MULTILINE)}
+    assert counts["rl_train"] == 27 and counts["rl_test_questions"] == 30
+    assert counts["rl_tables"] == 1 and counts["rl_hparams"] == 1
+    # test pools of ~100k responses: MATH 4,500 questions in 12 shards, GSM8K 807 in 3, AIME 30 in 1
+    assert counts["rl_test_pool"] == counts["rl_test_score"] == 10 * (12 + 3 + 1)
+    for seed in (41, 42, 43):
+        for method in ("grpo", "unlikeliness", "repexp"):
+            assert f"results/rl/qwen2.5-7b-instruct/dapo/{method}/seed{seed}/done.json" in listing
+    assert "results/rl/qwen2.5-7b-instruct/math/base/test/questions.parquet" in listing
+    dapo = next(line for line in listing.splitlines() if "repexp.rl.train" in line and "--task dapo" in line)
+    assert "--dev resources/tasks/aime2024/test.parquet" in dapo and "--source hub" in dapo
+    settings = json.loads(dapo.split("--settings '")[1].split("'")[0])
+    assert settings["max_response_length"] == 8192 and settings["repexp"]["proj_dim"] == 128
+    assert settings["dev_task"] == "aime2024" and "seeds" not in settings and "task_overrides" not in settings
+    math_pool = next(line for line in listing.splitlines() if "repexp.pools" in line and "/math/" in line)
+    assert "--n 256 --max-new-tokens 1024 --temperature 1.0 --top-p 1.0" in math_pool
+    assert "resources/tasks/math/test_rest.parquet" in math_pool
 
 
 @pytest.mark.parametrize("override,needle", [
@@ -81,10 +106,11 @@ def run_dir(tmp_path_factory, wheel_dir):
 @pytest.mark.slow
 def test_test_config_runs_end_to_end(run_dir):
     """The whole default target of the test config: models, tasks, pools, scores, features,
-    selection, tables, the five inference-time figures and the results page."""
+    selection, tables, the five inference-time figures, the token-level and RL stages (trainings,
+    test pools, tables, figures) and the results page."""
     args = ("-s", str(REPO / "Snakefile"), "--directory", str(run_dir), "--cores", "2",
             "--configfile", "config/test.yaml")
-    snakemake(*args)
+    snakemake(*args, timeout=2400)  # every stage, RL's three trainings included (~15 min on 2 busy cores)
     model = run_dir / "resources" / "models" / "tiny-random"
     assert json.loads((model / "repexp_model.json").read_text())["spec"]["source"] == "tiny_random"
     sizes = {"game24": 8, "gsm8k": 8, "math": 8, "mbppplus": 4, "aime": 4}
@@ -101,6 +127,23 @@ def test_test_config_runs_end_to_end(run_dir):
     for fig in ("overview", "stc", "features", "model_rank_difficulty", "samplers"):
         assert (run_dir / "results" / "figures" / f"{fig}.png").stat().st_size > 5000, fig
         assert (run_dir / "results" / "notebooks" / f"{fig}.html").exists(), fig
+    # RL post-training: three trainings, the base model and the best checkpoints on the test set
+    rl_runs = run_dir / "results" / "rl" / "tiny-random" / "gsm8k"
+    for method in ("grpo", "unlikeliness", "repexp"):
+        best = json.loads((rl_runs / method / "seed41" / "best.json").read_text())
+        assert best["method"] == method and (rl_runs / method / "seed41" / "best").is_dir()
+    passk = pd.read_csv(run_dir / "results" / "tables" / "rl_passk.csv")
+    assert set(passk["method"]) == {"base", "grpo", "unlikeliness", "repexp"}
+    assert passk["k"].max() == 4 and passk["mean"].between(0, 1).all()
+    assert len(pd.read_csv(run_dir / "results" / "tables" / "rl_efficiency.csv")) == 3
+    loglik = pd.read_parquet(run_dir / "results" / "tables" / "rl_loglik.parquet")
+    assert len(loglik) == 4 * 8  # base + 3 methods x 8 test questions
+    base = loglik[loglik["method"] == "base"]  # the base model's own samples: the pool's log-probability
+    assert (base["loglik_sum"] - base["policy_logprob"]).abs().max() < 1e-2
+    hparams = pd.read_csv(run_dir / "results" / "tables" / "rl_hparams.csv")
+    assert list(hparams.columns) == ["section", "parameter", "key", "gsm8k"]
+    for fig in ("rl_passk", "rl_passk_alt", "rl_loglik", "rl_loglik_tasks", "rl_training", "rl_hparams"):
+        assert (run_dir / "results" / "figures" / f"{fig}.png").stat().st_size > 5000, fig
     index = (run_dir / "results" / "index.html").read_text()
     assert "figures/stc.png" in index and "notebooks/stc.html" in index
     snakemake(*args, "--report", str(run_dir / "report.html"))
@@ -112,9 +155,10 @@ def test_test_config_runs_end_to_end(run_dir):
     nb = run_dir / "notebooks" / "stc.ipynb"
     nb.write_text(nb.read_text().replace("tables_dir =", "tables_dir  ="))
     plan = snakemake(*args, "-n").stdout
-    jobs = plan[plan.index("Job stats"):]
+    jobs = {m.group(1) for m in re.finditer(r"^(\w+)\s+\d+$", plan[plan.index("Job stats"):], re.MULTILINE)}
     assert "figure" in jobs and "results_index" in jobs
-    for upstream in ("generate_pool", "score_pool", "cache_features", "select_pool", "summarize_inference"):
+    for upstream in ("generate_pool", "score_pool", "cache_features", "select_pool", "summarize_inference",
+                     "rl_train", "rl_test_pool", "rl_tables"):
         assert upstream not in jobs, upstream
     assert "wildcards: figure=stc" in plan and "figure=samplers" not in plan
 

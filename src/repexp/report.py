@@ -27,6 +27,12 @@ TITLES = {
     "samplers": "RepExp under five pool samplers (Fig. 6)",
     "tokenlevel": "Token-level RepExp vs vanilla sampling (Fig. 7)",
     "tokenlevel_se": "Token-level RepExp vs vanilla sampling, with standard errors (Fig. 10)",
+    "rl_passk": "pass@k after RL post-training: Base, GRPO, Unlikeliness, RepExp (Fig. 2)",
+    "rl_passk_alt": "pass@k after RL post-training, linear k and difference to the base model (Fig. 11)",
+    "rl_loglik": "Beyond sharpening: base-model log-likelihood of the trained models' responses (Fig. 9)",
+    "rl_loglik_tasks": "Beyond sharpening on every RL task (Fig. 12)",
+    "rl_training": "RL training curves: dev pass@1 and rewards (not a paper figure)",
+    "rl_hparams": "RL post-training hyper-parameters (Table 3)",
 }
 
 

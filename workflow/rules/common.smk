@@ -251,3 +251,109 @@ def config_names(wildcards):
     """The config files of this run, for the results page's provenance line."""
     given = [str(f) for f in workflow.overwrite_configfiles or []]
     return ",".join(["config/config.yaml", *given])
+
+
+# ------------------------------------------------------------------------------------------------
+# RL stage
+# ------------------------------------------------------------------------------------------------
+from types import SimpleNamespace
+
+from repexp.rl.evaluate import run_name, splits_of, task_settings, train_settings
+
+
+def rl_on():
+    return bool(config["rl"]["model"] and config["rl"]["tasks"])
+
+
+def rl_splits(task):
+    """(dev_task, dev_split, test_task, test_split) of RL training on `task`."""
+    return splits_of(task, task_settings(config["rl"], task))
+
+
+def rl_task_table(which):
+    """Input function: the dev or the test task table of the run's task."""
+
+    def table(wildcards):
+        dev_task, dev_split, test_task, test_split = rl_splits(wildcards.task)
+        task, split = (
+            (dev_task, dev_split) if which == "dev" else (test_task, test_split)
+        )
+        return f"resources/tasks/{task}/{split}.parquet"
+
+    return table
+
+
+def rl_train_settings(wildcards):
+    return json.dumps(train_settings(config["rl"], wildcards.task), sort_keys=True)
+
+
+def rl_max_new_tokens(wildcards):
+    return task_settings(config["rl"], wildcards.task)["max_response_length"]
+
+
+def rl_test_verifier(wildcards):
+    """The verifier flags of the test task (dapo is tested on aime2024)."""
+    return verifier_args(SimpleNamespace(task=rl_splits(wildcards.task)[2]))
+
+
+def rl_questions_per_shard():
+    """Test-pool shards of about as many responses as an inference-pool shard."""
+    pool = config["inference"]["pool"]
+    per_shard = pool["questions_per_shard"] * pool["n"] // config["rl"]["test_samples"]
+    return max(1, per_shard)
+
+
+def rl_test_shards(task):
+    test_task, test_split = rl_splits(task)[2:]
+    spec = config["tasks"][test_task]
+    qids = spec["qids"] if test_split == "test" else None
+    n = expected_questions(
+        test_task, spec["source"], test_split, spec["n_questions"], qids
+    )
+    return range(n_shards(n, rl_questions_per_shard()))
+
+
+def rl_policy(wildcards):
+    """The evaluated policy: the base model, or the run's best checkpoint."""
+    if wildcards.run == "base":
+        return f"resources/models/{wildcards.model}"
+    return f"results/rl/{wildcards.model}/{wildcards.task}/{wildcards.run}/best"
+
+
+def rl_policy_dtype(wildcards):
+    """Test pools and log-likelihoods: in the model's dtype on GPUs (bfloat16, as the authors'
+    vLLM evaluation); in float32 on the hf backend (the trainer saves float32 weights: a few small
+    updates vanish in bfloat16)."""
+    if config["inference"]["pool"]["backend"] == "vllm":
+        return config["models"][wildcards.model]["dtype"]
+    return "float32"
+
+
+def rl_test_files(kind):
+    """Input function: every test-pool shard of one run, as pools or scores."""
+    ext = {"pools": "parquet", "scores": "scores.parquet"}[kind]
+
+    def files(wildcards):
+        prefix = f"results/rl/{wildcards.model}/{wildcards.task}/{wildcards.run}/test"
+        return [f"{prefix}/shard-{s}.{ext}" for s in rl_test_shards(wildcards.task)]
+
+    return files
+
+
+def rl_outputs(kind):
+    """'done' (every training run) or 'questions' (every evaluated policy, base included)."""
+    rl = config["rl"]
+    if not rl_on():
+        return []
+    runs = [run_name(m, s) for m in rl["methods"] for s in rl["seeds"]]
+    if kind == "done":
+        return [
+            f"results/rl/{rl['model']}/{t}/{r}/done.json"
+            for t in rl["tasks"]
+            for r in runs
+        ]
+    return [
+        f"results/rl/{rl['model']}/{t}/{r}/test/questions.parquet"
+        for t in rl["tasks"]
+        for r in ["base", *runs]
+    ]

@@ -1,0 +1,605 @@
+"""Evaluation of RL post-training (paper.md §3.5, §3.6, Table 3): from trained runs to small tables.
+
+``repexp.rl.train`` writes, per (task, method, seed), the checkpoint with the best dev pass@1
+(``best/``), ``best.json``, the dev curve ``dev.csv`` and the training log ``train_log.csv``.
+The test set is then sampled with the pool machinery (``repexp.pools``, ``repexp.score``: τ = 1,
+top-p = 1, ``rl.test_samples`` responses per question) from every best checkpoint and from the base
+model (the "Base Model" curve). This module turns those pools into tables:
+
+* per run, one row per test question (``questions`` command): n, c and, for the question's sample 0,
+  its log-likelihood under the **base** model (the "beyond sharpening" analysis, paper.md §3.6);
+* over all runs (``tables`` command): pass@k (mean over questions per seed, then mean ± SEM over
+  seeds), the sample-efficiency factors, the dev curves, the training logs, the selected
+  checkpoints and the log-likelihood table;
+* the hyper-parameter table (``hparams`` command), rendered from the configuration actually used.
+
+The pure functions are also used by the workflow to build the DAG: :func:`train_settings` is the
+``--settings`` JSON of a training run and :func:`splits_of` names its dev and test sets.
+
+CLI (rules ``rl_test_questions``, ``rl_tables``, ``rl_hparams``)::
+
+    python -m repexp.rl.evaluate questions --base-model resources/models/m --pools P0 P1 --scores S0 S1 \\
+        --task gsm8k --run grpo/seed41 --out results/rl/m/gsm8k/grpo/seed41/test/questions.parquet
+    python -m repexp.rl.evaluate tables --questions Q1 Q2 ... --runs results/rl/m/gsm8k/grpo/seed41/done.json ... \\
+        --out-dir results/tables
+    python -m repexp.rl.evaluate hparams --rl '<rl section as JSON>' --model-spec '<JSON>' --out rl_hparams.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import math
+import re
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from repexp.atomic import atomic_path, write_parquet
+from repexp.metrics import pass_at_k_curve
+from repexp.tasks import SPLITS
+
+log = logging.getLogger(__name__)
+
+METHODS = ("grpo", "unlikeliness", "repexp")
+BASELINES = ("base", "grpo", "unlikeliness")  # what RepExp's sample efficiency is measured against
+METHOD_ORDER = ("base", *METHODS)
+# Keys of the rl section that choose the grid, not the training: given to the trainer by their own
+# flags (--model-name, --task, --method, --seed), or used only after training (test_samples).
+GRID_KEYS = ("model", "tasks", "methods", "seeds", "test_samples")
+
+
+# ------------------------------------------------------------------------------------------------
+# settings, splits, runs
+# ------------------------------------------------------------------------------------------------
+def task_settings(rl: dict, task: str) -> dict:
+    """The ``rl`` config section with ``task_overrides[task]`` applied (and removed).
+
+    An override replaces the top-level key of the same name; a key that only a method's section
+    holds (``proj_dim`` -> ``repexp.proj_dim``) replaces it there; any other key (``dev_task``) is
+    added at the top level.
+
+    >>> rl = {"max_response_length": 1024, "repexp": {"proj_dim": 32},
+    ...       "task_overrides": {"dapo": {"max_response_length": 8192, "proj_dim": 128, "dev_task": "aime2024"}}}
+    >>> task_settings(rl, "dapo")
+    {'max_response_length': 8192, 'repexp': {'proj_dim': 128}, 'dev_task': 'aime2024'}
+    >>> task_settings(rl, "math")["repexp"]
+    {'proj_dim': 32}
+    """
+    settings = copy.deepcopy({k: v for k, v in rl.items() if k != "task_overrides"})
+    for key, value in (rl.get("task_overrides") or {}).get(task, {}).items():
+        if key in settings and not isinstance(settings[key], dict):
+            settings[key] = value
+            continue
+        sections = [s for s in settings.values() if isinstance(s, dict) and key in s]
+        if len(sections) > 1:
+            raise ValueError(f"rl.task_overrides.{task}.{key} is ambiguous: several rl sections have {key!r}")
+        if sections:
+            sections[0][key] = value
+        else:
+            settings[key] = value
+    return settings
+
+
+def train_settings(rl: dict, task: str) -> dict:
+    """The training run's ``--settings``: :func:`task_settings` without the grid keys
+    (:data:`GRID_KEYS`), so that adding a seed or a task, or changing the test sample count, does not
+    change (and so re-run) the finished trainings."""
+    return {k: v for k, v in task_settings(rl, task).items() if k not in GRID_KEYS}
+
+
+def splits_of(task: str, settings: dict) -> tuple[str, str, str, str]:
+    """``(dev_task, dev_split, test_task, test_split)`` of RL training on ``task`` (paper.md §3.4-3.5).
+
+    The dev set is the task's own ``dev`` split (GSM8K: the first 512 test questions, MATH:
+    MATH-500) unless ``settings["dev_task"]`` names another task (DAPO -> AIME 2024); the test set
+    is the dev task's ``test_rest`` split when it has one, else its ``test`` split, so a task
+    without a separate dev split (AIME 2024) is both the dev and the test set, as in the paper.
+
+    >>> splits_of("gsm8k", {})
+    ('gsm8k', 'dev', 'gsm8k', 'test_rest')
+    >>> splits_of("dapo", {"dev_task": "aime2024"})
+    ('aime2024', 'test', 'aime2024', 'test')
+    """
+    for name in (task, settings.get("dev_task") or task):
+        if name not in SPLITS:
+            raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(SPLITS)}")
+    if "train" not in SPLITS[task]:
+        raise ValueError(f"task {task!r} has no train split (it has {', '.join(SPLITS[task])}); RL needs one")
+    dev_task = settings.get("dev_task") or task
+    have = SPLITS[dev_task]
+    if "dev" in have:
+        dev_split = "dev"
+    elif dev_task != task:
+        dev_split = "test"
+    else:
+        raise ValueError(f"task {task!r} has no dev split; set rl.task_overrides.{task}.dev_task to a task "
+                         f"whose questions are the dev set (as dapo -> aime2024)")
+    return dev_task, dev_split, dev_task, "test_rest" if "test_rest" in have else "test"
+
+
+def run_name(method: str, seed: int | None = None) -> str:
+    """The path component of one evaluated policy: ``base`` or ``<method>/seed<seed>``."""
+    return "base" if method == "base" else f"{method}/seed{int(seed)}"
+
+
+def parse_run(run: str) -> tuple[str, int | None]:
+    """Inverse of :func:`run_name`.
+
+    >>> parse_run("repexp/seed41"), parse_run("base")
+    (('repexp', 41), ('base', None))
+    """
+    if run == "base":
+        return "base", None
+    m = re.fullmatch(r"([a-z]+)/seed(\d+)", run)
+    if not m or m.group(1) not in METHODS:
+        raise ValueError(f"not a run name: {run!r}; expected 'base' or '<method>/seed<N>' with method in {METHODS}")
+    return m.group(1), int(m.group(2))
+
+
+def pick_best(dev: pd.DataFrame) -> tuple[int, float]:
+    """The checkpoint with the highest dev pass@1: ``(step, dev_pass1)``.
+
+    As the authors' trainer: steps in order, a later step replaces the best only when it is
+    strictly greater, so ties keep the earliest step; step 0 is the base model (when no checkpoint
+    beats it, the base model is "best"). NaN values are skipped.
+
+    >>> pick_best(pd.DataFrame({"step": [0, 10, 20, 30], "dev_pass1": [0.5, 0.6, 0.6, float("nan")]}))
+    (10, 0.6)
+    """
+    d = dev[["step", "dev_pass1"]].dropna().sort_values("step", kind="stable")
+    if d.empty:
+        raise ValueError("no finite dev pass@1 to pick a checkpoint from")
+    best_step, best = None, -math.inf
+    for step, value in zip(d["step"], d["dev_pass1"], strict=True):
+        if value > best:
+            best_step, best = int(step), float(value)
+    return best_step, best
+
+
+# ------------------------------------------------------------------------------------------------
+# pass@k over seeds, sample efficiency
+# ------------------------------------------------------------------------------------------------
+def _method_key(method: pd.Series) -> pd.Series:
+    order = {m: i for i, m in enumerate(METHOD_ORDER)}
+    return method.map(lambda m: order.get(m, len(order)))
+
+
+def passk_per_seed(questions: pd.DataFrame, ks: Sequence[int] | None = None) -> pd.DataFrame:
+    """pass@k of each (task, method, seed): the unbiased estimator per question, mean over questions.
+
+    ``questions`` has columns task, method, seed (NA for the base model), qid, n, c. k runs over
+    ``ks`` (default 1, 2, 4, ... up to the smallest n of the run, and that n). Columns: task,
+    method, seed, k, passk, questions.
+    """
+    from repexp.inference import pass_ks
+
+    rows = []
+    for (task, method, seed), g in questions.groupby(["task", "method", "seed"], dropna=False, sort=True):
+        n_min = int(g["n"].min())
+        kk = np.array([k for k in (ks or pass_ks(n_min)) if k <= n_min], dtype=np.int64)
+        curve = np.mean([pass_at_k_curve(int(n), int(c), kk) for n, c in zip(g["n"], g["c"], strict=True)], axis=0)
+        rows += [{"task": task, "method": method, "seed": seed, "k": int(k), "passk": float(p), "questions": len(g)}
+                 for k, p in zip(kk, curve, strict=True)]
+    out = pd.DataFrame(rows, columns=["task", "method", "seed", "k", "passk", "questions"])
+    out["seed"] = out["seed"].astype("Int64")
+    return out
+
+
+def passk_table(questions: pd.DataFrame, ks: Sequence[int] | None = None) -> pd.DataFrame:
+    """Test pass@k per (task, method, k): mean and standard error over seeds (Fig. 2).
+
+    Per seed the mean over questions (:func:`passk_per_seed`); then ``mean`` = mean over seeds,
+    ``se`` = sample standard deviation / sqrt(seeds) (NaN with a single seed, so always for the
+    base model), ``seeds`` = how many seeds, ``questions`` = questions per seed (the largest).
+    """
+    per_seed = passk_per_seed(questions, ks)
+    g = per_seed.groupby(["task", "method", "k"], sort=False)
+    out = g.agg(mean=("passk", "mean"), sd=("passk", "std"), seeds=("passk", "size"),
+                questions=("questions", "max")).reset_index()
+    out["se"] = np.where(out["seeds"] > 1, out["sd"] / np.sqrt(out["seeds"]), np.nan)
+    out = out.sort_values(["task", "method", "k"], key=lambda s: _method_key(s) if s.name == "method" else s)
+    return out[["task", "method", "k", "mean", "se", "seeds", "questions"]].reset_index(drop=True)
+
+
+def efficiency_factor(ks, repexp, target: float, k_max: float | None = None) -> tuple[float, float]:
+    """RepExp's test-time sample-efficiency factor against a baseline (paper.md §5): ``(k*, k_max / k*)``.
+
+    k* is where RepExp's pass@k curve first reaches ``target`` (the baseline's pass@k_max),
+    interpolated linearly in log k between the two k that bracket it:
+    log k* = log k_{i-1} + (target - p_{i-1}) / (p_i - p_{i-1}) * (log k_i - log k_{i-1}).
+    When RepExp already reaches the target at its smallest k, k* is that k (so the factor is a
+    lower bound); when it never does, both are NaN. ``k_max`` defaults to the largest k.
+
+    >>> k_star, factor = efficiency_factor([1, 2, 4, 8], [0.2, 0.4, 0.5, 0.6], 0.45)
+    >>> round(k_star, 6), round(factor, 6)  # halfway between k = 2 and 4 in log k: sqrt(8); 8 / sqrt(8)
+    (2.828427, 2.828427)
+    """
+    ks = np.asarray(ks, dtype=np.float64)
+    p = np.asarray(repexp, dtype=np.float64)
+    ok = np.isfinite(ks) & np.isfinite(p)
+    order = np.argsort(ks[ok], kind="stable")
+    ks, p = ks[ok][order], p[ok][order]
+    if ks.size == 0 or not np.isfinite(target):
+        return math.nan, math.nan
+    k_max = float(ks.max() if k_max is None else k_max)
+    hit = np.flatnonzero(p >= target)
+    if hit.size == 0:
+        return math.nan, math.nan
+    i = int(hit[0])
+    if i == 0:
+        k_star = float(ks[0])
+    else:
+        lo, hi = math.log(ks[i - 1]), math.log(ks[i])
+        frac = (target - p[i - 1]) / (p[i] - p[i - 1])
+        k_star = math.exp(lo + frac * (hi - lo))
+    return k_star, k_max / k_star
+
+
+def efficiency_table(passk: pd.DataFrame, ours: str = "repexp", baselines: Sequence[str] = BASELINES) -> pd.DataFrame:
+    """One row per task x baseline: how many times fewer samples RepExp needs to match the
+    baseline's pass@k at the largest k both curves have (paper: 256 / k*). ``note`` says why a
+    factor is missing (no curve, never reached, a baseline that solves nothing) or only a bound."""
+    rows = []
+    for task, t in passk.groupby("task", sort=False):
+        mine = t[t["method"] == ours].sort_values("k")
+        for b in baselines:
+            theirs = t[t["method"] == b].sort_values("k")
+            row = {"task": task, "baseline": b, "k_max": np.nan, "baseline_at_kmax": np.nan,
+                   "repexp_at_kmax": np.nan, "k_star": np.nan, "factor": np.nan, "reached": False}
+            if mine.empty or theirs.empty:
+                row["note"] = f"no {ours if mine.empty else b} curve"
+                rows.append(row)
+                continue
+            common = sorted(set(mine["k"]) & set(theirs["k"]))
+            k_max = max(common) if common else None
+            if k_max is None:
+                row["note"] = "no common k"
+                rows.append(row)
+                continue
+            target = float(theirs.loc[theirs["k"] == k_max, "mean"].iloc[0])
+            row.update(k_max=k_max, baseline_at_kmax=target,
+                       repexp_at_kmax=float(mine.loc[mine["k"] == k_max, "mean"].iloc[0]))
+            if not target > 0:  # any curve "reaches" 0 at once: no factor to speak of
+                row["note"] = f"{b} pass@{k_max} is {target:g}: no factor"
+                rows.append(row)
+                continue
+            k_star, factor = efficiency_factor(mine["k"], mine["mean"], target, k_max)
+            row.update(k_star=k_star, factor=factor, reached=bool(np.isfinite(factor)))
+            if not np.isfinite(factor):
+                row["note"] = f"not reached: {ours} pass@k stays below {b} pass@{k_max}"
+            elif k_star <= mine["k"].min():
+                row["note"] = f"reached at the smallest k ({int(k_star)}): a lower bound"
+            else:
+                row["note"] = ""
+            rows.append(row)
+    cols = ["task", "baseline", "k_max", "baseline_at_kmax", "repexp_at_kmax", "k_star", "factor", "reached", "note"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+# ------------------------------------------------------------------------------------------------
+# log-likelihood under the base model (paper.md §3.6)
+# ------------------------------------------------------------------------------------------------
+def base_loglik(model, prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]], *,
+                batch_tokens: int = 8192, head_rows: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """Log-likelihood of each response given its prompt under ``model`` (a causal LM):
+    ``(sum, mean per token)``, float64 arrays.
+
+    sum_t log softmax(logits_{P+t-1})[y_t] over the T response tokens (an end-of-sequence token
+    the response ended with is one of them): the model's own distribution, no temperature. The
+    last-layer states come from one forward pass per batch (sequences packed by length into at most
+    ``batch_tokens`` right-padded tokens); the LM head and the log-softmax are applied in float32
+    to ``head_rows`` positions at a time, so a long response never materialises its full
+    (T x vocabulary) logits at once. An empty response has sum 0 and mean NaN.
+    """
+    import torch
+
+    from repexp.features import length_batches
+
+    for attr in ("final_logit_softcapping", "logit_scale"):
+        if getattr(model.config, attr, None) not in (None, 1, 1.0):
+            raise NotImplementedError(f"{type(model).__name__} rescales its logits ({attr}); base_loglik "
+                                      f"applies the plain LM head")
+    n = len(prompt_ids)
+    if n != len(response_ids):
+        raise ValueError("prompt_ids and response_ids differ in length")
+    body, head = model.base_model, model.get_output_embeddings()
+    weight = head.weight.float()
+    bias = head.bias.float() if getattr(head, "bias", None) is not None else None
+    device = weight.device
+    total = np.zeros(n, dtype=np.float64)
+    lengths = np.array([len(p) + len(r) for p, r in zip(prompt_ids, response_ids, strict=True)])
+    with torch.inference_mode():
+        for idx in length_batches(lengths, batch_tokens) if n else []:
+            width = int(lengths[idx].max())
+            ids = torch.zeros((len(idx), width), dtype=torch.long)
+            mask = torch.zeros((len(idx), width), dtype=torch.long)
+            for row, i in enumerate(idx):
+                seq = list(prompt_ids[i]) + list(response_ids[i])
+                ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+                mask[row, : len(seq)] = 1
+            h = body(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
+            for row, i in enumerate(idx):
+                p, t = len(prompt_ids[i]), len(response_ids[i])
+                if t == 0:
+                    continue
+                if p == 0:
+                    raise ValueError(f"response {i} has no prompt: its first token has no prediction")
+                states = h[row, p - 1: p + t - 1]  # the state before each response token predicts it
+                target = torch.tensor(list(response_ids[i]), dtype=torch.long, device=device)
+                acc = 0.0
+                for j in range(0, t, head_rows):
+                    logits = torch.nn.functional.linear(states[j: j + head_rows].float(), weight, bias)
+                    lp = torch.log_softmax(logits, dim=-1).gather(1, target[j: j + head_rows, None])
+                    acc += float(lp.double().sum())
+                total[i] = acc
+    count = np.array([len(r) for r in response_ids], dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(count > 0, total / np.maximum(count, 1), np.nan)
+    return total, mean
+
+
+def run_questions(pool: pd.DataFrame, scores: pd.DataFrame, *, task: str, run: str) -> pd.DataFrame:
+    """One row per test question of one evaluated policy: ``n`` responses, ``c`` correct, and
+    sample 0's length, finish reason, correctness and log-probability under the policy that
+    sampled it (``policy_logprob``). Rows in pool order."""
+    method, seed = parse_run(run)
+    merged = pool.merge(scores[["qid", "sample", "correct"]], on=["qid", "sample"], how="left",
+                        validate="one_to_one")
+    if merged["correct"].isna().any():
+        bad = merged[merged["correct"].isna()].iloc[0]
+        raise ValueError(f"no score for question {bad.qid} sample {bad['sample']}: pools and scores are out of step")
+    merged["correct"] = merged["correct"].astype(bool)
+    counts = merged.groupby("qid", sort=False)["correct"].agg(n="size", c="sum").reset_index()
+    first = merged[merged["sample"] == 0].set_index("qid")
+    missing = set(counts["qid"]) - set(first.index)
+    if missing:
+        raise ValueError(f"{len(missing)} question(s) have no sample 0, e.g. {sorted(missing)[:3]}")
+    first = first.loc[counts["qid"]]
+    out = counts.assign(task=task, method=method, seed=seed,
+                        n_tokens=first["n_tokens"].to_numpy(), finish_reason=first["finish_reason"].to_numpy(),
+                        correct=first["correct"].to_numpy(), policy_logprob=first["logprob"].to_numpy())
+    out["seed"] = out["seed"].astype("Int64")
+    out["c"] = out["c"].astype(int)
+    return out[["task", "method", "seed", "qid", "n", "c", "n_tokens", "finish_reason", "correct", "policy_logprob"]]
+
+
+# ------------------------------------------------------------------------------------------------
+# the hyper-parameter table (Table 3)
+# ------------------------------------------------------------------------------------------------
+COMMON = "GRPO (all methods)"
+HPARAMS = [  # (section, key in the task's settings, label); "@..." are derived rows
+    (COMMON, "model", "base model (initial policy; RepExp's feature model)"),
+    (COMMON, "group_size", "rollouts per prompt (group size)"),
+    (COMMON, "train_batch_prompts", "prompts per training step"),
+    (COMMON, "mini_batch_prompts", "prompts per mini-batch (policy update)"),
+    (COMMON, "ppo_epochs", "epochs per training step"),
+    (COMMON, "micro_batch_size", "micro-batch size (sequences per device)"),
+    (COMMON, "learning_rate", "learning rate (AdamW, constant, no warm-up)"),
+    (COMMON, "weight_decay", "weight decay"),
+    (COMMON, "max_grad_norm", "gradient clipping (max norm)"),
+    (COMMON, "clip_ratio", "PPO clip ratio"),
+    (COMMON, "kl_coef", "KL loss coefficient"),
+    (COMMON, "entropy_coef", "entropy coefficient"),
+    (COMMON, "loss_type", "loss aggregation (TRL loss_type)"),
+    (COMMON, "temperature", "rollout temperature"),
+    (COMMON, "max_prompt_length", "max prompt length (tokens)"),
+    (COMMON, "max_response_length", "max response length (tokens)"),
+    (COMMON, "max_steps", "max training steps"),
+    (COMMON, "eval_every", "dev evaluation every (steps)"),
+    (COMMON, "dev_samples", "dev samples per question (pass@1)"),
+    (COMMON, "gradient_checkpointing", "gradient checkpointing"),
+    (COMMON, "use_vllm", "vLLM rollouts"),
+    (COMMON, "vllm_gpu_memory_utilization", "vLLM GPU memory fraction"),
+    (COMMON, "vllm_tensor_parallel_size", "vLLM tensor parallelism"),
+    (COMMON, "reward_workers", "verifier processes"),
+    ("Evaluation", "@dev", "dev set (checkpoint selection)"),
+    ("Evaluation", "@test", "test set"),
+    ("Evaluation", "test_samples", "test samples per question (τ = 1, top-p = 1)"),
+    ("Evaluation", "seeds", "seeds"),
+    ("Unlikeliness", "unlikeliness.beta_rank", "rank penalty β_rank"),
+    ("RepExp", "repexp.beta", "bonus weight β"),
+    ("RepExp", "repexp.lam", "ridge λ"),
+    ("RepExp", "repexp.proj_dim", "sparse random projection dimension"),
+    ("RepExp", "repexp.zero_if_none_correct", "no bonus for a prompt with no correct rollout"),
+    ("RepExp", "repexp.feature_dtype", "dtype of the feature model (the frozen base model)"),
+]
+_NOT_ROWS = {"tasks", "methods", "task_overrides", "dev_task"}
+
+
+def _flat(settings: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in settings.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, list | tuple):
+        return ", ".join(_fmt(v) for v in value)
+    return str(value)
+
+
+def run_settings(rl: dict, task: str) -> dict:
+    """Every setting a training run on ``task`` uses: its ``--settings`` (:func:`train_settings`)
+    completed with the trainer's own defaults (``repexp.rl.trainer.RLSettings``), plus the grid
+    keys that shape the evaluation (model, seeds, test samples)."""
+    from repexp.rl.trainer import RLSettings
+
+    settings = RLSettings.from_dict(train_settings(rl, task)).to_dict()
+    settings.update({k: rl[k] for k in ("model", "seeds", "test_samples") if k in rl})
+    return settings
+
+
+def hparams_table(rl: dict, model_spec: dict | None = None) -> pd.DataFrame:
+    """Table 3: one row per hyper-parameter (section, parameter, key) and one column per RL task
+    with the value that task's runs use (:func:`run_settings`: overrides applied, the trainer's
+    defaults filled in). Settings the table has no label for (added later) are listed under
+    "other (config key)" with their key, so the table always shows every setting of the runs."""
+    tasks = list(rl.get("tasks") or [])
+    columns = tasks or ["(no task)"]
+    flat, splits = {}, {}
+    for t in columns:
+        s = run_settings(rl, t) if tasks else copy.deepcopy(rl)
+        flat[t] = _flat({k: v for k, v in s.items() if k not in _NOT_ROWS})
+        if tasks:
+            dev_task, dev_split, test_task, test_split = splits_of(t, s)
+            splits[t] = {"@dev": f"{dev_task}/{dev_split}", "@test": f"{test_task}/{test_split}"}
+        else:
+            splits[t] = {"@dev": "-", "@test": "-"}
+    model = rl.get("model")
+    if model and model_spec:
+        model = model_spec.get("repo_id") or f"{model} ({model_spec.get('source', '?')})"
+    rows, known = [], set()
+    for section, key, label in HPARAMS:
+        known.add(key)
+        if not key.startswith("@") and key != "model" and all(key not in flat[t] for t in columns):
+            continue  # a setting this version of the trainer does not have
+        row = {"section": section, "parameter": label, "key": key}
+        for t in columns:
+            if key.startswith("@"):
+                row[t] = splits[t][key]
+            elif key == "model":
+                row[t] = _fmt(model)
+            else:
+                row[t] = _fmt(flat[t].get(key))
+        rows.append(row)
+    extra = sorted({k for t in columns for k in flat[t]} - known)
+    for key in extra:
+        rows.append({"section": "other (config key)", "parameter": key, "key": key,
+                     **{t: _fmt(flat[t].get(key)) for t in columns}})
+    return pd.DataFrame(rows, columns=["section", "parameter", "key", *columns])
+
+
+# ------------------------------------------------------------------------------------------------
+# CLI
+# ------------------------------------------------------------------------------------------------
+def _write_csv(df: pd.DataFrame, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False)
+
+
+def _cmd_questions(a) -> int:
+    import torch
+
+    from repexp.models import load_model
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    t0 = time.perf_counter()
+    pool = pd.concat([pd.read_parquet(p) for p in a.pools], ignore_index=True)
+    scores = pd.concat([pd.read_parquet(s) for s in a.scores], ignore_index=True)
+    out = run_questions(pool, scores, task=a.task, run=a.run)
+    first = pool[pool["sample"] == 0].set_index("qid").loc[out["qid"]]
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = load_model(a.base_model, dtype=a.dtype, device=device)
+    total, mean = base_loglik(model, list(first["prompt_ids"]), list(first["response_ids"]),
+                              batch_tokens=a.batch_tokens)
+    out["loglik_sum"], out["loglik_mean"] = total, mean
+    write_parquet(out, a.out, task=a.task, run=a.run, base_model=str(a.base_model))
+    log.info("%s %s: %d questions, pass@1 %.3f; base-model log-likelihood of sample 0: mean %.2f "
+             "(%.3f per token) in %.1fs", a.task, a.run, len(out), float((out["c"] / out["n"]).mean()),
+             float(np.nanmean(total)), float(np.nanmean(mean)), time.perf_counter() - t0)
+    return 0
+
+
+def read_run(done: str | Path) -> dict:
+    """A finished training run (the folder of its ``done.json``): identity, best checkpoint, logs."""
+    d = Path(done).parent
+    best = json.loads((d / "best.json").read_text())
+    keys = {"task": best["task"], "method": best["method"], "seed": int(best["seed"])}
+    dev = pd.read_csv(d / "dev.csv")
+    train = pd.read_csv(d / "train_log.csv")
+    step, pass1 = pick_best(dev)
+    if step != int(best["step"]):
+        log.warning("%s: best.json says step %s, dev.csv's best (strictly greater) is step %d", d, best["step"], step)
+    base = dev.loc[dev["step"] == 0, "dev_pass1"]
+    summary = {**keys, "step": int(best["step"]), "dev_pass1": float(best["dev_pass1"]),
+               "base_dev_pass1": float(base.iloc[0]) if len(base) else np.nan,
+               "steps_trained": int(train["step"].max()) if len(train) else 0,
+               "agrees_with_dev_csv": step == int(best["step"])}
+    return {"keys": keys, "best": summary, "dev": dev.assign(**keys, best=dev["step"] == int(best["step"])),
+            "train": train.assign(**keys)}
+
+
+def _front(df: pd.DataFrame, cols: Sequence[str]) -> pd.DataFrame:
+    return df[[*cols, *[c for c in df.columns if c not in cols]]]
+
+
+def _cmd_tables(a) -> int:
+    out = Path(a.out_dir)
+    questions = pd.concat([pd.read_parquet(q) for q in a.questions], ignore_index=True)
+    questions["seed"] = questions["seed"].astype("Int64")
+    passk = passk_table(questions)
+    eff = efficiency_table(passk)
+    runs = [read_run(r) for r in a.runs]
+    keys = ["task", "method", "seed"]
+    best = pd.DataFrame([r["best"] for r in runs])
+    dev = pd.concat([r["dev"] for r in runs], ignore_index=True) if runs else pd.DataFrame(columns=[*keys, "step"])
+    train = pd.concat([r["train"] for r in runs], ignore_index=True) if runs else pd.DataFrame(columns=[*keys, "step"])
+    loglik = questions[[*keys, "qid", "n_tokens", "finish_reason", "correct", "policy_logprob", "loglik_sum",
+                        "loglik_mean"]]
+    _write_csv(passk, out / "rl_passk.csv")
+    _write_csv(eff, out / "rl_efficiency.csv")
+    _write_csv(_front(dev, keys), out / "rl_dev.csv")
+    _write_csv(_front(train, keys), out / "rl_train.csv")
+    _write_csv(best, out / "rl_best.csv")
+    write_parquet(loglik.reset_index(drop=True), out / "rl_loglik.parquet")
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
+        top = passk[passk["k"].isin([1, passk["k"].max()])] if len(passk) else passk
+        log.info("test pass@k:\n%s", top.round(4).to_string(index=False))
+        log.info("sample efficiency of RepExp:\n%s", eff.round(3).to_string(index=False))
+    return 0
+
+
+def _cmd_hparams(a) -> int:
+    table = hparams_table(json.loads(a.rl), json.loads(a.model_spec) if a.model_spec else None)
+    _write_csv(table, Path(a.out))
+    with pd.option_context("display.width", 200, "display.max_columns", 20, "display.max_colwidth", 60):
+        log.info("RL hyper-parameters:\n%s", table.drop(columns="key").to_string(index=False))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m repexp.rl.evaluate", description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    q = sub.add_parser("questions", help="per-question test table of one evaluated policy")
+    q.add_argument("--base-model", required=True, help="the base model folder (log-likelihoods)")
+    q.add_argument("--dtype", default="bfloat16", help="dtype the base model is loaded in")
+    q.add_argument("--pools", nargs="+", required=True, help="the policy's test pool shards")
+    q.add_argument("--scores", nargs="+", required=True, help="their score tables")
+    q.add_argument("--task", required=True, help="the RL training task")
+    q.add_argument("--run", required=True, help="'base' or '<method>/seed<N>'")
+    q.add_argument("--batch-tokens", type=int, default=8192)
+    q.add_argument("--threads", type=int, default=None)
+    q.add_argument("--out", required=True)
+    t = sub.add_parser("tables", help="the RL result tables of all runs")
+    t.add_argument("--questions", nargs="+", required=True, help="per-run question tables")
+    t.add_argument("--runs", nargs="*", default=[], help="done.json of every training run")
+    t.add_argument("--out-dir", required=True)
+    h = sub.add_parser("hparams", help="the hyper-parameter table (Table 3)")
+    h.add_argument("--rl", required=True, help="the rl config section (defaults filled), as JSON")
+    h.add_argument("--model-spec", default="", help="the models.<rl.model> entry, as JSON")
+    h.add_argument("--out", required=True)
+    a = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    return {"questions": _cmd_questions, "tables": _cmd_tables, "hparams": _cmd_hparams}[a.cmd](a)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

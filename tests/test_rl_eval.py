@@ -1,0 +1,422 @@
+"""RL evaluation (repexp.rl.evaluate): splits, settings, checkpoint picking, pass@k over seeds, sample
+efficiency, base-model log-likelihood, the tables CLI on hand-made runs, and the RL notebooks.
+
+The hand-made runs mimic what ``repexp.rl.train`` and the test-pool rules write (``done.json``,
+``best.json``, ``dev.csv``, ``train_log.csv``, per-run ``questions.parquet``), so the tables and the
+notebooks are exercised without training anything.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import nbformat
+import numpy as np
+import pandas as pd
+import papermill
+import pytest
+import yaml
+from conftest import REPO
+
+from repexp.rl import evaluate as ev
+
+PAPER_RL = yaml.safe_load((REPO / "config" / "paper.yaml").read_text())["rl"]
+
+
+# ------------------------------------------------------------------------------------------------
+# settings, splits, runs
+# ------------------------------------------------------------------------------------------------
+def test_splits_of_follow_the_paper():
+    assert ev.splits_of("gsm8k", {}) == ("gsm8k", "dev", "gsm8k", "test_rest")
+    assert ev.splits_of("math", ev.task_settings(PAPER_RL, "math")) == ("math", "dev", "math", "test_rest")
+    # DAPO: AIME 2024 is both the dev and the test set (paper.md 3.5)
+    assert ev.splits_of("dapo", ev.task_settings(PAPER_RL, "dapo")) == ("aime2024", "test", "aime2024", "test")
+    # a dev task with its own dev split gives dev + test_rest
+    assert ev.splits_of("dapo", {"dev_task": "math"}) == ("math", "dev", "math", "test_rest")
+    with pytest.raises(ValueError, match="no dev split"):
+        ev.splits_of("dapo", {})
+    with pytest.raises(ValueError, match="no train split"):
+        ev.splits_of("aime2024", {})
+    with pytest.raises(ValueError, match="unknown task"):
+        ev.splits_of("gsm8k", {"dev_task": "nope"})
+
+
+def test_task_settings_apply_overrides_and_train_settings_drop_the_grid():
+    before = json.dumps(PAPER_RL, sort_keys=True)
+    dapo = ev.task_settings(PAPER_RL, "dapo")
+    assert "task_overrides" not in dapo
+    assert (dapo["max_response_length"], dapo["train_batch_prompts"], dapo["eval_every"]) == (8192, 512, 10)
+    assert dapo["repexp"]["proj_dim"] == 128 and "proj_dim" not in dapo  # into the RepExp section
+    assert dapo["dev_task"] == "aime2024"
+    math_ = ev.task_settings(PAPER_RL, "math")
+    assert (math_["max_response_length"], math_["repexp"]["proj_dim"]) == (1024, 32) and "dev_task" not in math_
+    assert json.dumps(PAPER_RL, sort_keys=True) == before  # the config is not mutated
+    train = ev.train_settings(PAPER_RL, "dapo")
+    assert not set(ev.GRID_KEYS) & set(train)
+    assert train == {k: v for k, v in dapo.items() if k not in ev.GRID_KEYS}
+
+
+def test_run_names_round_trip():
+    for method, seed in [("base", None), ("grpo", 41), ("unlikeliness", 0), ("repexp", 43)]:
+        assert ev.parse_run(ev.run_name(method, seed)) == (method, seed)
+    for bad in ["grpo", "grpo/41", "ppo/seed1", "base/seed1"]:
+        with pytest.raises(ValueError):
+            ev.parse_run(bad)
+
+
+def test_pick_best_is_strictly_greater_with_step0_the_base_model():
+    dev = pd.DataFrame({"step": [20, 0, 10, 30, 40], "dev_pass1": [0.6, 0.5, 0.6, np.nan, 0.55]})
+    assert ev.pick_best(dev) == (10, 0.6)  # unsorted input; tie 10/20 -> the earlier; NaN skipped
+    assert ev.pick_best(pd.DataFrame({"step": [0, 5, 10], "dev_pass1": [0.3, 0.3, 0.1]})) == (0, 0.3)
+    assert ev.pick_best(pd.DataFrame({"step": [0, 5], "dev_pass1": [0.0, 0.0]})) == (0, 0.0)
+    with pytest.raises(ValueError):
+        ev.pick_best(pd.DataFrame({"step": [0], "dev_pass1": [np.nan]}))
+
+
+# ------------------------------------------------------------------------------------------------
+# pass@k over seeds, sample efficiency
+# ------------------------------------------------------------------------------------------------
+def _questions(rows):
+    q = pd.DataFrame(rows, columns=["task", "method", "seed", "qid", "n", "c"])
+    q["seed"] = q["seed"].astype("Int64")
+    return q
+
+
+def test_passk_table_by_hand():
+    # n = 4 everywhere. pass@k = 1 - C(4-c, k)/C(4, k): c=0 -> 0,0,0; c=1 -> 1/4, 1/2, 1;
+    # c=2 -> 1/2, 5/6, 1; c=4 -> 1, 1, 1 (k = 1, 2, 4)
+    q = _questions([
+        ("t", "base", None, "a", 4, 1), ("t", "base", None, "b", 4, 0),
+        ("t", "grpo", 1, "a", 4, 2), ("t", "grpo", 1, "b", 4, 0),
+        ("t", "grpo", 2, "a", 4, 4), ("t", "grpo", 2, "b", 4, 1),
+    ])
+    got = ev.passk_table(q).set_index(["method", "k"])
+    assert list(got.index) == [("base", 1), ("base", 2), ("base", 4), ("grpo", 1), ("grpo", 2), ("grpo", 4)]
+    base = got.loc["base"]
+    np.testing.assert_allclose(base["mean"], [1 / 8, 1 / 4, 1 / 2])
+    assert base["se"].isna().all() and (base["seeds"] == 1).all() and (base["questions"] == 2).all()
+    # per seed: seed 1 = 1/4, 5/12, 1/2; seed 2 = 5/8, 3/4, 1. se of two values = |a - b| / 2
+    grpo = got.loc["grpo"]
+    np.testing.assert_allclose(grpo["mean"], [(1 / 4 + 5 / 8) / 2, (5 / 12 + 3 / 4) / 2, 3 / 4])
+    np.testing.assert_allclose(grpo["se"], [(5 / 8 - 1 / 4) / 2, (3 / 4 - 5 / 12) / 2, 1 / 4])
+    assert (grpo["seeds"] == 2).all()
+
+
+def test_passk_table_uses_every_power_of_two_and_n():
+    q = _questions([("t", "repexp", 41, "a", 6, 3)])
+    assert ev.passk_table(q)["k"].tolist() == [1, 2, 4, 6]
+    assert ev.passk_table(q, ks=[1, 3])["k"].tolist() == [1, 3]
+
+
+def test_efficiency_factor_closed_form():
+    ks, p = [1, 2, 4, 8, 16], [0.1, 0.3, 0.5, 0.6, 0.7]
+    # 0.4 is halfway between k = 2 (0.3) and k = 4 (0.5) in log k: k* = sqrt(8), factor = 16 / sqrt(8)
+    k_star, factor = ev.efficiency_factor(ks, p, 0.4)
+    assert k_star == pytest.approx(math.sqrt(8)) and factor == pytest.approx(16 / math.sqrt(8))
+    # a quarter of the way from k = 8 to k = 16: k* = 8 * 2**0.25
+    k_star, factor = ev.efficiency_factor(ks, p, 0.625)
+    assert k_star == pytest.approx(8 * 2**0.25) and factor == pytest.approx(2 / 2**0.25)
+    assert ev.efficiency_factor(ks, p, 0.5) == pytest.approx((4.0, 4.0))  # exactly on a point
+    assert ev.efficiency_factor(ks, p, 0.05) == (1.0, 16.0)  # reached at k = 1: a lower bound
+    assert all(math.isnan(v) for v in ev.efficiency_factor(ks, p, 0.8))  # never reached
+    assert ev.efficiency_factor(ks[::-1], p[::-1], 0.4)[0] == pytest.approx(math.sqrt(8))  # unsorted
+    assert ev.efficiency_factor(ks, p, 0.4, k_max=256)[1] == pytest.approx(256 / math.sqrt(8))
+
+
+def test_efficiency_table_rows_per_baseline():
+    ks = [1, 2, 4, 8]
+    curves = {"repexp": [0.2, 0.4, 0.5, 0.6], "grpo": [0.3, 0.4, 0.42, 0.45], "base": [0.1, 0.3, 0.5, 0.7]}
+    passk = pd.DataFrame([{"task": "t", "method": m, "k": k, "mean": v}
+                          for m, vals in curves.items() for k, v in zip(ks, vals, strict=True)])
+    eff = ev.efficiency_table(passk).set_index("baseline")
+    assert list(eff.index) == ["base", "grpo", "unlikeliness"]
+    assert eff.loc["grpo", "k_star"] == pytest.approx(math.sqrt(8)) and eff.loc["grpo", "reached"]
+    assert eff.loc["grpo", "factor"] == pytest.approx(8 / math.sqrt(8)) and eff.loc["grpo", "note"] == ""
+    assert eff.loc["grpo", "baseline_at_kmax"] == 0.45 and eff.loc["grpo", "repexp_at_kmax"] == 0.6
+    assert not eff.loc["base", "reached"] and "not reached" in eff.loc["base", "note"]
+    assert np.isnan(eff.loc["unlikeliness", "factor"]) and "no unlikeliness curve" in eff.loc["unlikeliness", "note"]
+    zero = passk.assign(mean=np.where(passk["method"] == "grpo", 0.0, passk["mean"]))
+    row = ev.efficiency_table(zero).set_index("baseline").loc["grpo"]
+    assert np.isnan(row["factor"]) and not row["reached"] and "is 0: no factor" in row["note"]
+
+
+# ------------------------------------------------------------------------------------------------
+# log-likelihood under the base model
+# ------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_lm(tiny):
+    import torch
+
+    from repexp.models import load_model, load_tokenizer
+
+    torch.set_num_threads(1)
+    return load_model(tiny, dtype="float32"), load_tokenizer(tiny)
+
+
+def test_base_loglik_matches_a_hand_loop(tiny_lm):
+    import torch
+
+    model, tok = tiny_lm
+    rng = np.random.default_rng(0)
+    eos = tok.eos_token_id
+    prompts = [list(rng.integers(0, 5000, size=n)) for n in (7, 3, 12, 5)]
+    responses = [list(rng.integers(0, 5000, size=n)) + [eos] for n in (4, 9, 1, 6)]
+    responses[2] = [eos]  # a response that is just EOS
+    total, mean = ev.base_loglik(model, prompts, responses, batch_tokens=24, head_rows=3)
+    for i, (p, r) in enumerate(zip(prompts, responses, strict=True)):
+        with torch.no_grad():
+            logits = model(torch.tensor([p + r])).logits[0].float()
+        lp = torch.log_softmax(logits, dim=-1)
+        hand = sum(float(lp[len(p) + t - 1, tok_id]) for t, tok_id in enumerate(r))
+        assert total[i] == pytest.approx(hand, abs=1e-4), i
+        assert mean[i] == pytest.approx(hand / len(r), abs=1e-5), i
+    t2, m2 = ev.base_loglik(model, [prompts[0], [1, 2]], [responses[0], []])
+    assert t2[0] == pytest.approx(total[0], abs=1e-4) and t2[1] == 0.0 and np.isnan(m2[1])
+
+
+def test_base_loglik_of_base_samples_is_the_pool_logprob(tiny_lm):
+    """A base-model pool records each response's raw log-probability while sampling: the same number."""
+    from repexp.pools import Sampler, generate_hf, prompt_ids_of
+
+    model, tok = tiny_lm
+    prompt = prompt_ids_of(tok, [{"role": "user", "content": "2 + 2?"}])
+    rows = generate_hf(model, tok, prompt, n=4, sampler=Sampler(), max_new_tokens=6, seed=3, batch_size=4)
+    total, _ = ev.base_loglik(model, [prompt] * 4, [r["response_ids"] for r in rows])
+    np.testing.assert_allclose(total, [r["logprob"] for r in rows], atol=1e-3)
+
+
+def test_run_questions_counts_and_sample0():
+    pool = pd.DataFrame({"qid": ["b", "b", "a", "a", "a"], "sample": [1, 0, 0, 1, 2],
+                         "n_tokens": [3, 4, 5, 6, 7], "finish_reason": ["stop"] * 4 + ["length"],
+                         "logprob": [-1.0, -2.0, -3.0, -4.0, -5.0]})
+    scores = pd.DataFrame({"qid": ["a", "a", "a", "b", "b"], "sample": [0, 1, 2, 0, 1],
+                           "correct": [False, True, True, True, False]})
+    q = ev.run_questions(pool, scores, task="gsm8k", run="repexp/seed42").set_index("qid")
+    assert list(q.index) == ["b", "a"]  # pool order
+    assert q.loc["a", ["n", "c", "n_tokens", "correct", "policy_logprob"]].tolist() == [3, 2, 5, False, -3.0]
+    assert q.loc["b", ["n", "c", "n_tokens", "correct", "policy_logprob"]].tolist() == [2, 1, 4, True, -2.0]
+    assert set(q["method"]) == {"repexp"} and set(q["seed"]) == {42}
+    with pytest.raises(ValueError, match="out of step"):
+        ev.run_questions(pool, scores.iloc[:-1], task="gsm8k", run="base")
+
+
+# ------------------------------------------------------------------------------------------------
+# the hyper-parameter table
+# ------------------------------------------------------------------------------------------------
+def test_hparams_table_renders_the_paper_config():
+    from dataclasses import fields
+
+    from repexp.rl.trainer import RLSettings
+
+    spec = {"source": "hub", "repo_id": "Qwen/Qwen2.5-7B-Instruct"}
+    t = ev.hparams_table(PAPER_RL, spec).set_index("key")
+    assert list(t.columns) == ["section", "parameter", "math", "gsm8k", "dapo"]
+    assert t.loc["max_response_length", ["math", "gsm8k", "dapo"]].tolist() == ["1024", "1024", "8192"]
+    assert t.loc["repexp.proj_dim", ["math", "dapo"]].tolist() == ["32", "128"]
+    assert t.loc["learning_rate", "math"] == "1e-06" and t.loc["model", "dapo"] == "Qwen/Qwen2.5-7B-Instruct"
+    assert t.loc["@test", ["gsm8k", "dapo"]].tolist() == ["gsm8k/test_rest", "aime2024/test"]
+    assert t.loc["unlikeliness.beta_rank", "section"] == "Unlikeliness"
+    assert t.loc["repexp.zero_if_none_correct", "math"] == "yes"
+    assert t.loc["seeds", "math"] == "41, 42, 43"
+    assert "task_overrides" not in t.index and "dev_task" not in t.index
+    # every setting of the trainer is a row (labelled, or under "other" with its key)
+    for f in fields(RLSettings):
+        if f.name not in ("repexp", "unlikeliness", "dev_task"):
+            assert f.name in t.index, f.name
+    assert t.loc["weight_decay", "math"] == "0.01"  # a trainer default the config does not set
+
+
+def test_hparams_table_lists_settings_it_has_no_label_for(monkeypatch):
+    real = ev.run_settings
+    monkeypatch.setattr(ev, "run_settings", lambda rl, task: {**real(rl, task), "new_knob": 3})
+    t = ev.hparams_table(PAPER_RL).set_index("key")
+    assert t.loc["new_knob", "section"] == "other (config key)" and t.loc["new_knob", "dapo"] == "3"
+
+
+# ------------------------------------------------------------------------------------------------
+# the tables CLI on hand-made runs
+# ------------------------------------------------------------------------------------------------
+TASKS_RICH = ("math", "gsm8k", "dapo")
+
+
+def make_runs(root: Path, variant: str) -> tuple[list[Path], list[Path]]:
+    """Hand-made training runs and per-run test question tables: (questions files, done files).
+
+    ``rich``: three tasks, base + three methods x three seeds, 64 samples per question.
+    ``degenerate``: one task, one seed, no Unlikeliness, one dev evaluation, a NaN log-likelihood.
+    """
+    rng = np.random.default_rng(0)
+    if variant == "rich":
+        tasks, methods, seeds, n, n_q = TASKS_RICH, ("grpo", "unlikeliness", "repexp"), (41, 42, 43), 64, 30
+    else:
+        tasks, methods, seeds, n, n_q = ("gsm8k",), ("grpo", "repexp"), (41,), 8, 4
+    strength = {"base": 0.0, "grpo": 0.8, "unlikeliness": 0.4, "repexp": 0.3}
+    qfiles, done = [], []
+    for task in tasks:
+        difficulty = rng.uniform(0.5, 4.0, size=n_q)
+        for method, seed in [("base", None)] + [(m, s) for m in methods for s in seeds]:
+            run = root / "rl" / task / ev.run_name(method, seed)
+            (run / "test").mkdir(parents=True)
+            # sharpening: GRPO concentrates the mass on easy questions, RepExp spreads it
+            logit = -difficulty + 2.0 * strength[method] + rng.normal(0, 0.2, n_q)
+            p = 1 / (1 + np.exp(-logit * (1 + 2 * (method == "grpo"))))
+            c = rng.binomial(n, p)
+            shift = {"base": 0.0, "grpo": 8.0, "unlikeliness": -2.0, "repexp": -6.0}[method]
+            tokens = rng.integers(20, 120, size=n_q)
+            loglik = -tokens * rng.uniform(0.2, 0.6, size=n_q) + shift
+            q = pd.DataFrame({"task": task, "method": method, "seed": seed, "qid": [f"q{i}" for i in range(n_q)],
+                              "n": n, "c": c, "n_tokens": tokens, "finish_reason": "stop",
+                              "correct": rng.random(n_q) < p, "policy_logprob": loglik + rng.normal(0, 1, n_q),
+                              "loglik_sum": loglik, "loglik_mean": loglik / tokens})
+            if variant == "degenerate" and method == "repexp":
+                q.loc[0, ["loglik_sum", "loglik_mean"]] = [0.0, np.nan]  # an empty response
+            q["seed"] = q["seed"].astype("Int64")
+            q.to_parquet(run / "test" / "questions.parquet", index=False)
+            qfiles.append(run / "test" / "questions.parquet")
+            if method == "base":
+                continue
+            steps = [0] if variant == "degenerate" else list(range(0, 60, 10))
+            dev = pd.DataFrame({"step": steps, "dev_pass1": np.round(0.3 + 0.05 * np.sqrt(steps) * strength[method]
+                                                                    + rng.normal(0, 0.01, len(steps)), 3),
+                                "dev_questions": n_q, "dev_samples": 8})
+            step, pass1 = ev.pick_best(dev)
+            dev.to_csv(run / "dev.csv", index=False)
+            train_steps = np.arange(1, max(steps) + 1) if max(steps) else np.array([1])
+            pd.DataFrame({"step": train_steps, "loss": rng.normal(0, 0.1, len(train_steps)),
+                          "reward_correct": 0.3 + 0.002 * train_steps,
+                          "reward_bonus": 0.005 * (method == "repexp") * np.ones(len(train_steps)),
+                          "reward_total": 0.3 + 0.002 * train_steps, "seconds": 1.0}).to_csv(run / "train_log.csv",
+                                                                                             index=False)
+            (run / "best").mkdir()
+            (run / "best.json").write_text(json.dumps({"step": step, "dev_pass1": pass1, "method": method,
+                                                       "seed": seed, "task": task}))
+            (run / "done.json").write_text("{}")
+            done.append(run / "done.json")
+    return qfiles, done
+
+
+def build_tables(root: Path, variant: str) -> Path:
+    """The RL tables of ``variant`` written by the ``tables`` and ``hparams`` commands."""
+    qfiles, done = make_runs(root / "runs", variant)
+    out = root / "tables"
+    assert ev.main(["tables", "--questions", *map(str, qfiles), "--runs", *map(str, done), "--out-dir", str(out)]) == 0
+    rl = dict(PAPER_RL) if variant == "rich" else {**PAPER_RL, "tasks": ["gsm8k"], "seeds": [41],
+                                                  "methods": ["grpo", "repexp"], "task_overrides": {}}
+    assert ev.main(["hparams", "--rl", json.dumps(rl), "--model-spec", json.dumps({"source": "tiny_random"}),
+                    "--out", str(out / "rl_hparams.csv")]) == 0
+    return out
+
+
+def test_tables_command_on_hand_made_runs(tmp_path):
+    out = build_tables(tmp_path, "rich")
+    passk = pd.read_csv(out / "rl_passk.csv")
+    assert list(passk.columns) == ["task", "method", "k", "mean", "se", "seeds", "questions"]
+    assert set(passk["k"]) == {1, 2, 4, 8, 16, 32, 64}
+    assert passk.groupby(["task", "method"]).size().eq(7).all() and len(passk) == 3 * 4 * 7
+    assert passk.loc[passk["method"] == "base", "se"].isna().all()
+    assert (passk.loc[passk["method"] != "base", "seeds"] == 3).all()
+    # the table agrees with a direct computation for one cell
+    q = pd.read_parquet(out.parent / "runs" / "rl" / "math" / "grpo" / "seed42" / "test" / "questions.parquet")
+    assert ev.passk_table(q).query("k == 4")["mean"].iloc[0] == pytest.approx(
+        np.mean([1 - math.comb(64 - c, 4) / math.comb(64, 4) for c in q["c"]]))
+    eff = pd.read_csv(out / "rl_efficiency.csv")
+    assert len(eff) == 9 and set(eff["baseline"]) == {"base", "grpo", "unlikeliness"}
+    best = pd.read_csv(out / "rl_best.csv")
+    assert len(best) == 27 and best["agrees_with_dev_csv"].all()
+    dev = pd.read_csv(out / "rl_dev.csv")
+    assert list(dev.columns[:3]) == ["task", "method", "seed"] and dev.groupby(["task", "method", "seed"])["best"].sum().eq(1).all()
+    train = pd.read_csv(out / "rl_train.csv")
+    assert list(train.columns[:4]) == ["task", "method", "seed", "step"] and len(train) == 27 * 50
+    loglik = pd.read_parquet(out / "rl_loglik.parquet")
+    assert len(loglik) == 3 * 10 * 30 and {"loglik_sum", "loglik_mean", "policy_logprob"} <= set(loglik.columns)
+    assert loglik.loc[loglik["method"] == "base", "seed"].isna().all()
+    hp = pd.read_csv(out / "rl_hparams.csv")
+    assert list(hp.columns) == ["section", "parameter", "key", "math", "gsm8k", "dapo"]
+
+
+def test_tables_flag_a_best_json_that_disagrees_with_dev_csv(tmp_path, caplog):
+    qfiles, done = make_runs(tmp_path / "runs", "degenerate")
+    best = done[0].parent / "best.json"
+    info = json.loads(best.read_text())
+    pd.DataFrame({"step": [0, 10], "dev_pass1": [0.5, 0.4], "dev_questions": 4, "dev_samples": 8}).to_csv(
+        done[0].parent / "dev.csv", index=False)
+    best.write_text(json.dumps({**info, "step": 10, "dev_pass1": 0.4}))
+    assert ev.main(["tables", "--questions", *map(str, qfiles), "--runs", *map(str, done),
+                    "--out-dir", str(tmp_path / "t")]) == 0
+    rows = pd.read_csv(tmp_path / "t" / "rl_best.csv")
+    assert rows["agrees_with_dev_csv"].tolist() == [False, True]
+    assert "best.json says step 10" in caplog.text
+
+
+# ------------------------------------------------------------------------------------------------
+# the notebooks
+# ------------------------------------------------------------------------------------------------
+NOTEBOOKS = ["rl_passk", "rl_passk_alt", "rl_loglik", "rl_loglik_tasks", "rl_training", "rl_hparams"]
+VARIANTS = ["rich", "degenerate"]
+
+
+def _execute(notebook: str, out_dir: str, tables_dir: str) -> str | None:
+    name = Path(notebook).stem
+    try:
+        papermill.execute_notebook(
+            notebook, str(Path(out_dir).parent / f"{name}.ipynb"),
+            parameters={"tables_dir": tables_dir, "out_pdf": str(Path(out_dir) / f"{name}.pdf"),
+                        "out_png": str(Path(out_dir) / f"{name}.png")},
+            kernel_name="python3", cwd=str(REPO), progress_bar=False)
+    except Exception as err:  # noqa: BLE001 -- reported by the test of this notebook
+        return f"{type(err).__name__}: {err}"
+    return None
+
+
+@pytest.fixture(scope="module")
+def executed(tmp_path_factory):
+    root = tmp_path_factory.mktemp("rl_notebooks")
+    jobs = {}
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        for variant in VARIANTS:
+            tables = build_tables(root / variant, variant)
+            for name in NOTEBOOKS:
+                out = root / variant / "figures"
+                jobs[variant, name] = (out, pool.submit(_execute, str(REPO / "notebooks" / f"{name}.ipynb"),
+                                                        str(out), str(tables)))
+        return {key: (out, future.result()) for key, (out, future) in jobs.items()}
+
+
+def test_rl_notebooks_are_committed_clean():
+    for name in NOTEBOOKS:
+        nb = nbformat.read(REPO / "notebooks" / f"{name}.ipynb", as_version=4)
+        assert nb.metadata["kernelspec"]["name"] == "python3"
+        tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+        assert len(tagged) == 1, f"{name}: exactly one cell must be tagged 'parameters'"
+        for param in ("tables_dir", "out_pdf", "out_png"):
+            assert f"{param} = " in tagged[0].source, f"{name}: no parameter {param}"
+        for cell in nb.cells:
+            if cell.cell_type == "code":
+                assert not cell.outputs and cell.execution_count is None, f"{name} has outputs"
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_rl_notebook_draws_figure(executed, name, variant):
+    out, error = executed[variant, name]
+    assert error is None, f"{name} failed on the {variant} tables:\n{error}"
+    pdf, png = out / f"{name}.pdf", out / f"{name}.png"
+    assert pdf.exists() and pdf.read_bytes().startswith(b"%PDF") and pdf.stat().st_size > 2_000
+    assert png.exists() and png.stat().st_size > 5_000, f"{variant}/{name}: the PNG is nearly empty"
+
+
+def test_degenerate_notes_are_visible(executed):
+    """One seed and a missing method are said on the figure, not silently dropped."""
+    from repexp import plots
+
+    out, error = executed["degenerate", "rl_passk"]
+    assert error is None
+    passk = pd.read_csv(out.parent / "tables" / "rl_passk.csv")
+    note = plots.rl_method_notes(passk)
+    assert "no Unlikeliness" in note and "one seed per method" in note
+    nb = nbformat.read(out.parent / "rl_passk.ipynb", as_version=4)
+    assert "plots.rl_method_notes(passk)" in "\n".join(c.source for c in nb.cells)  # the suptitle's note

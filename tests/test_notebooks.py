@@ -20,7 +20,7 @@ import papermill
 import pytest
 from conftest import REPO
 
-NOTEBOOKS = ["overview", "stc", "features", "model_rank_difficulty", "samplers"]
+NOTEBOOKS = ["overview", "stc", "features", "model_rank_difficulty", "samplers", "tokenlevel", "tokenlevel_se"]
 VARIANTS = ["rich", "degenerate", "unsolved"]
 N = 64  # pool size of the synthetic pools
 KS = [1, 2, 4, 8, 16, 32, 64]
@@ -136,7 +136,37 @@ def make_tables(root: Path, variant: str) -> Path:
     passk.to_csv(root / "passk.csv", index=False)
     _deciles(questions).to_csv(root / "deciles.csv", index=False)
     _overview(rng, variant).to_parquet(root / "overview.parquet", index=False)
+    _token_level(rng, variant, root)
     return root
+
+
+def _token_level(rng, variant: str, root: Path) -> None:
+    """tokenlevel_{passk,difficulty}.csv built by repexp.tokenlevel from synthetic runs: rich = 30
+    questions x 3 seeds x (vanilla, beta0.5, beta1); degenerate = one question, one seed, vanilla
+    and beta1; unsolved = no solvable question (empty tables, as the test config gives)."""
+    from repexp import tokenlevel as tl
+
+    k_max = 64
+    n_q, seeds, methods = {"rich": (30, 3, [("vanilla", np.nan), ("beta0.5", 0.5), ("beta1", 1.0)]),
+                           "degenerate": (1, 1, [("vanilla", np.nan), ("beta1", 1.0)]),
+                           "unsolved": (0, 0, [])}[variant]
+    questions = pd.DataFrame({"qid": [f"q{i:03d}" for i in range(n_q)], "ref_pass1": rng.uniform(0.001, 0.2, n_q)})
+    rows = []
+    for method, beta in methods:
+        for q, p in zip(questions["qid"], questions["ref_pass1"], strict=True):
+            for s in range(seeds):
+                at = int(rng.geometric(min(1.0, p * (1.5 if beta == 1.0 else 1.0))))
+                rows += [{"qid": q, "rank": 0, "seed_index": s, "method": method, "beta": beta, "response": i,
+                          "correct": i == at} for i in range(1, min(at, k_max) + 1)]
+    runs = pd.DataFrame(rows, columns=["qid", "rank", "seed_index", "method", "beta", "response", "correct"])
+    per_run = tl.solved_at(runs) if len(runs) else pd.DataFrame(
+        columns=["qid", "rank", "seed_index", "method", "beta", "solved_at", "generations"])
+    passk = tl.passk_table(per_run, k_max)
+    difficulty = tl.difficulty_table(per_run, questions, k=k_max, bins=5)
+    for df, name in ((passk, "tokenlevel_passk.csv"), (difficulty, "tokenlevel_difficulty.csv")):
+        df.insert(0, "task", "math")
+        df.insert(0, "model", "qwen2.5-7b-instruct")
+        df.to_csv(root / name, index=False)
 
 
 def _execute(notebook: str, out_dir: str, tables_dir: str) -> str | None:

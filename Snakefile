@@ -24,3 +24,8 @@ rule all:
     default_target: True
     input:
         get_final_output(),
+
+
+onerror:
+    # one line per failed rule: ran out of memory or time in its last attempt, and the fix
+    report_failures(log)

@@ -23,5 +23,6 @@ if [ ! -x .venv/bin/python ]; then
 fi
 # torch first and pinned on every line, so that no other requirement pulls a CUDA build
 .venv/bin/pip install -q --disable-pip-version-check "torch==2.13.0"
-.venv/bin/pip install -q --disable-pip-version-check -e ".[dev]" "torch==2.13.0"
+# envs/constraints.txt: the exact versions of every direct dependency (the conda envs pin the same)
+.venv/bin/pip install -q --disable-pip-version-check -c envs/constraints.txt -e ".[dev]" "torch==2.13.0"
 echo "[install] done in $(( $(date +%s) - start )) s: $(.venv/bin/python -c 'import torch, transformers, trl, snakemake; print(f"torch {torch.__version__}, transformers {transformers.__version__}, trl {trl.__version__}, snakemake {snakemake.__version__}")')"

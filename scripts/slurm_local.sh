@@ -88,7 +88,11 @@ SlurmdLogFile=$DIR/log/slurmd.log
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 TaskProlog=$DIR/etc/task_prolog.sh
-JobAcctGatherType=jobacct_gather/none
+# memory is enforced as on a cluster: a job whose processes use more than its --mem is killed
+# (OUT_OF_MEMORY); without cgroups here, by polling /proc every second
+JobAcctGatherType=jobacct_gather/linux
+JobAcctGatherFrequency=task=1
+JobAcctGatherParams=OverMemoryKill
 AccountingStorageType=accounting_storage/none
 JobCompType=jobcomp/filetxt
 JobCompLoc=$DIR/log/jobcomp.log

@@ -137,7 +137,20 @@ def make_tables(root: Path, variant: str) -> Path:
     _deciles(questions).to_csv(root / "deciles.csv", index=False)
     _overview(rng, variant).to_parquet(root / "overview.parquet", index=False)
     _token_level(rng, variant, root)
+    _stamp(root)
     return root
+
+
+def _stamp(root: Path) -> None:
+    """The provenance columns the workflow adds to every table (the notebooks must ignore them)."""
+    from repexp import provenance
+
+    prov = provenance.collect("0123456789ab", stage="inference", model="m", seed=0)
+    for path in sorted(root.iterdir()):
+        if path.suffix == ".csv":
+            provenance.stamp(pd.read_csv(path), prov).to_csv(path, index=False)
+        elif path.suffix == ".parquet":
+            provenance.stamp(pd.read_parquet(path), prov).to_parquet(path, index=False)
 
 
 def _token_level(rng, variant: str, root: Path) -> None:

@@ -22,9 +22,11 @@ import pytest
 import yaml
 from conftest import REPO
 
+from repexp import provenance
 from repexp.rl import evaluate as ev
 
 PAPER_RL = yaml.safe_load((REPO / "config" / "paper.yaml").read_text())["rl"]
+PROVENANCE = {"stage": "rl", "config_hash": "abcdef012345", "model": "tiny", "seed": "41,42,43"}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -303,18 +305,27 @@ def build_tables(root: Path, variant: str) -> Path:
     """The RL tables of ``variant`` written by the ``tables`` and ``hparams`` commands."""
     qfiles, done = make_runs(root / "runs", variant)
     out = root / "tables"
-    assert ev.main(["tables", "--questions", *map(str, qfiles), "--runs", *map(str, done), "--out-dir", str(out)]) == 0
+    prov = ["--provenance", json.dumps(PROVENANCE)]  # as the workflow passes it: the tables carry it
+    assert ev.main(["tables", "--questions", *map(str, qfiles), "--runs", *map(str, done), "--out-dir", str(out),
+                    *prov]) == 0
     rl = dict(PAPER_RL) if variant == "rich" else {**PAPER_RL, "tasks": ["gsm8k"], "seeds": [41],
                                                   "methods": ["grpo", "repexp"], "task_overrides": {}}
     assert ev.main(["hparams", "--rl", json.dumps(rl), "--model-spec", json.dumps({"source": "tiny_random"}),
-                    "--out", str(out / "rl_hparams.csv")]) == 0
+                    "--out", str(out / "rl_hparams.csv"), *prov]) == 0
     return out
 
 
 def test_tables_command_on_hand_made_runs(tmp_path):
     out = build_tables(tmp_path, "rich")
     passk = pd.read_csv(out / "rl_passk.csv")
-    assert list(passk.columns) == ["task", "method", "k", "mean", "se", "seeds", "questions"]
+    assert list(passk.columns[:7]) == ["task", "method", "k", "mean", "se", "seeds", "questions"]
+    # provenance at the end: what the workflow passed, and the git commit and packages of this process
+    assert [c for c in passk.columns if c.startswith("prov_")] == [
+        "prov_stage", "prov_git_commit", "prov_config_hash", "prov_model", "prov_seed", "prov_packages"]
+    assert (passk["prov_config_hash"] == PROVENANCE["config_hash"]).all() and (passk["prov_model"] == "tiny").all()
+    assert (passk["prov_seed"].astype(str) == "41,42,43").all()
+    assert (passk["prov_packages"] == provenance.packages()).all()
+    assert passk["prov_git_commit"].nunique() == 1
     assert set(passk["k"]) == {1, 2, 4, 8, 16, 32, 64}
     assert passk.groupby(["task", "method"]).size().eq(7).all() and len(passk) == 3 * 4 * 7
     assert passk.loc[passk["method"] == "base", "se"].isna().all()
@@ -334,8 +345,14 @@ def test_tables_command_on_hand_made_runs(tmp_path):
     loglik = pd.read_parquet(out / "rl_loglik.parquet")
     assert len(loglik) == 3 * 10 * 30 and {"loglik_sum", "loglik_mean", "policy_logprob"} <= set(loglik.columns)
     assert loglik.loc[loglik["method"] == "base", "seed"].isna().all()
+    assert "prov_seed" not in loglik and (loglik["prov_config_hash"] == PROVENANCE["config_hash"]).all()
+    for name in ("rl_efficiency.csv", "rl_best.csv", "rl_dev.csv", "rl_train.csv"):
+        table = pd.read_csv(out / name, dtype={"prov_config_hash": str})
+        assert (table["prov_config_hash"] == PROVENANCE["config_hash"]).all(), name
     hp = pd.read_csv(out / "rl_hparams.csv")
     assert list(hp.columns) == ["section", "parameter", "key", "math", "gsm8k", "dapo"]
+    rows = hp[hp["section"] == "provenance"].set_index("key")  # a key/value table: provenance as rows
+    assert (rows.loc["prov_config_hash", ["math", "gsm8k", "dapo"]] == PROVENANCE["config_hash"]).all()
 
 
 def test_tables_flag_a_best_json_that_disagrees_with_dev_csv(tmp_path, caplog):

@@ -126,6 +126,173 @@ def test_grpo_config_has_the_paper_values(tmp_path):
     assert cfg.use_cpu and not cfg.bf16 and not cfg.use_vllm
 
 
+def _paper_settings(task: str, **rl) -> RLSettings:
+    from repexp.jobs import load_config, merge
+    from repexp.rl.evaluate import train_settings
+
+    repo = Path(__file__).resolve().parents[1]
+    cfg = load_config([repo / "config" / "paper.yaml"], base=repo / "config" / "config.yaml",
+                      schema=repo / "workflow" / "schemas" / "config.schema.yaml")
+    return RLSettings.from_dict(train_settings(merge(cfg["rl"], rl), task))
+
+
+@pytest.mark.parametrize("task", ["math", "gsm8k", "dapo"])
+def test_paper_settings_fit_eight_processes(task, tmp_path):
+    """1 node x 8 GPUs (rl.gpus_per_run = 8): whole groups per process, vLLM TP 2 = 4 engines."""
+    s = _paper_settings(task)
+    assert (s.gpus_per_run, s.max_hours, s.use_vllm, s.vllm_tensor_parallel_size) == (8, 24, True, 2)
+    lay = batch_layout(s, num_processes=8)
+    micro = 8 if task == "dapo" else 16
+    # one update = mini_batch_prompts x 8 rollouts = micro x 8 GPUs x 16 accumulation steps
+    assert (lay.per_device_train_batch_size, lay.gradient_accumulation_steps) == (micro, 16)
+    assert lay.per_device_train_batch_size * 8 * lay.steps_per_generation == s.train_batch_prompts * 8
+    assert lay.per_process_generation_batch % s.group_size == 0  # whole groups on every process
+    assert s.updates_per_step == 4
+    cfg = grpo_config(s, output_dir=str(tmp_path), seed=41, num_processes=8)
+    assert cfg.use_vllm and cfg.vllm_mode == "colocate" and cfg.vllm_tensor_parallel_size == 2
+
+
+def test_processes_must_fit_the_batches_and_the_vllm_engines(tmp_path):
+    # TP 2 on one process: TRL's colocated engines span 2 processes each
+    with pytest.raises(ValueError, match="vllm_tensor_parallel_size = 2 does not divide the 1 rl.gpus_per_run"):
+        _paper_settings("math", gpus_per_run=1)
+    _paper_settings("math", gpus_per_run=1, vllm_tensor_parallel_size=1)
+    _paper_settings("math", gpus_per_run=4)
+    # 6 processes: 256 prompts x 8 rollouts per update do not split into micro-batches of 16 on 6 GPUs
+    with pytest.raises(ValueError, match="x 6 process"):
+        _paper_settings("math", gpus_per_run=6, vllm_tensor_parallel_size=1)
+    # the launched process count is checked again when the trainer is configured
+    s = RLSettings.from_dict({"train_batch_prompts": 8, "mini_batch_prompts": 8, "micro_batch_size": 8,
+                              "use_vllm": True, "vllm_tensor_parallel_size": 2, "gpus_per_run": 2})
+    with pytest.raises(ValueError, match="does not divide the 1 training processes"):
+        grpo_config(s, output_dir=str(tmp_path), seed=1, num_processes=1)
+    with pytest.raises(ValueError, match="max_hours"):
+        RLSettings.from_dict({"max_hours": 0})
+
+
+# ------------------------------------------------------------------------------------------------
+# the time budget (rl.max_hours)
+# ------------------------------------------------------------------------------------------------
+class FakeClock:
+    def __init__(self, now: float = 0.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _budget_run(state: Path, max_hours: float | None, updates_per_step: int = 2):
+    return SimpleNamespace(state=state, s=SimpleNamespace(updates_per_step=updates_per_step, max_hours=max_hours),
+                           is_main=True, stopped_by=None, train_seconds=0.0)
+
+
+def _train(budget, run, start: int, max_updates: int, clock: FakeClock, seconds_per_update: float):
+    """The trainer's calls: on_train_begin, then on_step_end after every update until a stop."""
+    from transformers import TrainerControl, TrainerState
+
+    args = SimpleNamespace(max_steps=max_updates)
+    state, control = TrainerState(global_step=start, max_steps=max_updates), TrainerControl()
+    budget.on_train_begin(args, state, control)
+    stops = []
+    while state.global_step < max_updates:
+        control.should_save = control.should_training_stop = False
+        clock.now += seconds_per_update
+        state.global_step += 1
+        control = budget.on_step_end(args, state, control)
+        if control.should_training_stop:
+            assert control.should_save, "the stopping step must be saved (and so evaluated)"
+            stops.append(state.global_step)
+            break
+    return state.global_step, stops
+
+
+def test_time_budget_stops_at_the_first_step_boundary_after_it(tmp_path):
+    from repexp.rl.train import BudgetSpent, _callbacks, read_elapsed, record_elapsed
+
+    TimeBudget = _callbacks()[2]
+    state = tmp_path / "state"
+    # 1 h budget, 2 updates per step, 700 s per update: 1,400 s per step -> 2,800 s at step 2 (update
+    # 4), 4,200 s at step 3 (update 6): the first boundary at or after 3,600 s
+    run, clock = _budget_run(state, 1.0), FakeClock(1000.0)
+    at, stops = _train(TimeBudget(run, clock=clock), run, 0, 20, clock, 700.0)
+    assert (at, stops, run.stopped_by) == (6, [6], "max_hours")
+    assert json.loads((state / "elapsed.json").read_text())["seconds"] == {"2": 1400.0, "4": 2800.0, "6": 4200.0}
+    assert run.train_seconds == 4200.0
+
+    # killed after the checkpoint at update 4 (step 2); the earlier attempt's record at update 6 and a
+    # stale one at 8 are in the file. A new process (its clock starts anywhere) resumes from update
+    # 4 with the 2,800 s recorded there: 500 s per update -> 3,800 s at update 6, the stop
+    record_elapsed(state, 8, 9999.0)
+    run, clock = _budget_run(state, 1.0), FakeClock(50.0)
+    budget = TimeBudget(run, clock=clock)
+    at, stops = _train(budget, run, 4, 20, clock, 500.0)
+    assert budget.base == 2800.0 and (at, stops, run.stopped_by) == (6, [6], "max_hours")
+    assert json.loads((state / "elapsed.json").read_text())["seconds"] == {"2": 1400.0, "4": 2800.0, "6": 3800.0}
+    assert read_elapsed(state, 5) == 2800.0 and read_elapsed(state, 0) == 0.0
+
+    # killed after the stopping step was saved: a rerun resumes there and trains no further (the
+    # dev evaluation of that step, if it is missing, runs before: DevEvaluator.on_train_begin)
+    run, clock = _budget_run(state, 1.0), FakeClock()
+    with pytest.raises(BudgetSpent):
+        _train(TimeBudget(run, clock=clock), run, 6, 20, clock, 500.0)
+    assert run.stopped_by == "max_hours" and run.train_seconds == 3800.0
+
+    # a longer budget on the same records goes on from 3,800 s: 7,200 s reached at update 14 (step 7)
+    run, clock = _budget_run(state, 2.0), FakeClock()
+    assert _train(TimeBudget(run, clock=clock), run, 6, 20, clock, 500.0) == (14, [14])
+
+    # no budget: only max_steps ends the run; nor does a budget spent exactly at max_steps count
+    for hours in (None, 1e-6):
+        fresh = tmp_path / f"fresh-{hours}"
+        run, clock = _budget_run(fresh, hours), FakeClock()
+        assert _train(TimeBudget(run, clock=clock), run, 0, 2, clock, 700.0) == (2, [])
+        assert run.stopped_by is None and read_elapsed(fresh, 2) == 1400.0
+
+
+def test_the_stopping_step_is_evaluated():
+    """DevEvaluator.on_save evaluates the step the budget stopped at, like max_steps."""
+    from transformers import TrainerControl, TrainerState
+
+    from repexp.rl.train import _callbacks
+
+    DevEvaluator = _callbacks()[0]
+    calls = []
+    run = SimpleNamespace(s=SimpleNamespace(updates_per_step=2, eval_every=20), stopped_by=None,
+                          has_dev=lambda step: False, evaluate=lambda trainer, step, update: calls.append(step))
+    cb = DevEvaluator(run)
+    args = SimpleNamespace(max_steps=100)
+    cb.on_save(args, TrainerState(global_step=6), TrainerControl())
+    assert calls == []  # step 3: no evaluation due
+    run.stopped_by = "max_hours"
+    cb.on_save(args, TrainerState(global_step=6), TrainerControl())
+    assert calls == [3]
+
+
+@pytest.mark.parametrize("configfile,target,launcher,gpu", [
+    ("config/paper.yaml", "results/rl/qwen2.5-7b-instruct/dapo/repexp/seed41/done.json",
+     "accelerate launch --config_file profiles/accelerate/fsdp.yaml --num_processes 8 -m repexp.rl.train ", "8"),
+    ("config/test.yaml", "results/rl/tiny-random/gsm8k/grpo/seed41/done.json", "python -m repexp.rl.train ", "0"),
+], ids=["paper", "test"])
+def test_rl_train_launches_one_process_per_gpu(configfile, target, launcher, gpu):
+    """The dry run's rl_train job: `accelerate launch` with the FSDP config on rl.gpus_per_run = 8
+    GPUs for the paper, one `python` process for the CPU test configuration."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    out = subprocess.run([sys.executable, "-m", "snakemake", "-n", "-p", "-F", target, "--configfile", configfile],
+                         cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    block = out.stdout[out.stdout.index("rule rl_train:"):]
+    shell = next(line for line in block.splitlines() if "repexp.rl.train" in line)
+    assert shell.strip().removeprefix("Shell command: ").startswith(launcher), shell
+    assert shell.count("repexp.rl.train") == 1, shell
+    assert re.search(rf"resources: .*\bgpu={gpu}\b", block.split("\n\n")[0]), block[:2000]
+
+
 # ------------------------------------------------------------------------------------------------
 # the RepExp reward against an independent computation
 # ------------------------------------------------------------------------------------------------
@@ -266,6 +433,21 @@ def test_cli_runs_two_steps(method, tiny, tables, tmp_path, coin_checker):
     check_outputs(out, method, tiny)
 
 
+def test_last_checkpoint_skips_and_removes_one_cut_off_while_saved(tmp_path):
+    from repexp.rl.train import last_checkpoint
+
+    assert last_checkpoint(tmp_path) is None
+    ckpt = tmp_path / "checkpoints"
+    for step, complete in ((2, True), (9, True), (10, False), (12, False)):
+        (ckpt / f"checkpoint-{step}").mkdir(parents=True)
+        (ckpt / f"checkpoint-{step}" / "model.safetensors").write_bytes(b"x")
+        if complete:
+            (ckpt / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+    # numeric order (10 > 9), the newest complete one; the incomplete newer ones are gone
+    assert last_checkpoint(tmp_path) == str(ckpt / "checkpoint-9")
+    assert sorted(p.name for p in ckpt.iterdir()) == ["checkpoint-2", "checkpoint-9"]
+
+
 def test_cli_resumes_after_a_kill(tiny, tables, tmp_path, coin_checker, monkeypatch):
     from repexp.rl import train as rl_train
 
@@ -284,13 +466,60 @@ def test_cli_resumes_after_a_kill(tiny, tables, tmp_path, coin_checker, monkeypa
     with pytest.raises(Killed):
         cli(tiny, tables, out, "grpo")
     assert (out / "checkpoints" / "checkpoint-2").is_dir() and not (out / "done.json").exists()
-    assert pd.read_csv(out / "dev.csv")["step"].tolist() == [0]
+    # nothing is published before the end (Snakemake deletes a killed job's outputs anyway)
+    assert pd.read_csv(out / "state" / "dev.csv")["step"].tolist() == [0]
+    assert not any((out / name).exists() for name in ("dev.csv", "train_log.csv", "best.json", "best"))
     monkeypatch.setattr(rl_train.Run, "evaluate", evaluate)
     assert cli(tiny, tables, out, "grpo", extra=["--keep-checkpoints"]) == 0
     done = check_outputs(out, "grpo", tiny)
     assert done["resumed_from"].endswith("checkpoint-2")
+    assert done["stopped_by"] == "max_steps" and done["train_seconds"] > 0
+    # killed after its last checkpoint (before done.json): a rerun trains no further update
+    (out / "done.json").unlink()
+    assert cli(tiny, tables, out, "grpo", extra=["--keep-checkpoints"]) == 0
+    again = json.loads((out / "done.json").read_text())
+    assert (again["updates"], again["stopped_by"]) == (4, "max_steps") and again["resumed_from"].endswith("-4")
+    assert pd.read_csv(out / "dev.csv")["step"].tolist() == [0, 1, 2]
     # without --keep-checkpoints a finished run removes them
     out2 = tmp_path / "grpo-nokeep"
     one_step = {**SETTINGS, "max_steps": 1, "train_batch_prompts": 1}
     assert cli(tiny, tables, out2, "grpo", settings=one_step) == 0
     assert not (out2 / "checkpoints").exists() and (out2 / "done.json").is_file()
+
+
+def test_cli_stops_at_the_time_budget(tiny, tables, tmp_path, coin_checker):
+    """A budget of 0.36 ms: the run stops after its first step (of max_steps 2), saves and evaluates it
+    although eval_every is 2; a rerun resumes from that checkpoint and trains no further."""
+    out = tmp_path / "budget"
+    budget = {**SETTINGS, "eval_every": 2, "max_hours": 1e-7}
+    assert cli(tiny, tables, out, "grpo", settings=budget, extra=["--keep-checkpoints"]) == 0
+    done = json.loads((out / "done.json").read_text())
+    assert (done["stopped_by"], done["steps"], done["updates"]) == ("max_hours", 1, 2)
+    assert done["train_seconds"] > 0 and done["settings"]["max_hours"] == 1e-7
+    assert pd.read_csv(out / "dev.csv")["step"].tolist() == [0, 1]
+    assert pd.read_csv(out / "train_log.csv")["step"].tolist() == [1]
+    assert sorted(p.name for p in (out / "checkpoints").glob("checkpoint-*")) == ["checkpoint-2"]
+    assert list(json.loads((out / "state" / "elapsed.json").read_text())["seconds"]) == ["2"]
+    # rerun (the job killed after its last checkpoint, say): no further training, the same tables
+    (out / "done.json").unlink()
+    assert cli(tiny, tables, out, "grpo", settings=budget, extra=["--keep-checkpoints"]) == 0
+    again = json.loads((out / "done.json").read_text())
+    assert (again["stopped_by"], again["updates"], again["train_seconds"]) == ("max_hours", 2, done["train_seconds"])
+    assert again["resumed_from"].endswith("checkpoint-2")
+    assert pd.read_csv(out / "dev.csv")["step"].tolist() == [0, 1]
+
+
+def test_paper_fsdp_config_is_a_valid_accelerate_config():
+    """The FSDP file the paper's runs are launched with parses as an accelerate config: full sharding,
+    bf16 compute, a full state dict on save (best/ must load with transformers)."""
+    import yaml
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    repo = Path(__file__).resolve().parents[1]
+    paper = yaml.safe_load((repo / "config" / "paper.yaml").read_text())["rl"]
+    path = repo / paper["accelerate_config"]
+    cfg = load_config_from_file(str(path))
+    assert str(cfg.distributed_type).endswith("FSDP") and str(cfg.mixed_precision).endswith("bf16")
+    assert cfg.fsdp_config["fsdp_sharding_strategy"] == "FULL_SHARD"
+    assert cfg.fsdp_config["fsdp_state_dict_type"] == "FULL_STATE_DICT"
+    assert cfg.num_machines == 1 and paper["gpus_per_run"] == 8

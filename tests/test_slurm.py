@@ -65,8 +65,13 @@ def slurm_profile() -> dict:
         return yte.process_yaml(f, require_use_yte=True)
 
 
+# Rules whose GPU count the workflow sets from the config (rl_train: `rl.gpus_per_run`), not the profile.
+CONFIG_GPU_RULES = {"rl_train"}
+
+
 def gpu_rules(profile: dict) -> set[str]:
-    return {rule for rule, res in profile["set-resources"].items() if res.get("gpu")}
+    """The rules that get GPUs: `gpu:` in the profile, or from the config through the rule."""
+    return {rule for rule, res in profile["set-resources"].items() if res.get("gpu")} | CONFIG_GPU_RULES
 
 
 def workflow_rules() -> set[str]:
@@ -107,11 +112,17 @@ def test_profile_gives_gpus_to_the_model_rules_only():
     assert asking | {"token_level_run"} <= gpu_rules(profile)
     assert gpu_rules(profile) == {"generate_pool", "cache_features", "token_level_run", "rl_train",
                                   "rl_test_pool", "rl_test_questions"}
+    # rl_train's GPU count comes from the rule (rl.gpus_per_run), which the profiles must not override
+    assert {rule for rule in CONFIG_GPU_RULES if "gpu" in profile["set-resources"][rule]} == set()
+    config_gpu = re.search(r"^rule rl_train:\n(?:(?!^rule ).)*?\bgpu=rl_gpus\(\)", smk, re.M | re.S)
+    assert config_gpu, "rule rl_train must ask for gpu=rl_gpus() (rl.gpus_per_run)"
     # the local one-GPU profile serialises exactly the same rules
     with open(LOCAL_GPU_PROFILE) as f:
         local = yaml.safe_load(f)
     assert local["resources"] == {"gpu": 1}
-    assert {rule for rule, res in local["set-resources"].items() if res.get("gpu") == 1} == gpu_rules(profile)
+    local_gpu = {rule for rule, res in local["set-resources"].items() if res.get("gpu") == 1}
+    assert local_gpu == gpu_rules(profile) - CONFIG_GPU_RULES
+    assert not {rule for rule in CONFIG_GPU_RULES if "gpu" in local["set-resources"].get(rule, {})}
 
 
 def test_paper_dry_run_shows_the_gpu_requests():
@@ -125,12 +136,15 @@ def test_paper_dry_run_shows_the_gpu_requests():
                f"results/rl/{m}/gsm8k/base/test/questions.parquet", "results/tables/rl_hparams.csv")
     out = snakemake(*targets, "-n", "-F", "--profile", "slurm", "--configfile", "config/paper.yaml")
     jobs = job_resources(out)
+    gpus = {"rl_train": "8"}  # rl.gpus_per_run of config/paper.yaml (1 node x 8 GPUs per run)
     for rule in gpu_rules(slurm_profile()):
         assert rule in jobs, rule
-        assert all(r.get("gpu") == "1" and r["slurm_partition"] == "CHANGE_ME" for r in jobs[rule]), rule
+        assert all(r.get("gpu") == gpus.get(rule, "1") and r["slurm_partition"] == "CHANGE_ME"
+                   for r in jobs[rule]), rule
     for rule in ("score_pool", "select_pool", "prepare_task", "token_level_questions", "rl_test_score"):
         assert all("gpu" not in r for r in jobs[rule]), rule
-    assert jobs["rl_train"][0]["mem_mb"] == "64000" and jobs["rl_train"][0]["runtime"] == "1440"
+    # the time budget rl.max_hours = 24 h + 2 h of margin
+    assert jobs["rl_train"][0]["mem_mb"] == "256000" and jobs["rl_train"][0]["runtime"] == "1560"
     assert jobs["select_pool"][0]["slurm_account"] == "CHANGE_ME"
 
 
@@ -165,17 +179,18 @@ def slurm_cluster():
 
 def ci_profile(dest: Path, partition: str) -> Path:
     """profiles/slurm with the settings of a test cluster: squeue for status (no accounting), quick
-    status checks, no account, the local partition, small memory requests (the rules' threads, so
-    that the outputs can be compared with a local run), no retries (a failure must show)."""
+    status checks, no account, the local partition, 3 GB per job (the rules' threads, so that the
+    outputs can be compared with a local run), no retries (a failure must show)."""
     profile = slurm_profile()
     profile.pop("set-threads")
     profile.update({
         "slurm-status-command": "squeue", "slurm-init-seconds-before-status-checks": 1,
         "slurm-no-account": True, "slurm-keep-successful-logs": True, "retries": 0, "latency-wait": 5,
-        "jobs": 4, "default-resources": {"slurm_partition": partition, "mem_mb": 1000, "runtime": 30},
+        "jobs": 4, "default-resources": {"slurm_partition": partition, "mem_mb": 3000, "runtime": 30},
     })
     for res in profile["set-resources"].values():
-        res.update(slurm_partition=partition, mem_mb=1000)
+        # memory is enforced (scripts/slurm_local.sh): Snakemake + torch + the tiny model fit in 3 GB
+        res.update(slurm_partition=partition, mem_mb=3000)
     dest.mkdir(parents=True)
     (dest / "profile.yaml").write_text(yaml.safe_dump(profile, sort_keys=False))
     return dest
@@ -239,3 +254,66 @@ def test_test_config_through_slurm_matches_a_local_run(slurm_cluster, tmp_path, 
         pd.testing.assert_frame_equal(read(run / f), read(local / f), obj=str(f))
     assert (run / "results" / "figures" / "tokenlevel.pdf").stat().st_size > 5000
     print(f"slurm run: {total} sbatch jobs in {wall:.0f} s")
+
+
+# Two jobs that need more memory than their first attempt gets: one fits in the second attempt, one
+# in none. The workflow's own `onerror` handler (the Snakefile's last lines) explains the failure.
+OOM_SNAKEFILE = """
+from repexp.failures import report as report_failures
+
+
+rule all:
+    input: "fits.txt", "never_fits.txt"
+
+
+rule fits:  # 1.2 GB plus Snakemake's own memory: over 1 GB, under 2 GB
+    output: "fits.txt"
+    shell: "python -c 'import time; x = b\\"x\\" * (1200 * 2**20); time.sleep(4)' && echo ok > {output}"
+
+
+rule never_fits:  # 4 GB: over 1, 2 and 3 GB
+    output: "never_fits.txt"
+    shell: "python -c 'import time; x = b\\"x\\" * (4000 * 2**20); time.sleep(4)' && echo ok > {output}"
+
+
+onerror:
+    report_failures(log)
+"""
+
+
+@pytest.mark.slow
+def test_out_of_memory_is_retried_with_more_memory_then_fails_clearly(slurm_cluster, tmp_path):
+    """Slurm kills a job over its memory; the profile's retries come back with `attempt` times the
+    memory; a job that never fits fails with a message that names the rule, the memory and the fix."""
+    assert "report_failures(log)" in (REPO / "Snakefile").read_text()  # the handler tested here
+    real = slurm_profile()
+    retries = real["retries"]
+    assert retries == 2 and re.fullmatch(r"\d+ \* attempt", real["default-resources"]["mem_mb"])
+    profile = ci_profile(tmp_path / "ci-slurm", slurm_cluster["partition"])
+    config = yaml.safe_load((profile / "profile.yaml").read_text())
+    # the real profile's retries and its form of memory request, "<MB> * attempt", at a test scale
+    config.update({"retries": retries, "set-resources": {rule: {"mem_mb": "1000 * attempt"}
+                                                         for rule in ("fits", "never_fits")}})
+    (profile / "profile.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    (tmp_path / "Snakefile").write_text(OOM_SNAKEFILE)
+    env = dict(os.environ, SLURM_CONF=slurm_cluster["conf"])
+    proc = start_snakemake("--profile", str(profile), cwd=tmp_path, env=env)
+    proc.wait(timeout=600)
+    proc.output.seek(0)
+    out = proc.output.read()
+    assert proc.returncode != 0, out[-3000:]
+    assert (tmp_path / "fits.txt").read_text() == "ok\n" and not (tmp_path / "never_fits.txt").exists()
+    # what Slurm did: fits killed at 1 GB then done at 2 GB; never_fits killed at 1, 2 and 3 GB
+    submitted = re.findall(r"Job \d+ has been submitted with SLURM jobid (\d+) \(log: .*/rule_(\w+)/", out)
+    shown = subprocess.run(["scontrol", "show", "job", "-o"], env=env, capture_output=True, text=True,
+                           check=True).stdout
+    state = {f["JobId"]: f for f in (dict(re.findall(r"(\w+)=(\S*)", line)) for line in shown.splitlines())}
+    history = {rule: [(state[j]["JobState"], state[j]["MinMemoryNode"]) for j, r in submitted if r == rule]
+               for rule in ("fits", "never_fits")}
+    assert history["fits"] == [("FAILED", "1000M"), ("COMPLETED", "2000M")], history
+    assert history["never_fits"] == [("FAILED", "1000M"), ("FAILED", "2000M"), ("FAILED", "3000M")], history
+    # the clear message: rule, memory of the last attempt, the evidence and the fix; nothing on `fits`
+    lines = [line for line in out.splitlines() if line.startswith("repexp: ")]
+    assert len(lines) == 1, out[-3000:]
+    assert "rule never_fits ran out of memory" in lines[0] and "mem_mb=3000, attempt 3" in lines[0]
+    assert "exceeded memory limit" in lines[0] and "raise mem_mb of never_fits" in lines[0]

@@ -27,13 +27,18 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 
 def write_parquet(df, out: str | os.PathLike, **meta) -> None:
-    """A DataFrame as Parquet (zstd), atomically; ``meta`` is stored as JSON in the file's metadata."""
+    """A DataFrame as Parquet (zstd), atomically; ``meta`` is stored as JSON in the file's metadata
+    (key ``repexp``), the writing process's git commit and package versions under
+    ``repexp_provenance`` (:func:`repexp.provenance.environment`)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from repexp.provenance import environment
+
     table = pa.Table.from_pandas(df, preserve_index=False)
+    extra = {b"repexp_provenance": json.dumps(environment(), sort_keys=True).encode()}
     if meta:
-        table = table.replace_schema_metadata({**(table.schema.metadata or {}),
-                                               b"repexp": json.dumps(meta, sort_keys=True).encode()})
+        extra[b"repexp"] = json.dumps(meta, sort_keys=True).encode()
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), **extra})
     with atomic_path(out) as tmp:
         pq.write_table(table, tmp, compression="zstd")

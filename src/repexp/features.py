@@ -175,7 +175,8 @@ def read_cache(manifest_path: str | os.PathLike, pooling: str = "mean") -> tuple
     if sha256_file(tensors) != manifest["sha256"]:
         raise FeatureError(
             f"{tensors} does not match its manifest's checksum: the file changed on disk. "
-            f"Delete it and {manifest_path.name}, then rerun (rule cache_features)."
+            f"Delete {tensors} and {manifest_path}, then rerun the same snakemake command: rule "
+            f"cache_features rebuilds them."
         )
     arr = load_file(str(tensors))
     if pooling not in arr:

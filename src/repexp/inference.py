@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from repexp import metrics
+from repexp import metrics, provenance
 from repexp.atomic import write_parquet
 from repexp.features import read_cache
 from repexp.pools import question_seed
@@ -261,10 +261,11 @@ def _cmd_summarize(a) -> int:
                                  reference_model=a.reference_model or None, difficulty=difficulty)
     out = Path(a.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    stc.to_csv(out / "stc.csv", index=False)
-    deciles.to_csv(out / "deciles.csv", index=False)
-    pk.to_csv(out / "passk.csv", index=False)
-    write_parquet(questions, out / "questions.parquet")
+    prov = provenance.from_cli(a.provenance)
+    provenance.stamp(stc, prov).to_csv(out / "stc.csv", index=False)
+    provenance.stamp(deciles, prov).to_csv(out / "deciles.csv", index=False)
+    provenance.stamp(pk, prov).to_csv(out / "passk.csv", index=False)
+    write_parquet(provenance.stamp(questions, prov), out / "questions.parquet")
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         log.info("STC (solved questions):\n%s", stc[stc["pooling"] == "mean"].round(3).to_string(index=False))
     return 0
@@ -274,7 +275,7 @@ def _cmd_overview(a) -> int:
     feats, rows = load_pool(a.features, a.scores, "mean")
     df = overview(feats, rows, proj_dim=a.proj_dim, lam=a.lam, picks=a.picks, projection_seed=a.projection_seed,
                   seed=a.seed)
-    write_parquet(df.assign(model=a.model, task=a.task), a.out)
+    write_parquet(provenance.stamp(df.assign(model=a.model, task=a.task), provenance.from_cli(a.provenance)), a.out)
     return 0
 
 
@@ -301,6 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--out-prefix", required=True)
     o.add_argument("--picks", type=int, default=8)
     o.add_argument("--out", required=True)
+    provenance.add_argument(o)
     m = sub.add_parser("summarize", help="dataset-level tables for the figures")
     m.add_argument("--questions", nargs="+", required=True)
     m.add_argument("--passk", nargs="+", required=True)
@@ -308,6 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--reference-model", default="")
     m.add_argument("--include-unsolved", action="store_true")
     m.add_argument("--out-dir", required=True)
+    provenance.add_argument(m)
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     return {"select": _cmd_select, "summarize": _cmd_summarize, "overview": _cmd_overview}[a.cmd](a)

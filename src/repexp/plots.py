@@ -24,6 +24,7 @@ import pandas as pd
 import seaborn as sns
 
 from repexp.features import POOLINGS
+from repexp.provenance import strip as strip_provenance
 
 __all__ = [
     "CORRECT_COLOR", "POOLINGS", "POOLING_COLORS", "POOLING_LABELS", "RANDOM_COLOR", "RANDOM_LABEL",
@@ -56,11 +57,13 @@ def setup() -> None:
 
 
 def load(tables_dir: str | Path, name: str) -> pd.DataFrame:
-    """Read ``tables_dir/name`` (``.csv`` or ``.parquet``); a missing table says how to build it."""
+    """Read ``tables_dir/name`` (``.csv`` or ``.parquet``) without its provenance columns/rows
+    (:func:`repexp.provenance.strip`; the results page shows them); a missing table says how to
+    build it."""
     path = Path(tables_dir) / name
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist: build it first, e.g. `snakemake {path}`")
-    return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    return strip_provenance(pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path))
 
 
 def only(df: pd.DataFrame, **equal) -> pd.DataFrame:

@@ -1,22 +1,26 @@
-"""The results index page: every figure with a link to its executed notebook, and the STC table.
+"""The results index page: every figure with a link to its executed notebook, the STC table, and
+the provenance of every result table (commit, config hash, packages, model, seed).
 
     python -m repexp.report --figures results/figures/*.png --notebooks results/notebooks/*.html \\
-        --stc results/tables/stc.csv --out results/index.html
+        --stc results/tables/stc.csv --tables results/tables/*.csv --stage-hashes '{"inference": "…"}' \\
+        --out results/index.html
 """
 
 from __future__ import annotations
 
 import argparse
 import html
+import json
 import os
-import subprocess
 import sys
+from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
 
 import repexp
+from repexp import provenance
 from repexp.atomic import atomic_path
 
 TITLES = {
@@ -36,25 +40,97 @@ TITLES = {
 }
 
 
-def git_commit() -> str:
+def _short(commit: str) -> str:
+    """A commit as 12 hex digits (``-dirty`` kept)."""
+    head, dirty, _ = commit.partition("-dirty")
+    return head[:12] + ("-dirty" if dirty else "")
+
+
+def _codes(values: list[str], fmt=str) -> str:
+    return ", ".join(f"<code>{html.escape(fmt(v))}</code>" for v in values) or "-"
+
+
+def _read_provenance(table: str) -> dict:
+    """:func:`repexp.provenance.read`; a table it cannot read is listed with the error."""
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+        return provenance.read(table)
+    except Exception as err:  # noqa: BLE001 -- the page is built anyway and says what failed
+        empty = {k: [] for k in provenance.FIELDS}
+        return {"table": Path(table).name, "rows": 0, **empty, "error": f"unreadable: {type(err).__name__}: {err}"}
+
+
+def provenance_section(tables: list[str], current: dict, stage_hashes: dict[str, str] | None = None) -> str:
+    """The Provenance section: this page's commit and packages, and per table the commit(s),
+    config hash(es), model(s), seed(s) and packages that produced it (:func:`repexp.provenance.read`),
+    with a flag where a table differs from this checkout, this config (``stage_hashes``: the
+    current config hash of each stage), this environment or the other tables."""
+    stage_hashes = stage_hashes or {}
+    summaries = [_read_provenance(t) for t in tables]
+    known = [c for s in summaries for c in s["git_commit"] if c != provenance.UNKNOWN]
+    usual = Counter(known).most_common(1)[0][0] if len(set(known)) > 1 else None
+    envs = {current["packages"]: 1}
+    for s in summaries:
+        for p in s["packages"]:
+            envs.setdefault(p, len(envs) + 1)
+    rows = []
+    for s in summaries:
+        flags = [s["error"]] if "error" in s else []
+        commits, hashes = s["git_commit"], s["config_hash"]
+        if not commits and not hashes and not flags:
+            flags.append("no provenance recorded" + (" (no rows)" if not s["rows"] else ""))
+        if len(commits) > 1:
+            flags.append("several commits")
+        if current["git_commit"] != provenance.UNKNOWN and any(
+                c not in (current["git_commit"], provenance.UNKNOWN) for c in commits):
+            flags.append("commit differs from this checkout")
+        if usual and any(c not in (usual, provenance.UNKNOWN) for c in commits):
+            flags.append("commit differs from the other tables")
+        if len(hashes) > 1:
+            flags.append("several config hashes")
+        expected = [stage_hashes[st] for st in s["stage"] if st in stage_hashes]
+        if expected and any(h not in expected for h in hashes):
+            flags.append(f"config changed since (this config: {', '.join(expected)})")
+        if any(p != current["packages"] for p in s["packages"]):
+            flags.append("packages differ from this environment")
+        flag = "; ".join(flags)
+        rows.append(
+            f"<tr{' class=flagged' if flag else ''}><td><code>{html.escape(s['table'])}</code></td>"
+            f"<td>{s['rows']}</td><td>{_codes(s['stage'])}</td><td>{_codes(commits, _short)}</td>"
+            f"<td>{_codes(hashes)}</td><td>{_codes(s['model'])}</td><td>{_codes(s['seed'])}</td>"
+            f"<td>{', '.join(f'env {envs[p]}' for p in s['packages']) or '-'}</td>"
+            f"<td class=flag>{html.escape(flag) if flag else 'ok'}</td></tr>")
+    parts = [
+        "<h2 id='provenance'>Provenance</h2>",
+        f"<p>This page: commit <code>{html.escape(current['git_commit'])}</code> "
+        "(<code>-dirty</code>: tracked files had uncommitted changes), environment env 1.",
+    ]
+    if stage_hashes:
+        parts.append(" Config hash of each stage now: " + ", ".join(
+            f"{html.escape(st)} <code>{html.escape(h)}</code>" for st, h in sorted(stage_hashes.items())) + ".")
+    parts.append("</p>")
+    if rows:
+        parts.append("<table><tr><th>table</th><th>rows</th><th>stage</th><th>commit</th><th>config hash</th>"
+                     "<th>model</th><th>seed</th><th>packages</th><th>check</th></tr>" + "".join(rows) + "</table>")
+    parts.append("<p>Environments (package versions):</p><ul>" + "".join(
+        f"<li>env {i}{' (this page)' if i == 1 else ''}: <code>{html.escape(p.replace(';', '; '))}</code></li>"
+        for p, i in envs.items()) + "</ul>")
+    return "\n".join(parts)
 
 
 def index_page(figures: list[str], notebooks: list[str], stc: pd.DataFrame | None, *, out: Path,
-               config_name: str) -> str:
+               config_name: str, tables: list[str] | None = None,
+               stage_hashes: dict[str, str] | None = None) -> str:
     by_name = {Path(n).stem: n for n in notebooks}
+    current = provenance.collect()
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>RepExp replication: results</title>",
         "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto} img{max-width:100%;"
         "border:1px solid #ddd} table{border-collapse:collapse;font-size:90%} td,th{padding:2px 8px;"
-        "border-bottom:1px solid #eee}</style></head><body>",
+        "border-bottom:1px solid #eee} tr.flagged td.flag{color:#b00;font-weight:bold}</style></head><body>",
         "<h1>RepExp replication: results</h1>",
-        f"<p>config <code>{html.escape(config_name)}</code>, commit <code>{git_commit()}</code>, repexp "
-        f"{repexp.__version__}, built {datetime.now(UTC):%Y-%m-%d %H:%M} UTC.</p>",
+        f"<p>config <code>{html.escape(config_name)}</code>, commit <code>{_short(current['git_commit'])}</code>, "
+        f"repexp {repexp.__version__}, built {datetime.now(UTC):%Y-%m-%d %H:%M} UTC "
+        "(<a href='#provenance'>provenance</a>).</p>",
     ]
     if stc is not None:
         parts.append("<h2>Samples-to-correct (solved questions, vanilla pools, mean features)</h2>")
@@ -69,6 +145,7 @@ def index_page(figures: list[str], notebooks: list[str], stc: pd.DataFrame | Non
         link = f" (<a href='{html.escape(os.path.relpath(nb, out.parent))}'>notebook</a>)" if nb else ""
         parts.append(f"<h2>{html.escape(TITLES.get(name, name))}{link}</h2>"
                      f"<img src='{html.escape(rel_png)}' alt='{html.escape(name)}'>")
+    parts.append(provenance_section(tables or [], current, stage_hashes))
     parts.append("</body></html>")
     return "\n".join(parts)
 
@@ -79,10 +156,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--notebooks", nargs="*", default=[])
     ap.add_argument("--stc", default=None, help="the inference-time STC table, when that stage ran")
     ap.add_argument("--config-name", default="config/config.yaml")
+    ap.add_argument("--tables", nargs="*", default=[], help="result tables whose provenance the page lists")
+    ap.add_argument("--stage-hashes", default="{}", help="JSON {stage: config hash of the current config}")
     ap.add_argument("--out", required=True)
     a = ap.parse_args(argv)
     out = Path(a.out)
-    page = index_page(a.figures, a.notebooks, pd.read_csv(a.stc) if a.stc else None, out=out, config_name=a.config_name)
+    page = index_page(a.figures, a.notebooks, pd.read_csv(a.stc) if a.stc else None, out=out, config_name=a.config_name,
+                      tables=a.tables, stage_hashes=json.loads(a.stage_hashes))
     with atomic_path(out) as tmp:
         tmp.write_text(page)
     return 0

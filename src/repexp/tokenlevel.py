@@ -46,6 +46,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 
+from repexp import provenance
 from repexp.atomic import write_parquet
 
 log = logging.getLogger(__name__)
@@ -524,11 +525,12 @@ def _cmd_summarize(a) -> int:
     per_run = per_run.merge(questions[["qid", "ref_pass1"]], on="qid", how="left")
     passk = passk_table(per_run, a.k_max)
     difficulty = difficulty_table(per_run, questions, k=a.k_max, bins=a.difficulty_bins)
+    prov = provenance.from_cli(a.provenance)
     for df, out in ((passk, a.out_passk), (difficulty, a.out_difficulty), (per_run, a.out_runs)):
         df.insert(0, "task", a.task)
         df.insert(0, "model", a.model_name)
         with atomic_path(out) as tmp:
-            df.to_csv(tmp, index=False)
+            provenance.stamp(df, prov).to_csv(tmp, index=False)
     last = passk[passk["k"] == a.k_max]
     for _, r in last.iterrows():
         log.info("%s: pass@%d = %.3f (SE %.3f) over %d questions, %d runs", r["method"], a.k_max, r["pass_at_k"],
@@ -579,6 +581,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--out-passk", required=True)
     s.add_argument("--out-difficulty", required=True)
     s.add_argument("--out-runs", required=True)
+    provenance.add_argument(s)
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     return {"questions": _cmd_questions, "run": _cmd_run, "summarize": _cmd_summarize}[a.cmd](a)

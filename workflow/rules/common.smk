@@ -6,6 +6,8 @@ from pathlib import Path
 from repexp.assets import WHEELS
 from repexp.config import check_config
 from repexp.tasks import OFFLINE_WHEELS, SPLITS, TASK_NAMES
+from repexp.failures import report as report_failures
+from snakemake.exceptions import WorkflowError
 
 check_config(
     config, Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
@@ -90,6 +92,7 @@ def get_final_output():
 # ------------------------------------------------------------------------------------------------
 # inference-time stage
 # ------------------------------------------------------------------------------------------------
+import repexp.jobs as repexp_jobs
 from repexp.features import POOLINGS
 from repexp.pools import n_shards
 from repexp.tasks import expected_questions
@@ -109,12 +112,18 @@ def inference_pools():
     return list(dict.fromkeys(pools))
 
 
-def task_shards(task):
+def pool_shard_size(wildcards):
+    """Questions per shard of the (model, task) pools: `inference.pool.questions_per_shard`, or
+    (null) the runtime-bounded size of `repexp.jobs` (cluster.max_job_hours)."""
+    return repexp_jobs.pool_shard_size(config, wildcards.model, wildcards.task)
+
+
+def task_shards(task, model):
     spec = config["tasks"][task]
     n = expected_questions(
         task, spec["source"], "test", spec["n_questions"], spec["qids"]
     )
-    return range(n_shards(n, config["inference"]["pool"]["questions_per_shard"]))
+    return range(n_shards(n, repexp_jobs.pool_shard_size(config, model, task)))
 
 
 def pool_setting(key, wildcards):
@@ -145,7 +154,7 @@ def pool_files(kind, model, task, sampler):
     }[kind]
     return [
         pattern.format(model=model, task=task, sampler=sampler, shard=s)
-        for s in task_shards(task)
+        for s in task_shards(task, model)
     ]
 
 
@@ -287,6 +296,35 @@ def rl_train_settings(wildcards):
     return json.dumps(train_settings(config["rl"], wildcards.task), sort_keys=True)
 
 
+def rl_gpus():
+    """GPUs of one training job: `rl.gpus_per_run` with the vllm backend (GPU nodes), else none."""
+    if config["inference"]["pool"]["backend"] == "vllm":
+        return config["rl"]["gpus_per_run"]
+    return 0
+
+
+def rl_launcher(wildcards):
+    """How `rl_train` starts the trainer: one process (`python -m`), or one per GPU through
+    `accelerate launch` when `rl.gpus_per_run` > 1. Checks first that the task's settings fit that
+    many processes (whole groups per process, vLLM tensor-parallel groups), so that a bad
+    combination fails when the DAG is built, not on the GPU node."""
+    from repexp.rl.trainer import RLSettings
+
+    n = config["rl"]["gpus_per_run"]
+    RLSettings.from_dict(train_settings(config["rl"], wildcards.task))
+    if n == 1:
+        return "python -m repexp.rl.train"
+    accelerate_config = config["rl"]["accelerate_config"]
+    if accelerate_config is None:
+        return f"accelerate launch --multi_gpu --num_processes {n} -m repexp.rl.train"
+    if not Path(accelerate_config).is_file():
+        raise WorkflowError(
+            f"rl.accelerate_config: {accelerate_config} does not exist (relative to {Path.cwd()}); "
+            "give the path of an accelerate config file, e.g. profiles/accelerate/fsdp.yaml, or null"
+        )
+    return f"accelerate launch --config_file {accelerate_config} --num_processes {n} -m repexp.rl.train"
+
+
 def rl_max_new_tokens(wildcards):
     return task_settings(config["rl"], wildcards.task)["max_response_length"]
 
@@ -296,11 +334,10 @@ def rl_test_verifier(wildcards):
     return verifier_args(SimpleNamespace(task=rl_splits(wildcards.task)[2]))
 
 
-def rl_questions_per_shard():
-    """Test-pool shards of about as many responses as an inference-pool shard."""
-    pool = config["inference"]["pool"]
-    per_shard = pool["questions_per_shard"] * pool["n"] // config["rl"]["test_samples"]
-    return max(1, per_shard)
+def rl_questions_per_shard(wildcards):
+    """Questions per test-pool shard of the runs trained on the task: about as many
+    responses as an inference-pool shard, or runtime-bounded (`repexp.jobs`)."""
+    return repexp_jobs.rl_test_shard_size(config, wildcards.task)
 
 
 def rl_test_shards(task):
@@ -310,7 +347,7 @@ def rl_test_shards(task):
     n = expected_questions(
         test_task, spec["source"], test_split, spec["n_questions"], qids
     )
-    return range(n_shards(n, rl_questions_per_shard()))
+    return range(n_shards(n, repexp_jobs.rl_test_shard_size(config, task)))
 
 
 def rl_policy(wildcards):
@@ -357,3 +394,30 @@ def rl_outputs(kind):
         for t in rl["tasks"]
         for r in ["base", *runs]
     ]
+
+
+# ------------------------------------------------------------------------------------------------
+# provenance of the result tables
+# ------------------------------------------------------------------------------------------------
+from repexp.provenance import STAGE_SECTIONS, stage_hash
+
+
+def stage_provenance(stage):
+    """The `--provenance` JSON of a stage's table rules: the hash of the config sections the stage
+    reads (`repexp.provenance.STAGE_SECTIONS`), its model(s) and seed(s). The commit and package
+    versions are read by the job itself, so a new commit requeues nothing."""
+    if stage == "inference":
+        model = ",".join(dict.fromkeys(m for m, _, _ in inference_pools()))
+        seed = config["seed"]
+    elif stage == "token_level":
+        model, seed = config["token_level"]["model"], config["seed"]
+    else:  # rl: the training seeds (the master seed, which seeds the test pools, is in the hash)
+        model = config["rl"]["model"]
+        seed = ",".join(str(s) for s in config["rl"]["seeds"])
+    info = {
+        "stage": stage,
+        "config_hash": stage_hash(config, stage),
+        "model": model,
+        "seed": seed,
+    }
+    return json.dumps(info, sort_keys=True)

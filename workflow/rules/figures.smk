@@ -36,6 +36,7 @@ rule results_index:
         html=expand("results/notebooks/{figure}.html", figure=FIGURES),
         png=expand("results/figures/{figure}.png", figure=FIGURES),
         stc=["results/tables/stc.csv"] if "stc" in FIGURES else [],
+        tables=sorted({t for tables in FIGURES.values() for t in tables}),
     output:
         report("results/index.html", category="Index"),
     log:
@@ -48,6 +49,11 @@ rule results_index:
     params:
         config_name=config_names,
         stc=lambda wildcards, input: f"--stc {input.stc}" if input.stc else "",
+        stage_hashes=json.dumps(
+            {stage: stage_hash(config, stage) for stage in STAGE_SECTIONS},
+            sort_keys=True,
+        ),
     shell:
         "python -m repexp.report --figures {input.png} --notebooks {input.html} "
-        "{params.stc} --config-name {params.config_name} --out {output} > {log} 2>&1"
+        "{params.stc} --config-name {params.config_name} --tables {input.tables} "
+        "--stage-hashes {params.stage_hashes:q} --out {output} > {log} 2>&1"

@@ -34,7 +34,7 @@ rule generate_pool:
         n=lambda wildcards: pool_setting("n", wildcards),
         max_new_tokens=lambda wildcards: pool_setting("max_new_tokens", wildcards),
         sampler=sampler_args,
-        per_shard=config["inference"]["pool"]["questions_per_shard"],
+        per_shard=pool_shard_size,
         backend=config["inference"]["pool"]["backend"],
         batch_size=config["inference"]["pool"]["batch_size"],
         dtype=lambda wildcards: config["models"][wildcards.model]["dtype"],
@@ -157,11 +157,12 @@ rule summarize_inference:
             if config["inference"]["metrics"]["exclude_unsolved"]
             else "--include-unsolved"
         ),
+        provenance=stage_provenance("inference"),
     shell:
         "python -m repexp.inference summarize --questions {input.questions} "
         "--passk {input.passk} --task-tables {input.tasks} "
         "--reference-model={params.reference} {params.unsolved} "
-        "--out-dir {params.out_dir} > {log} 2>&1"
+        "--provenance {params.provenance:q} --out-dir {params.out_dir} > {log} 2>&1"
 
 
 rule overview:
@@ -184,8 +185,9 @@ rule overview:
         lam=config["inference"]["selection"]["lam"],
         projection_seed=config["inference"]["selection"]["projection_seed"],
         seed=config["seed"],
+        provenance=stage_provenance("inference"),
     shell:
         "python -m repexp.inference overview --features {input.features} --scores {input.scores} "
         "--model {params.model} --task {params.task} --proj-dim {params.proj_dim} "
         "--lam {params.lam} --projection-seed {params.projection_seed} --seed {params.seed} "
-        "--out {output} > {log} 2>&1"
+        "--provenance {params.provenance:q} --out {output} > {log} 2>&1"

@@ -44,14 +44,15 @@ rule rl_train:
     resources:
         mem_mb=64000,
         runtime=1440,
-        gpu=1 if config["inference"]["pool"]["backend"] == "vllm" else 0,
+        gpu=rl_gpus(),  # rl.gpus_per_run (the paper: 8), one training process each
     params:
+        launcher=rl_launcher,
         settings=rl_train_settings,
         source=task_param("source"),
         verifiers=json.dumps(config["verifiers"], sort_keys=True),
         out_dir=subpath(output.done, parent=True),
     shell:
-        "python -m repexp.rl.train --model {input.model} --model-name {wildcards.model} "
+        "{params.launcher} --model {input.model} --model-name {wildcards.model} "
         "--task {wildcards.task} --train {input.train} --dev {input.dev} "
         "--method {wildcards.method} --seed {wildcards.seed} --settings {params.settings:q} "
         "--source {params.source} --verifiers {params.verifiers:q} --threads {threads} "
@@ -70,7 +71,7 @@ rule rl_test_pool:
         run=r"base|(grpo|unlikeliness|repexp)/seed\d+",
     conda:
         "../../envs/generation.yaml"
-    threads: 2
+    threads: 1  # beside a one-thread training on 2 cores; the Slurm profile sets more
     resources:
         mem_mb=16000,
         runtime=240,
@@ -78,7 +79,7 @@ rule rl_test_pool:
     params:
         n=config["rl"]["test_samples"],
         max_new_tokens=rl_max_new_tokens,
-        per_shard=rl_questions_per_shard(),
+        per_shard=rl_questions_per_shard,
         backend=config["inference"]["pool"]["backend"],
         batch_size=config["inference"]["pool"]["batch_size"],
         dtype=rl_policy_dtype,
@@ -129,7 +130,7 @@ rule rl_test_questions:
         run=r"base|(grpo|unlikeliness|repexp)/seed\d+",
     conda:
         "../../envs/generation.yaml"
-    threads: 2
+    threads: 1  # beside a one-thread training on 2 cores; the Slurm profile sets more
     resources:
         mem_mb=16000,
         runtime=60,
@@ -164,9 +165,11 @@ rule rl_tables:
         runtime=30,
     params:
         out_dir=subpath(output.passk, parent=True),
+        provenance=stage_provenance("rl"),
     shell:
         "python -m repexp.rl.evaluate tables --questions {input.questions} "
-        "--runs {input.runs} --out-dir {params.out_dir} > {log} 2>&1"
+        "--runs {input.runs} --provenance {params.provenance:q} "
+        "--out-dir {params.out_dir} > {log} 2>&1"
 
 
 rule rl_hparams:
@@ -182,6 +185,8 @@ rule rl_hparams:
     params:
         rl=json.dumps(config["rl"], sort_keys=True),
         model_spec=json.dumps(config["models"].get(config["rl"]["model"], {})),
+        provenance=stage_provenance("rl"),
     shell:
         "python -m repexp.rl.evaluate hparams --rl {params.rl:q} "
-        "--model-spec {params.model_spec:q} --out {output} > {log} 2>&1"
+        "--model-spec {params.model_spec:q} --provenance {params.provenance:q} "
+        "--out {output} > {log} 2>&1"

@@ -91,8 +91,10 @@ rule token_level_summary:
         runtime=10,
     params:
         tl=config["token_level"],
+        provenance=stage_provenance("token_level"),
     shell:
         "python -m repexp.tokenlevel summarize --runs {input.runs} --questions {input.questions} "
         "--model-name {params.tl[model]} --task {params.tl[task]} --k-max {params.tl[k_max]} "
         "--difficulty-bins {params.tl[difficulty_bins]} --out-passk {output.passk} "
-        "--out-difficulty {output.difficulty} --out-runs {output.runs} > {log} 2>&1"
+        "--out-difficulty {output.difficulty} --out-runs {output.runs} "
+        "--provenance {params.provenance:q} > {log} 2>&1"

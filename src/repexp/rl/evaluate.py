@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from repexp import provenance
 from repexp.atomic import atomic_path, write_parquet
 from repexp.metrics import pass_at_k_curve
 from repexp.tasks import SPLITS
@@ -392,6 +393,9 @@ HPARAMS = [  # (section, key in the task's settings, label); "@..." are derived 
     (COMMON, "max_prompt_length", "max prompt length (tokens)"),
     (COMMON, "max_response_length", "max response length (tokens)"),
     (COMMON, "max_steps", "max training steps"),
+    (COMMON, "max_hours", "time budget (hours of training; stops at the next step)"),
+    (COMMON, "gpus_per_run", "GPUs (training processes) per run"),
+    (COMMON, "accelerate_config", "accelerate config (FSDP) of a multi-GPU run"),
     (COMMON, "eval_every", "dev evaluation every (steps)"),
     (COMMON, "dev_samples", "dev samples per question (pass@1)"),
     (COMMON, "gradient_checkpointing", "gradient checkpointing"),
@@ -554,12 +558,13 @@ def _cmd_tables(a) -> int:
     train = pd.concat([r["train"] for r in runs], ignore_index=True) if runs else pd.DataFrame(columns=[*keys, "step"])
     loglik = questions[[*keys, "qid", "n_tokens", "finish_reason", "correct", "policy_logprob", "loglik_sum",
                         "loglik_mean"]]
-    _write_csv(passk, out / "rl_passk.csv")
-    _write_csv(eff, out / "rl_efficiency.csv")
-    _write_csv(_front(dev, keys), out / "rl_dev.csv")
-    _write_csv(_front(train, keys), out / "rl_train.csv")
-    _write_csv(best, out / "rl_best.csv")
-    write_parquet(loglik.reset_index(drop=True), out / "rl_loglik.parquet")
+    prov = provenance.from_cli(a.provenance)
+    _write_csv(provenance.stamp(passk, prov), out / "rl_passk.csv")
+    _write_csv(provenance.stamp(eff, prov), out / "rl_efficiency.csv")
+    _write_csv(provenance.stamp(_front(dev, keys), prov), out / "rl_dev.csv")
+    _write_csv(provenance.stamp(_front(train, keys), prov), out / "rl_train.csv")
+    _write_csv(provenance.stamp(best, prov), out / "rl_best.csv")
+    write_parquet(provenance.stamp(loglik.reset_index(drop=True), prov), out / "rl_loglik.parquet")
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         top = passk[passk["k"].isin([1, passk["k"].max()])] if len(passk) else passk
         log.info("test pass@k:\n%s", top.round(4).to_string(index=False))
@@ -569,7 +574,8 @@ def _cmd_tables(a) -> int:
 
 def _cmd_hparams(a) -> int:
     table = hparams_table(json.loads(a.rl), json.loads(a.model_spec) if a.model_spec else None)
-    _write_csv(table, Path(a.out))
+    # a key/value table: the provenance as rows of section "provenance", so its columns stay the tasks
+    _write_csv(provenance.stamp_rows(table, provenance.from_cli(a.provenance)), Path(a.out))
     with pd.option_context("display.width", 200, "display.max_columns", 20, "display.max_colwidth", 60):
         log.info("RL hyper-parameters:\n%s", table.drop(columns="key").to_string(index=False))
     return 0
@@ -592,10 +598,12 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--questions", nargs="+", required=True, help="per-run question tables")
     t.add_argument("--runs", nargs="*", default=[], help="done.json of every training run")
     t.add_argument("--out-dir", required=True)
+    provenance.add_argument(t)
     h = sub.add_parser("hparams", help="the hyper-parameter table (Table 3)")
     h.add_argument("--rl", required=True, help="the rl config section (defaults filled), as JSON")
     h.add_argument("--model-spec", default="", help="the models.<rl.model> entry, as JSON")
     h.add_argument("--out", required=True)
+    provenance.add_argument(h)
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     return {"questions": _cmd_questions, "tables": _cmd_tables, "hparams": _cmd_hparams}[a.cmd](a)

@@ -8,14 +8,28 @@ CLI (the ``rl_train`` rule)::
         --source offline|hub --threads N --out results/rl/<model>/<task>/<method>/seed<seed>
 
 Optional: ``--verifiers '<verifiers section as JSON>'`` (checker switches), ``--keep-checkpoints``.
-Multi-GPU: ``accelerate launch [--config_file fsdp.yaml] -m repexp.rl.train ...`` (same flags).
+Multi-GPU (``rl.gpus_per_run`` = N > 1, one process per GPU; the rule does this):
+``accelerate launch --num_processes N --config_file profiles/accelerate/fsdp.yaml -m repexp.rl.train ...``
+(or ``--multi_gpu`` for plain data parallelism; rule ``rl_train`` builds this line from the config)
+(same flags; ``--threads`` is the job's CPU threads, shared by its processes).
+
+Stopping: after ``max_steps`` steps, or with a time budget ``max_hours`` (the paper: one day on 8
+GPUs, "effectively run until the time budget ends", paper.md §3.2) at the first step boundary after
+``max_hours`` of training wall time (:class:`TimeBudget`). That time is the training loop's (rollouts,
+updates, dev evaluations, checkpoints; model loading and the step-0 evaluation excluded), summed over
+the attempts of a resumed run: it is kept per step in ``state/elapsed.json``, and a run resumed from
+its checkpoint at update U goes on from the time recorded at U (time spent on steps that a kill lost
+is not counted). The stopping step is saved and evaluated on the dev set like ``max_steps``, so
+checkpoint selection sees it; ``done.json`` says which limit stopped the run (``stopped_by``). A rerun
+that resumes from the last step's checkpoint (killed before ``done.json``) trains no further.
 
 Outputs under ``--out`` (a *step* is one generation round of ``train_batch_prompts`` prompts, as in
 verl; ``update`` is TRL's optimiser step):
 
 * ``dev.csv`` -- step, update, dev_pass1, dev_questions, dev_samples, seconds: dev pass@1 (mean over
   questions of c/n with ``dev_samples`` samples at τ = 1, top-p 1) before training (step 0, the base
-  model) and every ``eval_every`` steps and at ``max_steps``;
+  model) and every ``eval_every`` steps and at the last step (``max_steps``, or the step that spent
+  the time budget ``max_hours``);
 * ``best/`` -- the policy with the highest dev pass@1, compared strictly (>) against an initial best
   of 0 (paper.md §3.5); the base model's files (links) when step 0 is best or no step beats 0.
   A loadable model folder (``repexp.models.load_model``) with its tokenizer and a
@@ -32,9 +46,16 @@ verl; ``update`` is TRL's optimiser step):
   ``seconds_update`` (forward/backward/optimiser step) and ``seconds_step`` (the wall time of the
   step's updates, dev evaluation and checkpointing excluded);
 * ``checkpoints/`` -- the trainer's last checkpoint (every ``eval_every`` steps and at the end): a
-  rerun after a kill resumes from it (model, optimiser, scheduler, RNG, data position); removed at
-  the end unless ``--keep-checkpoints``;
-* ``done.json`` -- written last, atomically.
+  rerun after a kill resumes from it (model, optimiser, scheduler, RNG, data position);
+* ``state/`` -- ``dev.csv``, ``train_log.csv``, ``best/`` and ``best.json`` while the run is in
+  progress (follow ``state/train_log.csv`` to watch it), and ``elapsed.json`` (training seconds at
+  every step boundary, for the time budget); the first four are published to the four outputs above
+  only at the end (``publish``), because Snakemake deletes a killed job's outputs before rerunning
+  it, and a resumed run needs its earlier dev rows and best model. ``checkpoints/`` and ``state/`` are
+  removed at the end unless ``--keep-checkpoints``;
+* ``done.json`` -- written after the outputs, atomically: steps, updates, the best step,
+  ``stopped_by`` (``"max_steps"`` or ``"max_hours"``), ``train_seconds`` (the training wall time the
+  budget counts, over every attempt), ``seconds`` (this attempt's wall time), the settings.
 
 Seeds: ``--seed`` seeds TRL/transformers (``seed``, ``data_seed``: the prompt order of the
 ``RepeatSampler`` and the sampling RNG), the RepExp projections (``repexp.bonus.projection_seed``)
@@ -62,6 +83,8 @@ from repexp.rl.trainer import METHODS, RLSettings, grpo_config, rl_trainer_class
 log = logging.getLogger("repexp.rl.train")
 
 DEV_BATCH_SEQUENCES = 64  # dev samples per generate call (several questions per batch)
+STATE = "state"  # folder of the tables and best model of a run in progress
+PUBLISHED = ("dev.csv", "train_log.csv", "best.json")  # copied from state/ to the outputs at the end
 DEV_COLUMNS = ["step", "update", "dev_pass1", "dev_questions", "dev_samples", "seconds"]
 LOG_COLUMNS = [
     "step", "updates", "loss", "grad_norm", "lr", "reward_correct", "reward_bonus", "reward_total",
@@ -181,7 +204,8 @@ def _callbacks():
             u = self.run.s.updates_per_step
             step = state.global_step // u
             if state.global_step % u == 0 and not self.run.has_dev(step) and (
-                    step % self.run.s.eval_every == 0 or state.global_step >= args.max_steps):
+                    step % self.run.s.eval_every == 0 or state.global_step >= args.max_steps
+                    or self.run.stopped_by == "max_hours"):  # the last step, whichever limit ended the run
                 self.run.evaluate(self.trainer, step, state.global_step)
 
     class TrainLogger(TrainerCallback):
@@ -202,7 +226,106 @@ def _callbacks():
             if logs and "loss" in logs and state.is_world_process_zero:
                 self.run.log_update(state.global_step, logs)
 
-    return DevEvaluator, TrainLogger
+    class TimeBudget(TrainerCallback):
+        """The time budget ``max_hours``: training stops at the first step boundary after it.
+
+        At every step boundary the training wall time so far (the time recorded at the update this
+        attempt started from + this attempt's time since ``on_train_begin``) is written to
+        ``state/elapsed.json`` (:func:`record_elapsed`). Once it reaches ``max_hours`` the step is
+        saved (``should_save``, so :class:`DevEvaluator` evaluates it) and training stops. A run that
+        resumes from a checkpoint whose time already spent the budget (killed after its last step)
+        trains no further: :class:`BudgetSpent` ends ``trainer.train`` right after the dev
+        evaluation of that step; so does :class:`TrainingOver` for a run resumed from its
+        ``max_steps`` checkpoint (the trainer would run one more update). The main process decides
+        and tells the others (every process must stop at the same update). ``clock``: seconds (a
+        fake one in the tests).
+        """
+
+        def __init__(self, run: Run, clock=time.monotonic):
+            self.run, self.clock = run, clock
+            self.base = 0.0  # training seconds before this attempt (recorded at the resumed update)
+            self.t0: float | None = None
+
+        def spent(self, seconds: float) -> bool:
+            h = self.run.s.max_hours
+            return h is not None and seconds >= 3600.0 * h
+
+        def on_train_begin(self, args, state, control, **kw):
+            self.base = float(_from_main(read_elapsed(self.run.state, state.global_step)))
+            self.t0 = self.clock()
+            self.run.train_seconds = self.base
+            if state.global_step >= args.max_steps:
+                log.info("resumed at the last update (%d): no further training", state.global_step)
+                raise TrainingOver(state.global_step)
+            if _from_main(self.spent(self.base)):
+                self.run.stopped_by = "max_hours"
+                log.info("the time budget of %g h was spent at update %d (%.0f s of training): no further "
+                         "training", self.run.s.max_hours, state.global_step, self.base)
+                raise BudgetSpent(state.global_step)
+
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step % self.run.s.updates_per_step:
+                return control  # not a step boundary
+            elapsed = self.base + (self.clock() - self.t0)
+            self.run.train_seconds = elapsed
+            if self.run.is_main:
+                record_elapsed(self.run.state, state.global_step, elapsed)
+            if state.global_step < args.max_steps and _from_main(self.spent(elapsed)):
+                self.run.stopped_by = "max_hours"
+                control.should_save = True  # saved, hence evaluated on the dev set
+                control.should_training_stop = True
+                log.info("time budget: %.2f h of training at step %d (update %d) >= max_hours %g: stopping",
+                         elapsed / 3600, state.global_step // self.run.s.updates_per_step, state.global_step,
+                         self.run.s.max_hours)
+            return control
+
+    return DevEvaluator, TrainLogger, TimeBudget
+
+
+class TrainingOver(Exception):
+    """A resumed run with nothing left to train (raised by ``TimeBudget.on_train_begin``)."""
+
+
+class BudgetSpent(TrainingOver):
+    """A resumed run whose time budget was already spent."""
+
+
+ELAPSED = "elapsed.json"  # in state/: {"seconds": {"<update>": training seconds at that step boundary}}
+
+
+def read_elapsed(state: Path, update: int) -> float:
+    """Training seconds recorded at ``update`` (the update a run resumes from; 0 for a fresh run);
+    the latest record before it if that one is missing."""
+    path = Path(state) / ELAPSED
+    if not path.is_file():
+        return 0.0
+    seconds = {int(k): float(v) for k, v in json.loads(path.read_text())["seconds"].items()}
+    if update in seconds:
+        return seconds[update]
+    earlier = [u for u in seconds if u <= update]
+    return seconds[max(earlier)] if earlier else 0.0
+
+
+def record_elapsed(state: Path, update: int, seconds: float) -> None:
+    """Record the training seconds at a step boundary (records after ``update``, left by an attempt
+    that a kill cut off after its last checkpoint, are dropped)."""
+    path = Path(state) / ELAPSED
+    old = json.loads(path.read_text())["seconds"] if path.is_file() else {}
+    kept = {int(k): float(v) for k, v in old.items() if int(k) < update}
+    kept[update] = round(float(seconds), 3)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write_json({"seconds": {str(k): v for k, v in sorted(kept.items())}}, path)
+
+
+def _from_main(value):
+    """``value`` as the main process has it (every process gets the same; no-op for one process)."""
+    from accelerate import PartialState
+
+    if PartialState().num_processes == 1:
+        return value
+    from accelerate.utils import broadcast_object_list
+
+    return broadcast_object_list([value], from_process=0)[0]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -214,10 +337,13 @@ class Run:
     def __init__(self, args, settings: RLSettings, tok, dev_rows: list[dict], task):
         self.a, self.s, self.tok, self.dev_rows, self.task = args, settings, tok, dev_rows, task
         self.out = Path(args.out)
-        self.dev = _read_csv(self.out / "dev.csv", DEV_COLUMNS)
-        self.trainlog = _read_csv(self.out / "train_log.csv", LOG_COLUMNS)
+        self.state = self.out / STATE  # the run's tables and best model until it is published
+        self.dev = _read_csv(self.state / "dev.csv", DEV_COLUMNS)
+        self.trainlog = _read_csv(self.state / "train_log.csv", LOG_COLUMNS)
         self.pending: list[dict] = []  # the logged updates of the current step
         self.last_wall: float | None = None  # wall seconds of the last update (TrainLogger)
+        self.stopped_by: str | None = None  # "max_hours" when the time budget ended the run (TimeBudget)
+        self.train_seconds = 0.0  # training wall time over every attempt, at the last step boundary
         self.t0 = time.perf_counter()
 
     # ---------------------------------------------------------------- bookkeeping
@@ -282,7 +408,7 @@ class Run:
                "dev_samples": self.s.dev_samples, "seconds": round(seconds, 2)}
         self.dev = pd.concat([self.dev, pd.DataFrame([row])], ignore_index=True)
         if self.is_main:
-            _write_csv(self.dev[DEV_COLUMNS], self.out / "dev.csv")
+            _write_csv(self.dev[DEV_COLUMNS], self.state / "dev.csv")
         log.info("dev step %d (update %d): pass@1 %.4f over %d questions x %d samples in %.1fs%s", step, update,
                  p1, len(counts), self.s.dev_samples, seconds, " (new best)" if improved else "")
         return p1
@@ -356,7 +482,7 @@ class Run:
     def save_best(self, trainer, step: int, update: int, p1: float) -> None:
         from repexp.models import MANIFEST
 
-        dest = self.out / "best"
+        dest = self.state / "best"
         if step == 0:
             if self.is_main:
                 link_base_model(Path(self.a.model), dest, self._manifest(0, 0, p1, "base"))
@@ -374,7 +500,7 @@ class Run:
                 _swap_in(tmp, dest)
         if self.is_main:
             _write_json({"step": step, "update": update, "dev_pass1": p1, "method": self.a.method,
-                         "seed": self.a.seed, "task": self.a.task}, self.out / "best.json")
+                         "seed": self.a.seed, "task": self.a.task}, self.state / "best.json")
         trainer.accelerator.wait_for_everyone()
 
     # ---------------------------------------------------------------- training log
@@ -401,7 +527,7 @@ class Run:
         })
         row = step_row(math.ceil(update / u), self.pending, bonus=self.a.method == "repexp")
         table = pd.concat([self.trainlog, pd.DataFrame([row])], ignore_index=True)
-        _write_csv(table[LOG_COLUMNS], self.out / "train_log.csv")
+        _write_csv(table[LOG_COLUMNS], self.state / "train_log.csv")
         if update % u == 0:
             self.trainlog, self.pending = table, []
             log.info("step %d/%d: loss %.4f correct %.3f bonus %.4f total %.3f grad-norm %.3g | generation %.1fs "
@@ -471,22 +597,50 @@ def build_trainer(args, s: RLSettings, *, verifier_options: dict | None = None, 
     policy = AutoModelForCausalLM.from_pretrained(check_model_dir(args.model), dtype=torch.float32)
     task = get_task(args.dev_task or args.task, source=args.source, **verifier_options)
     run = Run(args, s, tok, dev_rows, task)
-    DevEvaluator, TrainLogger = _callbacks()
+    DevEvaluator, TrainLogger, TimeBudget = _callbacks()
     dev_cb = DevEvaluator(run)
     trainer = rl_trainer_class()(
         model=policy, reward_funcs=reward_functions(args, s, verifier_options), args=cfg,
-        train_dataset=Dataset.from_list(train_rows), processing_class=tok, callbacks=[dev_cb, TrainLogger(run)],
+        train_dataset=Dataset.from_list(train_rows), processing_class=tok,
+        callbacks=[dev_cb, TrainLogger(run), TimeBudget(run)],  # this order: a step is evaluated before BudgetSpent
         beta_rank=s.unlikeliness.beta_rank if args.method == "unlikeliness" else None,
     )
     dev_cb.trainer = trainer
     return trainer, run
 
 
-def last_checkpoint(out: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
+def publish(state: Path, out: Path) -> None:
+    """Copy the finished run's tables and best model from ``state/`` to the rule's outputs.
 
+    The outputs are written only here, at the end: Snakemake deletes the outputs of a killed job
+    before it reruns it, so anything a resumed run needs lives in ``state/`` (and ``checkpoints/``).
+    ``best/`` is copied as hard links (no second copy of the weights; the base model's links stay links).
+    """
+    for name in PUBLISHED:
+        with atomic_path(out / name) as tmp:
+            shutil.copyfile(state / name, tmp)
+    tmp = out / ".best.partial"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    shutil.copytree(state / "best", tmp, symlinks=True, copy_function=os.link)
+    _swap_in(tmp, out / "best")
+
+
+def last_checkpoint(out: Path) -> str | None:
+    """The newest complete checkpoint under ``out/checkpoints`` (None if there is none).
+
+    The trainer writes ``trainer_state.json`` last; a checkpoint folder without it was cut off by a
+    kill while it was being saved, and is removed (transformers' ``get_last_checkpoint`` would pick it).
+    """
     ckpt = out / "checkpoints"
-    return get_last_checkpoint(str(ckpt)) if ckpt.is_dir() else None
+    folders = sorted((p for p in ckpt.glob("checkpoint-*") if p.is_dir() and p.name[11:].isdigit()),
+                     key=lambda p: int(p.name[11:]), reverse=True) if ckpt.is_dir() else []
+    for folder in folders:
+        if (folder / "trainer_state.json").is_file():
+            return str(folder)
+        log.warning("removing %s: incomplete (killed while it was saved)", folder)
+        shutil.rmtree(folder)
+    return None
 
 
 def train(args, verifier_options: dict | None = None, **config_overrides) -> dict:
@@ -495,10 +649,11 @@ def train(args, verifier_options: dict | None = None, **config_overrides) -> dic
     out.mkdir(parents=True, exist_ok=True)
     resume = last_checkpoint(out)
     if resume is None:  # a fresh run: nothing of an earlier, unfinished one may leak in
-        for name in ("dev.csv", "train_log.csv", "best.json", "done.json"):
+        for name in (*PUBLISHED, "done.json"):
             (out / name).unlink(missing_ok=True)
-        if (out / "best").exists():
-            shutil.rmtree(out / "best")
+        for folder in (out / "best", out / STATE):
+            if folder.exists():
+                shutil.rmtree(folder)
     else:
         (out / "done.json").unlink(missing_ok=True)
         log.info("resuming from %s", resume)
@@ -512,23 +667,37 @@ def train(args, verifier_options: dict | None = None, **config_overrides) -> dic
              s.mini_batch_prompts, trainer.args.per_device_train_batch_size,
              trainer.args.gradient_accumulation_steps, trainer.args.steps_per_generation,
              trainer.accelerator.num_processes)
-    trainer.train(resume_from_checkpoint=resume)
+    if s.max_hours is not None:
+        log.info("time budget: %g h of training (stops at the first step boundary after it)", s.max_hours)
+    if trainer.accelerator.num_processes != s.gpus_per_run:
+        log.warning("%d process(es), but rl.gpus_per_run is %d (the rule launches that many)",
+                    trainer.accelerator.num_processes, s.gpus_per_run)
+    try:
+        trainer.train(resume_from_checkpoint=resume)
+    except TrainingOver:  # resumed after the last step (max_steps, or the one that spent the budget)
+        pass
     best, at = run.best
     if at is None:  # no step beat the initial best of 0: the base model stands
         if run.is_main:
-            link_base_model(Path(args.model), out / "best", run._manifest(0, 0, 0.0, "base"))
+            link_base_model(Path(args.model), run.state / "best", run._manifest(0, 0, 0.0, "base"))
             _write_json({"step": 0, "update": 0, "dev_pass1": float(run.dev["dev_pass1"].iloc[0]) if len(run.dev)
-                         else 0.0, "method": args.method, "seed": args.seed, "task": args.task}, out / "best.json")
+                         else 0.0, "method": args.method, "seed": args.seed, "task": args.task},
+                        run.state / "best.json")
     done = {"method": args.method, "seed": args.seed, "task": args.task, "model": args.model_name,
             "steps": trainer.state.global_step // s.updates_per_step, "updates": trainer.state.global_step,
             "best_step": at or 0, "best_dev_pass1": best, "resumed_from": resume,
+            "stopped_by": run.stopped_by or "max_steps", "train_seconds": round(run.train_seconds, 1),
             "seconds": round(time.perf_counter() - t0, 1), "settings": s.to_dict()}
     trainer.accelerator.wait_for_everyone()
     if run.is_main:
-        if not getattr(args, "keep_checkpoints", False) and (out / "checkpoints").exists():
-            shutil.rmtree(out / "checkpoints")
+        publish(run.state, out)
         _write_json(done, out / "done.json")
-    log.info("done: best dev pass@1 %.4f at step %d; %.0fs", best, at or 0, done["seconds"])
+        if not getattr(args, "keep_checkpoints", False):
+            for folder in (out / "checkpoints", run.state):
+                if folder.exists():
+                    shutil.rmtree(folder)
+    log.info("done (%s, step %d): best dev pass@1 %.4f at step %d; %.0fs", done["stopped_by"], done["steps"],
+             best, at or 0, done["seconds"])
     return done
 
 
@@ -543,7 +712,7 @@ def parse_args(argv=None):
     ap.add_argument("--seed", required=True, type=int)
     ap.add_argument("--settings", required=True, help="the resolved rl settings of this task, as JSON")
     ap.add_argument("--source", default="offline", choices=["offline", "hub"])
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2, help="CPU threads of the job (shared by its processes)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--verifiers", default="{}", help="the verifiers config section, as JSON (checker switches)")
     ap.add_argument("--keep-checkpoints", action="store_true", help="keep checkpoints/ after a finished run")
@@ -562,7 +731,8 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     import torch
 
-    torch.set_num_threads(args.threads)
+    # --threads is the job's; `accelerate launch` starts LOCAL_WORLD_SIZE processes that share them
+    torch.set_num_threads(max(1, args.threads // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     train(args, verifier_options=verifier_options_of(json.loads(args.verifiers)))
     return 0

@@ -79,6 +79,9 @@ class RLSettings:
     max_response_length: int = 1024
     eval_every: int = 20
     max_steps: int = 1000
+    max_hours: float | None = None  # time budget: stop at the first step boundary after it (train.py)
+    gpus_per_run: int = 1  # training processes (one per GPU) that the run is launched with
+    accelerate_config: str | None = None  # `accelerate launch --config_file` (FSDP); None: --multi_gpu
     dev_samples: int = 128
     gradient_checkpointing: bool = False
     use_vllm: bool = False
@@ -121,6 +124,13 @@ class RLSettings:
                              f"mini_batch_prompts ({self.mini_batch_prompts})")
         if self.loss_type not in ("dapo", "bnpo", "grpo", "dr_grpo"):
             raise ValueError(f"loss_type {self.loss_type!r}: use dapo, bnpo, grpo or dr_grpo")
+        if self.max_hours is not None and self.max_hours <= 0:
+            raise ValueError(f"max_hours must be > 0 (or null: no time budget), got {self.max_hours}")
+        if self.gpus_per_run < 1:
+            raise ValueError(f"gpus_per_run must be >= 1, got {self.gpus_per_run}")
+        # the batches and vLLM's tensor-parallel groups must fit the processes the run is launched with
+        batch_layout(self, self.gpus_per_run)
+        check_vllm_layout(self, self.gpus_per_run, what="rl.gpus_per_run")
 
 
 @dataclass(frozen=True)
@@ -150,6 +160,23 @@ def check_group_layout(per_device_train_batch_size: int, steps_per_generation: i
         )
 
 
+def check_vllm_layout(s: RLSettings, num_processes: int, what: str = "training processes") -> None:
+    """Fail unless TRL's colocated vLLM can split the processes into tensor-parallel groups.
+
+    In ``vllm_mode="colocate"`` every training process hosts a share of a vLLM engine: TRL groups
+    consecutive ranks into engines of ``vllm_tensor_parallel_size`` GPUs each (8 processes, TP 2:
+    4 engines on ranks [0, 1], [2, 3], ...), so the number of processes must be a multiple of it
+    (TRL checks this too, but only after loading the model)."""
+    tp = s.vllm_tensor_parallel_size
+    if s.use_vllm and num_processes % tp:
+        raise ValueError(
+            f"rl.vllm_tensor_parallel_size = {tp} does not divide the {num_processes} {what}: TRL's colocated "
+            f"vLLM runs one engine per {tp} consecutive training processes (one per GPU). Set "
+            f"rl.gpus_per_run to a multiple of {tp} (the paper: 8 GPUs, TP 2) or lower "
+            f"rl.vllm_tensor_parallel_size."
+        )
+
+
 def batch_layout(s: RLSettings, num_processes: int = 1) -> BatchLayout:
     """TRL batch sizes that reproduce verl's train / mini / micro batches (module doc), or a clear error."""
     G, micro = s.group_size, s.micro_batch_size
@@ -173,6 +200,7 @@ def grpo_config(s: RLSettings, *, output_dir: str, seed: int, num_processes: int
     from trl import GRPOConfig
 
     lay = batch_layout(s, num_processes)
+    check_vllm_layout(s, num_processes)
     kw = dict(
         output_dir=output_dir,
         seed=seed,

@@ -1,0 +1,250 @@
+"""The runtime model of the GPU jobs (repexp.jobs): shard sizes, the job table and its counts."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import REPO
+
+from repexp import jobs
+from repexp.jobs import JobModelError, RuntimeModel, exceeds_bound, questions_per_shard
+
+SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
+
+
+def load(*names: str, extra: dict | None = None) -> dict:
+    """The checked config of `--configfile config/<names>` (plus an overlay), as Snakemake sees it."""
+    files = [REPO / "config" / n for n in names]
+    cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    for f in files:
+        jobs.merge(cfg, yaml.safe_load(f.read_text()))
+    if extra:
+        jobs.merge(cfg, extra)
+    from repexp.config import check_config
+
+    return check_config(cfg, SCHEMA)
+
+
+def dry_run(*args: str) -> str:
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+# ------------------------------------------------------------------------------------------------
+# the pure runtime model
+# ------------------------------------------------------------------------------------------------
+def test_questions_per_shard_meets_the_bound_exactly():
+    assert questions_per_shard(0.5, 2.0, cap=100) == 4  # 4 x 0.5 h = 2 h: exactly the bound
+    assert questions_per_shard(0.5, 2.5, overhead_hours=0.5, cap=100) == 4
+    assert questions_per_shard(0.5, 1.99, cap=100) == 3
+    assert questions_per_shard(1 / 3, 1.0, cap=100) == 3  # no floating-point loss of a question
+    assert questions_per_shard(0.1, 0.7, cap=100) == 7
+
+
+def test_one_question_over_the_bound_is_one_flagged_shard():
+    assert questions_per_shard(5.0, 4.0, cap=100) == 1
+    assert questions_per_shard(3.9, 4.0, overhead_hours=0.5, cap=100) == 1
+    assert exceeds_bound(0.5 + 3.9, 4.0) and exceeds_bound(5.0, 4.0)
+    assert not exceeds_bound(4.0, 4.0)
+
+
+def test_a_tiny_model_gets_every_question_up_to_the_cap():
+    assert questions_per_shard(1e-6, 4.0, cap=30) == 30  # all 30 questions: one shard
+    assert questions_per_shard(1e-6, 4.0, cap=8) == 8
+    assert questions_per_shard(0.0, 4.0, cap=12) == 12
+    assert jobs.shard_sizes(30, 30) == [30] and jobs.shard_sizes(30, 8) == [8, 8, 8, 6]
+    with pytest.raises(ValueError):
+        questions_per_shard(1.0, 4.0, cap=0)
+
+
+def test_throughput_scales_with_the_parameter_count_up_to_the_cap():
+    rm = RuntimeModel(
+        reference_tok_s=8000,
+        reference_params_b=8.0,
+        max_speedup=4.0,
+        params_b={"big": 32.0, "ref": 8.0, "small": 0.5},
+        tok_s={"measured": 123.0},
+    )
+    assert rm.gen_tok_s("ref") == 8000 and rm.gen_tok_s("big") == 2000
+    assert rm.gen_tok_s("small") == 32000  # 16x fewer parameters, at most 4x faster
+    assert rm.gen_tok_s("measured") == 123.0  # a measured value overrides the estimate
+    with pytest.raises(JobModelError, match=r"cluster\.params_b\.unknown"):
+        rm.gen_tok_s("unknown")
+
+
+# ------------------------------------------------------------------------------------------------
+# shard sizes of a config
+# ------------------------------------------------------------------------------------------------
+def test_explicit_questions_per_shard_takes_precedence():
+    """The CPU default and the test config keep one shard size (their DAGs are unchanged)."""
+    cfg = load()
+    assert jobs.pool_shard_size(cfg, "smollm2-135m-instruct", "mbppplus") == 5
+    assert jobs.pool_n_shards(cfg, "smollm2-135m-instruct", "mbppplus") == 2  # 10 questions
+    assert jobs.rl_test_shard_size(cfg, "arith") == 5 * 16 // 8
+    test = load("test.yaml")
+    assert jobs.pool_shard_size(test, "tiny-random", "game24") == 8
+    assert jobs.job_counts(cfg)["generate_pool"] == 6  # 3 samplers x 2 shards, as before
+
+
+def test_runtime_bounded_shard_size_by_hand():
+    # 16 responses of min(100, 224) = 100 tokens at 16 tok/s: 100 s per question; 1 h bound,
+    # no overhead: 36 questions (feature caching: 2 * 1e9 * 16 * 300 FLOPs at 400 TFLOP/s, 0.02 s)
+    cfg = load(
+        extra={
+            "inference": {"pool": {"questions_per_shard": None}},
+            "cluster": {
+                "max_job_hours": 1.0,
+                "overhead_minutes": 0,
+                "tok_s": {"smollm2-135m-instruct": 16.0},
+                "params_b": {"smollm2-135m-instruct": 1.0},
+                "response_tokens": {"mbppplus": 100},
+            },
+        }
+    )
+    assert jobs.pool_shard_size(cfg, "smollm2-135m-instruct", "mbppplus") == 36
+    cfg["cluster"]["max_shard_responses"] = 16 * 7
+    assert jobs.pool_shard_size(cfg, "smollm2-135m-instruct", "mbppplus") == 7  # the memory cap
+    cfg["cluster"]["overhead_minutes"] = 30.0
+    cfg["cluster"]["max_shard_responses"] = 204800
+    assert jobs.pool_shard_size(cfg, "smollm2-135m-instruct", "mbppplus") == 18  # (3600-1800)/100
+    del cfg["cluster"]["params_b"]["smollm2-135m-instruct"]
+    with pytest.raises(JobModelError, match="smollm2-135m-instruct"):
+        jobs.pool_shard_size(cfg, "smollm2-135m-instruct", "mbppplus")
+
+
+def test_paper_pools_are_bounded_per_model_and_task():
+    cfg = load("paper.yaml")
+    rm = RuntimeModel.from_config(cfg)
+    sizes = {m: jobs.pool_shard_size(cfg, m, "math") for m in cfg["inference"]["models"]}
+    assert (
+        sizes["qwen2.5-32b-instruct"]
+        < sizes["qwen2.5-14b-instruct"]
+        < sizes["qwen2.5-0.5b-instruct"]
+    )
+    assert sizes["qwen2.5-0.5b-instruct"] == rm.max_shard_responses // 6400  # capped by memory
+    for j in jobs.jobs_of(cfg):
+        if j.rule in jobs.SHARDED_RULES:
+            assert not exceeds_bound(j.hours, rm.max_job_hours), j
+    assert "**warning**" not in jobs.job_table(cfg)
+
+
+def test_a_question_over_the_bound_is_a_warning_in_the_table():
+    # Qwen2.5-32B on AIME: 8,192 responses of about 2,000 tokens, about 2.3 h per question
+    cfg = load("paper.yaml", extra={"cluster": {"max_job_hours": 2.0}})
+    assert jobs.pool_shard_size(cfg, "qwen2.5-32b-instruct", "aime") == 1
+    table = jobs.job_table(cfg)
+    warnings = [line for line in table.splitlines() if "**warning**" in line]
+    assert warnings and all("max_job_hours" in w for w in warnings)
+    assert any(
+        "`generate_pool` qwen2.5-32b-instruct/aime/vanilla: 30 shard(s)" in w for w in warnings
+    )
+    assert not any("qwen2.5-0.5b-instruct" in w for w in warnings)
+
+
+# ------------------------------------------------------------------------------------------------
+# the table's counts are the DAG's
+# ------------------------------------------------------------------------------------------------
+BOUNDED_TEST = {
+    # 8 responses of 12 tokens at 0.09 tok/s: 1,067 s per question, so 3 questions per 1 h shard
+    # (8 questions: shards of 3, 3, 2); RL test pools: 4 samples, 533 s per question, 6 per shard
+    "inference": {"pool": {"questions_per_shard": None}},
+    "cluster": {
+        "max_job_hours": 1.0,
+        "overhead_minutes": 0,
+        "tok_s": {"tiny-random": 0.09},
+        "params_b": {"tiny-random": 0.0098},
+        "response_tokens": {"game24": 12, "gsm8k": 12},
+    },
+}
+
+
+@pytest.mark.parametrize("bounded", [False, True], ids=["fixed", "runtime-bounded"])
+def test_counts_equal_the_dry_run_job_stats(tmp_path, bounded):
+    args = ["--configfile", "config/test.yaml"]
+    cfg = load("test.yaml", extra=BOUNDED_TEST if bounded else None)
+    if bounded:
+        overlay = tmp_path / "bounded.yaml"
+        overlay.write_text(yaml.safe_dump(BOUNDED_TEST))
+        args.append(str(overlay))
+        assert jobs.pool_shard_size(cfg, "tiny-random", "game24") == 3
+        assert jobs.rl_test_shard_size(cfg, "gsm8k") == 6
+    out = dry_run(*args, "-p", "-F")
+    assert jobs.parse_job_stats(out) == jobs.job_counts(cfg)
+    if bounded:
+        assert jobs.job_counts(cfg)["generate_pool"] == 3 * 3  # game24 x 2 samplers, gsm8k
+        per_shard = set(re.findall(r"repexp\.pools .*?--questions-per-shard (\d+)", out))
+        assert per_shard == {"3", "6"}  # inference pools, RL test pools
+
+
+def test_readme_table_is_the_commands_output(capsys, monkeypatch):
+    """README.md shows exactly what `python -m repexp.jobs --configfile config/paper.yaml` prints.
+    (tests/test_workflow.py checks the same counts against the paper dry run.)"""
+    monkeypatch.chdir(REPO)
+    assert jobs.main(["--configfile", "config/paper.yaml"]) == 0
+    printed = capsys.readouterr().out
+    assert printed == jobs.job_table(load("paper.yaml"))
+    readme = jobs.readme_table((REPO / "README.md").read_text())
+    assert readme == printed, "README.md's job table is stale: paste the command's output"
+    counts = jobs.table_counts(readme)
+    assert counts == jobs.job_counts(load("paper.yaml"))
+    assert counts["rl_train"] == 27 and counts["prepare_model"] == 10
+
+
+def test_slurm_profile_runtime_covers_the_bound():
+    profile = yaml.safe_load((REPO / "profiles" / "slurm" / "profile.yaml").read_text())
+    res = profile["set-resources"]
+    # rl_train's GPUs come from the rule (rl.gpus_per_run), every other model rule gets one
+    assert {r for r, v in res.items() if v.get("gpu") == 1} == set(jobs.GPU_RULES) - {"rl_train"}
+    assert "gpu" not in res["rl_train"]
+    cfg = load("paper.yaml")
+    bound_min = 60 * RuntimeModel.from_config(cfg).max_job_hours
+    for rule in jobs.SHARDED_RULES:
+        runtime = eval(res[rule]["runtime"], {"attempt": 1})  # noqa: S307 (the profile's own expression)
+        assert bound_min < runtime <= bound_min + 60, rule
+    # a training job holds its time budget, start-up and the last step's evaluation
+    runtime = eval(res["rl_train"]["runtime"], {"attempt": 1})  # noqa: S307
+    assert 60 * cfg["rl"]["max_hours"] + 60 <= runtime <= 60 * cfg["rl"]["max_hours"] + 180
+
+
+def test_rl_train_jobs_are_the_paper_runs_under_the_time_budget():
+    """8 GPUs per run, at most rl.max_hours (24 h) of training + start-up; GPU-h = hours x 8."""
+    cfg = load("paper.yaml")
+    assert cfg["rl"]["gpus_per_run"] == 8 and cfg["rl"]["max_hours"] == 24
+    assert jobs.gpus_per_job(cfg, "rl_train") == 8 and jobs.gpus_per_job(cfg, "generate_pool") == 1
+    rm = RuntimeModel.from_config(cfg)
+    runs = [j for j in jobs.jobs_of(cfg) if j.rule == "rl_train"]
+    assert len(runs) == 27
+    for j in runs:
+        assert j.hours <= 24 + rm.overhead_hours + 1e-9 and j.uncapped >= j.hours
+    row = next(line for line in jobs.job_table(cfg).splitlines() if "`rl_train`" in line)
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[3] == "8"
+    assert float(cells[6].replace(",", "")) == pytest.approx(8 * sum(j.hours for j in runs), abs=1)
+    # no budget and one GPU: the one-GPU estimate of max_steps steps
+    one = load("paper.yaml", extra={"rl": {"gpus_per_run": 1, "max_hours": None,
+                                           "vllm_tensor_parallel_size": 1}})
+    single = {j.what: j.hours for j in jobs.jobs_of(one) if j.rule == "rl_train"}
+    for j in runs:
+        assert j.uncapped - rm.overhead_hours == pytest.approx((single[j.what] - rm.overhead_hours) / 8)
+    assert "no time budget" in jobs.job_table(one)
+
+
+def test_doctests():
+    import doctest
+
+    assert doctest.testmod(jobs).failed == 0

@@ -271,7 +271,7 @@ def test_the_stopping_step_is_evaluated():
 @pytest.mark.parametrize("configfile,target,launcher,gpu", [
     ("config/paper.yaml", "results/rl/qwen2.5-7b-instruct/dapo/repexp/seed41/done.json",
      "accelerate launch --config_file profiles/accelerate/fsdp.yaml --num_processes 8 -m repexp.rl.train ", "8"),
-    ("config/test.yaml", "results/rl/tiny-random/gsm8k/grpo/seed41/done.json", "python -m repexp.rl.train ", "0"),
+    ("config/test.yaml", "results/rl/tiny-random/gsm8k/grpo/seed41/done.json", "python -m repexp.rl.train ", "1"),
 ], ids=["paper", "test"])
 def test_rl_train_launches_one_process_per_gpu(configfile, target, launcher, gpu):
     """The dry run's rl_train job: `accelerate launch` with the FSDP config on rl.gpus_per_run = 8

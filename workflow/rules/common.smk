@@ -297,10 +297,9 @@ def rl_train_settings(wildcards):
 
 
 def rl_gpus():
-    """GPUs of one training job: `rl.gpus_per_run` with the vllm backend (GPU nodes), else none."""
-    if config["inference"]["pool"]["backend"] == "vllm":
-        return config["rl"]["gpus_per_run"]
-    return 0
+    """GPUs of one training job: `rl.gpus_per_run`. Like the other model rules under the Slurm
+    profile, whatever the backend; a local `--cores` run does not limit `gpu` (no `--resources`)."""
+    return config["rl"]["gpus_per_run"]
 
 
 def rl_launcher(wildcards):

@@ -298,7 +298,7 @@ def rl_train_settings(wildcards):
 
 def rl_gpus():
     """GPUs of one training job: `rl.gpus_per_run`. Like the other model rules under the Slurm
-    profile, whatever the backend; a local `--cores` run does not limit `gpu` (no `--resources`)."""
+    profile, whatever the backend; a local `--cores` run does not limit `gpu`."""
     return config["rl"]["gpus_per_run"]
 
 

@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import repexp.jobs as repexp_jobs
 from repexp.assets import WHEELS
 from repexp.config import check_config
 from repexp.tasks import OFFLINE_WHEELS, SPLITS, TASK_NAMES
@@ -23,15 +24,7 @@ wildcard_constraints:
 
 def used_models():
     """The models some stage of this config uses (the default target prepares these)."""
-    inf, tl, rl = config["inference"], config["token_level"], config["rl"]
-    names = list(inf["models"]) + [g["model"] for g in inf["grid"]]
-    names += [
-        inf["metrics"]["reference_model"],
-        tl["model"],
-        tl["reference_model"],
-        rl["model"],
-    ]
-    return sorted({n for n in names if n})
+    return repexp_jobs.used_models(config)
 
 
 def model_wheel(wildcards):
@@ -92,10 +85,7 @@ def get_final_output():
 # ------------------------------------------------------------------------------------------------
 # inference-time stage
 # ------------------------------------------------------------------------------------------------
-import repexp.jobs as repexp_jobs
 from repexp.features import POOLINGS
-from repexp.pools import n_shards
-from repexp.tasks import expected_questions
 
 
 wildcard_constraints:
@@ -106,10 +96,7 @@ wildcard_constraints:
 
 def inference_pools():
     """(model, task, sampler) of every pool: models x tasks with vanilla, plus the grid."""
-    inf = config["inference"]
-    pools = [(m, t, "vanilla") for m in inf["models"] for t in inf["tasks"]]
-    pools += [(g["model"], g["task"], g["sampler"]) for g in inf["grid"]]
-    return list(dict.fromkeys(pools))
+    return repexp_jobs.inference_pools(config)
 
 
 def pool_shard_size(wildcards):
@@ -119,19 +106,12 @@ def pool_shard_size(wildcards):
 
 
 def task_shards(task, model):
-    spec = config["tasks"][task]
-    n = expected_questions(
-        task, spec["source"], "test", spec["n_questions"], spec["qids"]
-    )
-    return range(n_shards(n, repexp_jobs.pool_shard_size(config, model, task)))
+    return range(repexp_jobs.pool_n_shards(config, model, task))
 
 
 def pool_setting(key, wildcards):
     """A pool setting of the task, or the inference default."""
-    task_value = config["tasks"][wildcards.task][
-        {"n": "pool_n", "max_new_tokens": "max_new_tokens"}[key]
-    ]
-    return config["inference"]["pool"][key] if task_value is None else task_value
+    return repexp_jobs.pool_setting(config, wildcards.task, key)
 
 
 def sampler_args(wildcards):
@@ -210,7 +190,7 @@ from repexp.tokenlevel import method_name, run_shards
 
 
 def token_level_on():
-    return bool(config["token_level"]["model"] and config["token_level"]["task"])
+    return repexp_jobs.token_level_on(config)
 
 
 def token_level_methods():
@@ -267,16 +247,16 @@ def config_names(wildcards):
 # ------------------------------------------------------------------------------------------------
 from types import SimpleNamespace
 
-from repexp.rl.evaluate import run_name, splits_of, task_settings, train_settings
+from repexp.rl.evaluate import run_name, task_settings, train_settings
 
 
 def rl_on():
-    return bool(config["rl"]["model"] and config["rl"]["tasks"])
+    return repexp_jobs.rl_on(config)
 
 
 def rl_splits(task):
     """(dev_task, dev_split, test_task, test_split) of RL training on `task`."""
-    return splits_of(task, task_settings(config["rl"], task))
+    return repexp_jobs.rl_splits(config, task)
 
 
 def rl_task_table(which):
@@ -340,13 +320,7 @@ def rl_questions_per_shard(wildcards):
 
 
 def rl_test_shards(task):
-    test_task, test_split = rl_splits(task)[2:]
-    spec = config["tasks"][test_task]
-    qids = spec["qids"] if test_split == "test" else None
-    n = expected_questions(
-        test_task, spec["source"], test_split, spec["n_questions"], qids
-    )
-    return range(n_shards(n, repexp_jobs.rl_test_shard_size(config, task)))
+    return range(repexp_jobs.rl_test_n_shards(config, task))
 
 
 def rl_policy(wildcards):

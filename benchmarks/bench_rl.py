@@ -65,6 +65,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", default=None, help="also write the per-step table here")
     a = ap.parse_args()
+    from repexp.models import cpu_capability_line
+
+    print(f"# {cpu_capability_line()}")
     logging.basicConfig(level=logging.WARNING)
     import torch
 

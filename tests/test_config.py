@@ -33,11 +33,11 @@ def test_defaults_are_filled():
     check_config(cfg, SCHEMA)
     assert cfg["tasks"]["game24"] == {"source": "offline", "n_questions": None, "subset_seed": 0,
                                       "qids": None, "splits": ["test"], "template": None, "pool_n": None,
-                                      "max_new_tokens": None, "top_p": None}
+                                      "max_new_tokens": None, "top_p": None, "chain_sum": None}
     assert cfg["inference"]["selection"]["lam"] == 1.0
     assert cfg["inference"]["selection"]["proj_dim"] == 512
     assert cfg["rl"]["repexp"] == {"beta": 0.01, "lam": 0.01, "proj_dim": 32, "zero_if_none_correct": True,
-                                   "feature_dtype": "bfloat16"}
+                                   "feature_dtype": "auto", "offload_base": True}
     assert cfg["models"]["m"]["revision"] == "main"
 
 
@@ -69,6 +69,10 @@ def test_paper_grid_matches_the_paper():
     assert inf["samplers"]["minp0.05"] == {"temperature": 1.5, "top_p": 1.0, "min_p": 0.05, "top_k": 0}
     assert inf["selection"]["proj_dim"] == 512 and inf["selection"]["lam"] == 1.0
     assert cfg["token_level"]["lam"] == 0.1 and cfg["token_level"]["betas"] == [0.5, 1.0]
+    # the hardest questions are ranked on 1,024 reference samples per question, as the paper's
+    assert cfg["token_level"]["reference_samples"] == 1024
+    # the RL stage rewards MATH with the recipe's string rule; inference pools keep math-verify
+    assert cfg["verifiers"]["math_reward"] == "recipe"
     rl = cfg["rl"]
     assert (rl["group_size"], rl["learning_rate"], rl["seeds"]) == (8, 1e-6, [41, 42, 43])
     assert rl["task_overrides"]["dapo"]["proj_dim"] == 128
@@ -105,6 +109,10 @@ BAD = [
      ["`tasks.gsm8k.splits`", "'test'", "token_level.task"]),
     ("repeated beta", lambda c: c["token_level"].update({"betas": [1.0, 1.0]}),
      ["`token_level.betas`", "without repeated items"]),
+    ("unknown math reward", lambda c: c["verifiers"].update({"math_reward": "lighteval"}),
+     ["`verifiers.math_reward`", "'lighteval'", "'recipe'", "'math_verify'"]),
+    ("reference subsample of 0", lambda c: c["token_level"].update({"reference_samples": 0}),
+     ["`token_level.reference_samples`", "null", "> 0"]),
 ]
 
 

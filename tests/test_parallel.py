@@ -203,3 +203,75 @@ def test_mp_context_avoids_fork_when_cuda_is_initialised(monkeypatch):
     default = mp.get_start_method(allow_none=True) or mp.get_all_start_methods()[0]
     expected = "forkserver" if default == "fork" else default
     assert parallel.mp_context().get_start_method() == expected
+
+
+# --------------------------------------------------------------------------- threads
+
+CAP_SCRIPT = """
+import json, os, sys
+import numpy, scipy.linalg  # BLAS loaded before the cap
+if sys.argv[1] == "torch-before":
+    import torch
+from repexp.parallel import cap_threads
+cap_threads(1)
+import torch  # loaded after the cap (torch-after): reads OMP_NUM_THREADS
+from threadpoolctl import threadpool_info
+print(json.dumps({"pools": {f"{i['internal_api']}:{i['filepath']}": i["num_threads"] for i in threadpool_info()},
+                  "torch": torch.get_num_threads(), "env": os.environ.get("OPENBLAS_NUM_THREADS")}))
+"""
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="one core: every library defaults to 1 thread")
+@pytest.mark.parametrize("order", ["torch-before", "torch-after"])
+def test_cap_threads_caps_blas_openmp_and_torch(order):
+    """1 thread on a machine of 2 or more cores (each library's default: one per core): every BLAS
+    and OpenMP pool threadpoolctl sees (numpy's and scipy's OpenBLAS, torch's OpenMP), torch's
+    intra-op pool, and the environment of later libraries and children. Run in a child process
+    with the thread variables unset."""
+    import json
+    import subprocess
+    import sys
+
+    from repexp.parallel import THREAD_ENV
+
+    env = {k: v for k, v in os.environ.items() if k not in THREAD_ENV}
+    out = subprocess.run([sys.executable, "-c", CAP_SCRIPT, order], check=True, capture_output=True, text=True,
+                         env=env)
+    got = json.loads(out.stdout)
+    assert got["torch"] == 1 and got["env"] == "1"
+    assert any(k.startswith("openblas") for k in got["pools"]), got  # numpy's / scipy's BLAS was seen
+    assert set(got["pools"].values()) == {1}, got
+    uncapped = subprocess.run([sys.executable, "-c", CAP_SCRIPT.replace("cap_threads(1)", "pass"), order],
+                              check=True, capture_output=True, text=True, env=env)
+    assert json.loads(uncapped.stdout)["torch"] > 1  # the check can fail: the default is more
+
+
+def test_cap_threads_arguments():
+    from repexp.parallel import cap_threads
+
+    assert cap_threads(None) is None
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="positive integer"):
+            cap_threads(bad)
+
+
+# CLIs that compute with torch, BLAS or worker processes: their rules pass the job's threads
+THREADED_CLIS = {("repexp.pools", ""), ("repexp.features", ""), ("repexp.inference", "select"),
+                 ("repexp.inference", "overview"), ("repexp.tokenlevel", "run"), ("repexp.score", ""),
+                 ("repexp.rl.evaluate", "questions")}
+
+
+def test_every_compute_rule_passes_its_threads():
+    import re
+    from pathlib import Path
+
+    rules = Path(__file__).resolve().parents[1] / "workflow" / "rules"
+    seen = set()
+    for smk in rules.glob("*.smk"):
+        for block in re.split(r"^rule ", smk.read_text(), flags=re.M)[1:]:
+            name = block.split(":")[0]
+            clis = set(re.findall(r"-m (repexp[\w.]*)(?: (\w+))?", block)) & THREADED_CLIS
+            if clis or name == "rl_train":  # rl_train: `accelerate launch ... -m repexp.rl.train`
+                assert re.search(r"--(threads|workers) \{threads\}", block), f"{smk.name}: rule {name}"
+                seen |= clis | {name}
+    assert THREADED_CLIS | {"rl_train"} <= seen

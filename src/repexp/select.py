@@ -31,6 +31,7 @@ Entry points:
 
 from __future__ import annotations
 
+import functools
 import warnings
 
 import numpy as np
@@ -86,8 +87,17 @@ def project(features: np.ndarray, out_dim: int, seed: int) -> np.ndarray:
     in_dim = features.shape[1]
     if out_dim >= in_dim:
         return features.copy()
-    R = sparse_projection_matrix(in_dim, out_dim, seed)
-    return np.asarray(features @ R, dtype=np.float64)  # dense @ sparse -> dense
+    R = _cached_projection_matrix(in_dim, out_dim, seed)
+    # dense @ sparse -> dense; each output row depends on its input row alone (same arithmetic
+    # whatever the other rows), so a pool projected shard by shard equals the pool projected at once
+    return np.asarray(features @ R, dtype=np.float64)
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_projection_matrix(in_dim: int, out_dim: int, seed: int) -> scipy.sparse.csr_matrix:
+    """:func:`sparse_projection_matrix`, built once per process (a pool is projected shard by shard
+    or question by question); read-only by convention."""
+    return sparse_projection_matrix(in_dim, out_dim, seed)
 
 
 # --------------------------------------------------------------------------------------------

@@ -23,14 +23,23 @@ prefix is never re-run. The chosen candidate's key/value entries are then append
 and its hidden state gives the next step's logits through the LM head: a bonus step costs one
 forward of K tokens, a plain step one of 1 token.
 
+This module's :class:`Decoder` and :func:`explore` decode one run at a time (the reference). The
+``run`` command uses the batched engine of :mod:`repexp.tokenbatch` (``--slots`` runs in lockstep,
+the same responses under the same seeds), and splits long runs into jobs (``--part``,
+``--responses-per-job``: the runs' generators and Σ̃⁻¹ are saved with ``--state-out`` and read by
+the next part with ``--state-in``; the last part gathers the earlier parts' rows, ``--rows-in``).
+:func:`benchmark_rate` measures its tokens per second (GPU checks).
+
 The experiment (paper.md §2 "Setting"): the hardest *solvable* questions (lowest pass@1 > 0 in a
 reference model's pools), up to ``k_max`` generations per question stopping at the first correct
 one, several seeds, each β against vanilla sampling with the same filters.
 
 CLI (the ``token_level_*`` rules)::
 
-    python -m repexp.tokenlevel questions --scores <pool score shards> --n-questions 200 --out Q
-    python -m repexp.tokenlevel run --model M --tasks T --questions Q --method beta1 --beta 1.0 ... --out R
+    python -m repexp.tokenlevel questions --scores <pool score shards> --n-questions 200 \\
+        --reference-samples 1024 --seed 0 --out Q
+    python -m repexp.tokenlevel run --model M --tasks T --questions Q --method beta1 --beta 1.0 \
+        --slots 64 --part 0 --responses-per-job 114 ... --state-out S0 --out R0
     python -m repexp.tokenlevel summarize --runs R... --questions Q --k-max 1024 --out-passk ...
 """
 
@@ -48,6 +57,15 @@ import pandas as pd
 
 from repexp import provenance
 from repexp.atomic import write_parquet
+from repexp.tokenbatch import (  # noqa: F401 (benchmark_rate: the GPU checks' entry point)
+    BatchedExplorer,
+    Run,
+    benchmark_rate,
+    load_states,
+    part_range,
+    restore_run,
+    save_runs,
+)
 
 log = logging.getLogger(__name__)
 
@@ -350,19 +368,62 @@ def explore_vanilla_batched(model, tok, prompt_ids: list[int], check: Callable[[
 # ------------------------------------------------------------------------------------------------
 # the experiment's pieces (pure functions over tables)
 # ------------------------------------------------------------------------------------------------
-def hardest_solvable(scores: pd.DataFrame, n_questions: int) -> pd.DataFrame:
-    """The ``n_questions`` questions with the lowest reference pass@1 > 0 (ties: by question id).
+def reference_subsample(scores: pd.DataFrame, samples: int | None, seed: int) -> pd.DataFrame:
+    """The reference responses that rank the questions: per question, ``samples`` of its responses
+    drawn uniformly without replacement (all of them when it has at most ``samples``, or when
+    ``samples`` is None).
 
-    ``scores``: ``qid, sample, correct`` of the reference model's pools. Returns ``rank`` (0 =
-    hardest), ``qid``, ``ref_n``, ``ref_correct``, ``ref_pass1``.
-    """
-    per_q = scores.groupby("qid")["correct"].agg(ref_n="size", ref_correct="sum").reset_index()
-    per_q["ref_pass1"] = per_q["ref_correct"] / per_q["ref_n"]
+    The paper estimates pass@1 from 1,024 samples per question, so its floor is 1/1,024; a larger
+    pool (the paper grid's 6,400) would rank by a finer, lower floor and pick a harder set. The draw
+    of a question is ``numpy.random.default_rng(question_seed(seed, "reference-subsample", qid))``
+    over its responses in ``sample`` order: it depends on neither the shards nor the other
+    questions."""
+    if samples is None:
+        return scores
+    from repexp.pools import question_seed
+
+    keep = []
+    for qid, g in scores.groupby("qid", sort=False):
+        g = g.sort_values("sample", kind="stable")
+        if len(g) > samples:
+            rng = np.random.default_rng(question_seed(seed, "reference-subsample", str(qid)))
+            g = g.iloc[np.sort(rng.choice(len(g), size=samples, replace=False))]
+        keep.append(g)
+    return pd.concat(keep) if keep else scores.iloc[:0]
+
+
+def reference_counts(scores: pd.DataFrame, samples: int | None, seed: int) -> pd.DataFrame:
+    """Per question of ``scores`` (``qid, sample, correct``): ``ref_n``, ``ref_correct`` of its
+    :func:`reference_subsample` and ``pool_n``, ``pool_correct`` of all its responses. A question
+    only needs its own rows, so a pool can be counted shard by shard."""
+    pool = scores.groupby("qid")["correct"].agg(pool_n="size", pool_correct="sum")
+    sub = reference_subsample(scores, samples, seed)
+    per_q = sub.groupby("qid")["correct"].agg(ref_n="size", ref_correct="sum")
+    return per_q.join(pool).reset_index()
+
+
+def hardest_from_counts(counts: pd.DataFrame, n_questions: int) -> pd.DataFrame:
+    """The ``n_questions`` questions of :func:`reference_counts` with the lowest ``ref_pass1`` > 0
+    (ties: by question id), ranked from 0 (hardest)."""
+    per_q = counts.assign(ref_pass1=counts["ref_correct"] / counts["ref_n"])
     solvable = per_q[per_q["ref_correct"] > 0].sort_values(["ref_pass1", "qid"], kind="stable")
     out = solvable.head(n_questions).reset_index(drop=True)
     out.insert(0, "rank", np.arange(len(out)))
-    out["ref_correct"] = out["ref_correct"].astype(int)
-    return out
+    out = out.astype({"ref_correct": int, "pool_correct": int})
+    return out[["rank", "qid", "ref_n", "ref_correct", "ref_pass1", "pool_n", "pool_correct"]]
+
+
+def hardest_solvable(scores: pd.DataFrame, n_questions: int, *, samples: int | None = None,
+                     seed: int = 0) -> pd.DataFrame:
+    """The ``n_questions`` questions with the lowest reference pass@1 > 0 (ties: by question id).
+
+    ``scores``: ``qid, sample, correct`` of the reference model's pools. pass@1 is estimated on
+    :func:`reference_subsample` (``samples`` responses per question, seeded by ``seed``), so a
+    question the subsample never solves is not solvable here. Returns ``rank`` (0 = hardest),
+    ``qid``, ``ref_n``, ``ref_correct``, ``ref_pass1`` (of the subsample) and ``pool_n``,
+    ``pool_correct`` (of the whole pool).
+    """
+    return hardest_from_counts(reference_counts(scores, samples, seed), n_questions)
 
 
 def run_shards(n_questions: int, seeds: int, runs_per_shard: int) -> int:
@@ -442,14 +503,25 @@ def difficulty_table(per_run: pd.DataFrame, questions: pd.DataFrame, *, k: int, 
 # CLI
 # ------------------------------------------------------------------------------------------------
 def _cmd_questions(a) -> int:
-    scores = pd.concat([pd.read_parquet(f) for f in a.scores], ignore_index=True)
-    q = hardest_solvable(scores, a.n_questions)
+    # shard by shard (a paper pool holds millions of responses); a question is in one shard
+    counts = pd.concat([reference_counts(pd.read_parquet(f, columns=["qid", "sample", "correct"]),
+                                         a.reference_samples, a.seed) for f in a.scores],
+                       ignore_index=True)
+    if counts["qid"].duplicated().any():
+        raise SystemExit(f"question {counts.loc[counts['qid'].duplicated(), 'qid'].iloc[0]} is in "
+                         f"several score shards: the reference pool's shards overlap")
+    q = hardest_from_counts(counts, a.n_questions)
+    used = a.reference_samples or "all"
     if len(q) < a.n_questions:
-        log.warning("only %d of %d pool questions are solvable (pass@1 > 0); the experiment uses %d, not %d",
-                    len(q), scores["qid"].nunique(), len(q), a.n_questions)
-    write_parquet(q, a.out, n_questions=a.n_questions, reference_pool_size=int(q["ref_n"].max()) if len(q) else 0)
-    log.info("%d hardest solvable questions, reference pass@1 %.4f..%.4f", len(q),
-             q["ref_pass1"].min() if len(q) else float("nan"), q["ref_pass1"].max() if len(q) else float("nan"))
+        log.warning("only %d of %d pool questions are solvable (pass@1 > 0 on %s responses each); "
+                    "the experiment uses %d, not %d", len(q), len(counts), used, len(q),
+                    a.n_questions)
+    pool_n = int(q["pool_n"].max()) if len(q) else 0
+    write_parquet(q, a.out, n_questions=a.n_questions, reference_pool_size=pool_n,
+                  reference_samples=a.reference_samples, seed=a.seed)
+    log.info("%d hardest solvable questions, reference pass@1 %.4f..%.4f (%s of each question's %d "
+             "responses)", len(q), q["ref_pass1"].min() if len(q) else float("nan"),
+             q["ref_pass1"].max() if len(q) else float("nan"), used, pool_n)
     return 0
 
 
@@ -463,55 +535,170 @@ def _cmd_run(a) -> int:
     from repexp.score import task_from_args
 
     if a.threads:
-        torch.set_num_threads(a.threads)
+        from repexp.parallel import cap_threads
+
+        cap_threads(a.threads)  # torch, BLAS and OpenMP threads = the rule's threads
     beta = None if a.beta in (None, "none") else float(a.beta)
     if method_name(beta) != a.method:
-        raise SystemExit(f"--method {a.method} does not match --beta {a.beta} (expected {method_name(beta)})")
-    settings = Settings(top_p=a.top_p, top_k=a.top_k, lam=a.lam, max_new_tokens=a.max_new_tokens,
-                        candidate_batch=a.candidate_batch)
+        raise SystemExit(
+            f"--method {a.method} does not match --beta {a.beta} (expected {method_name(beta)})"
+        )
+    settings = Settings(
+        top_p=a.top_p,
+        top_k=a.top_k,
+        lam=a.lam,
+        max_new_tokens=a.max_new_tokens,
+        candidate_batch=a.candidate_batch,
+    )
     questions = pd.read_parquet(a.questions)
     table = pd.read_parquet(a.tasks).set_index("qid")
     task = task_from_args(a)
     planned = shard_runs(a.n_questions, a.seeds, a.runs_per_shard, a.shard)
     runs = [(rank, s) for rank, s in planned if rank < len(questions)]
     if len(runs) < len(planned):
-        log.warning("shard %d: %d run(s) skipped, fewer solvable questions than n_questions", a.shard,
-                    len(planned) - len(runs))
-    rows = []
+        log.warning(
+            "shard %d: %d run(s) skipped, fewer solvable questions than n_questions",
+            a.shard,
+            len(planned) - len(runs),
+        )
+    per_job = a.responses_per_job or a.k_max
+    first, last = part_range(a.part, per_job, a.k_max)
+    hf_vanilla = beta is None and a.vanilla_batch_size > 1
+    if hf_vanilla and (first, last) != (1, a.k_max):
+        raise SystemExit(
+            "--vanilla-batch-size > 1 generates whole runs: use --responses-per-job >= --k-max"
+        )
+    if a.part and not a.state_in:
+        raise SystemExit(
+            f"part {a.part} continues the runs of part {a.part - 1}: pass its --state-in"
+        )
+    if a.state_in and not a.part:
+        raise SystemExit("part 0 starts every run: no --state-in")
+    states = load_states(a.state_in) if a.state_in else {}
+    rows, todo = [], {}
     if runs:
         device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
         tok = load_tokenizer(a.model)
         model = load_model(a.model, dtype=a.dtype, device=device)
         decoder = Decoder(model, eos_ids_of(model, tok), settings)
         t_all = time.perf_counter()
-        for n, (rank, s) in enumerate(runs, 1):
+        for rank, s in runs:
             qid = str(questions["qid"].iloc[rank])
             q = table.loc[qid]
-            prompt = prompt_ids_of(tok, json.loads(q["prompt"]))
-            seed = question_seed(a.seed, a.model_name, task.name, "token_level", qid, str(s))
 
             def check(text, answer=q["answer"]):
                 return task.score(answer, text) == 1.0
 
-            t0 = time.perf_counter()
-            if beta is None and a.vanilla_batch_size > 1:
-                run = explore_vanilla_batched(model, tok, prompt, check, k_max=a.k_max, settings=settings,
-                                              seed=seed, batch_size=a.vanilla_batch_size)
-            else:
-                run = explore(decoder, tok, prompt, check, k_max=a.k_max, beta=beta, seed=seed)
-            ntok = sum(r["n_tokens"] for r in run)
-            first = next((r["response"] for r in run if r["correct"]), None)
-            log.info("run %d/%d question %s (rank %d) seed %d: %s after %d generations, %d tokens, %.1fs "
-                     "(%.1f tok/s)", n, len(runs), qid, rank, s, "solved" if first else "unsolved", len(run), ntok,
-                     time.perf_counter() - t0, ntok / max(time.perf_counter() - t0, 1e-9))
-            for r in run:
+            seed = question_seed(a.seed, a.model_name, task.name, "token_level", qid, str(s))
+            run = Run(
+                prompt_ids_of(tok, json.loads(q["prompt"])),
+                check,
+                seed=seed,
+                beta=beta,
+                key=(qid, rank, s),
+            )
+            key = f"{rank}/{s}"
+            if a.part:
+                if key not in states:
+                    raise SystemExit(
+                        f"{a.state_in} has no run {key} (rank/seed): it is not the "
+                        f"previous part of shard {a.shard}"
+                    )
+                restore_run(
+                    run,
+                    states[key],
+                    device=decoder.device,
+                    hidden=model.config.hidden_size,
+                    lam=a.lam,
+                )
+                if not run.finished and run.next_response != first:
+                    raise SystemExit(
+                        f"{a.state_in}: run {key} continues at response "
+                        f"{run.next_response}, part {a.part} starts at {first} "
+                        f"(another --responses-per-job?)"
+                    )
+            todo[key] = run
+        if hf_vanilla:
+            for run in todo.values():
+                run.rows = explore_vanilla_batched(
+                    model,
+                    tok,
+                    run.prompt_ids,
+                    run.check,
+                    k_max=a.k_max,
+                    settings=settings,
+                    seed=run.seed,
+                    batch_size=a.vanilla_batch_size,
+                )
+                run.finished = True
+        else:
+            slots = min(a.slots, sum(not r.finished for r in todo.values())) or 1
+            engine = BatchedExplorer(decoder, tok, slots)
+            engine.explore(list(todo.values()), k_max=a.k_max, until=last)
+            secs = time.perf_counter() - t_all
+            log.info(
+                "shard %d part %d (responses %d-%d): %d runs on %d slots, %d tokens in %d steps, "
+                "%.1fs (%.1f tok/s)",
+                a.shard,
+                a.part,
+                first,
+                last,
+                len(todo),
+                slots,
+                engine.tokens,
+                engine.steps,
+                secs,
+                engine.tokens / max(secs, 1e-9),
+            )
+        for run in todo.values():
+            qid, rank, s = run.key
+            solved = next((r["response"] for r in run.rows if r["correct"]), None)
+            status = (
+                f"solved at {solved}" if solved else ("unsolved" if run.finished else "continues")
+            )
+            log.info(
+                "question %s (rank %d) seed %d: %s, %d generations in this part, %d tokens",
+                qid,
+                rank,
+                s,
+                status,
+                len(run.rows),
+                sum(r["n_tokens"] for r in run.rows),
+            )
+            for r in run.rows:
                 r.pop("response_ids")
-                rows.append({"qid": qid, "rank": rank, "seed_index": s, "method": a.method,
-                             "beta": np.nan if beta is None else beta, **r})
-        log.info("shard %d: %d runs in %.1fs", a.shard, len(runs), time.perf_counter() - t_all)
+                rows.append(
+                    {
+                        "qid": qid,
+                        "rank": rank,
+                        "seed_index": s,
+                        "method": a.method,
+                        "beta": np.nan if beta is None else beta,
+                        **r,
+                    }
+                )
+    if a.state_out:  # what the next part continues from
+        save_runs(todo, a.state_out)
     df = pd.DataFrame(rows, columns=RUN_COLUMNS)
-    write_parquet(df, a.out, method=a.method, settings=asdict(settings), k_max=a.k_max, shard=a.shard,
-                  model=a.model_name, task=task.name, seed=a.seed)
+    if a.rows_in:  # the last part: the shard's earlier parts too
+        df = pd.concat([*(pd.read_parquet(f) for f in a.rows_in), df], ignore_index=True)
+        df = df.sort_values(["seed_index", "rank", "response"], kind="stable").reset_index(
+            drop=True
+        )
+    write_parquet(
+        df,
+        a.out,
+        method=a.method,
+        settings=asdict(settings),
+        k_max=a.k_max,
+        shard=a.shard,
+        part=a.part,
+        responses_per_job=per_job,
+        slots=a.slots,
+        model=a.model_name,
+        task=task.name,
+        seed=a.seed,
+    )
     return 0
 
 
@@ -546,6 +733,10 @@ def main(argv: list[str] | None = None) -> int:
     q = sub.add_parser("questions", help="the hardest solvable questions from a reference model's pools")
     q.add_argument("--scores", nargs="+", required=True, help="the reference pool's score shards")
     q.add_argument("--n-questions", type=int, required=True)
+    q.add_argument("--reference-samples", type=lambda x: None if x == "all" else int(x),
+                   default=None, help="responses per question that estimate pass@1 (a seeded "
+                                      "subsample; 'all' = the whole pool)")
+    q.add_argument("--seed", type=int, default=0, help="the master seed (seeds the subsample)")
     q.add_argument("--out", required=True)
     r = sub.add_parser("run", help="one shard of runs of one method")
     r.add_argument("--model", required=True)
@@ -565,6 +756,17 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--candidate-batch", type=int, default=64)
     r.add_argument("--max-new-tokens", type=int, default=512)
     r.add_argument("--vanilla-batch-size", type=int, default=1)
+    r.add_argument("--slots", type=int, default=16,
+                   help="runs decoded in lockstep (the batched engine)")
+    r.add_argument("--part", type=int, default=0,
+                   help="which job of the shard's runs (0 = the first)")
+    r.add_argument("--responses-per-job", type=int, default=None,
+                   help="responses of each run per part (default: all k_max in one part)")
+    r.add_argument("--state-in", default=None, help="the previous part's run states (part > 0)")
+    r.add_argument("--state-out", default=None,
+                   help="where to save the runs' states for the next part")
+    r.add_argument("--rows-in", nargs="*", default=[],
+                   help="the earlier parts' responses (the last part)")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--dtype", default="bfloat16")
     r.add_argument("--device", default=None)

@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import repexp.jobs as repexp_jobs
+import repexp.memory as repexp_memory
 from repexp.assets import WHEELS
 from repexp.config import check_config
 from repexp.tasks import OFFLINE_WHEELS, SPLITS, TASK_NAMES
@@ -20,6 +21,17 @@ wildcard_constraints:
     task="|".join(TASK_NAMES),
     split="test|train|dev|test_rest",
     wheel="|".join(WHEELS),
+
+
+def job_mem_mb(rule):
+    """The `mem_mb` resource of a rule's jobs: the memory model's predicted host peak for the
+    job's wildcards and threads, x 1.25, in MB, x attempt (`repexp.memory.mem_mb`). The one
+    source of every memory request; the Slurm profile sets none."""
+
+    def get(wildcards, threads, attempt):
+        return repexp_memory.mem_mb(config, rule, wildcards, threads, attempt)
+
+    return get
 
 
 def used_models():
@@ -145,20 +157,30 @@ def pool_shard_files(kind):
     return files
 
 
-def poolings_of(sampler):
-    """Every pooling for vanilla pools (Fig. 4); the paper's mean for the sampler grid."""
-    return (
-        config["inference"]["features"]["poolings"]
-        if sampler == "vanilla"
-        else ["mean"]
-    )
+def pool_stats_files():
+    """Per-question stats (n, c, format_ok) of every inference pool and of the pools-only
+    difficulty reference (`repexp.jobs.stats_pools`)."""
+    return [
+        f"results/inference/pools/{m}/{t}/{s}/stats.parquet"
+        for m, t, s in repexp_jobs.stats_pools(config)
+    ]
+
+
+def poolings_of(model, task, sampler):
+    """The poolings of one pool (`repexp.jobs.pool_poolings`): all for the vanilla pools
+    of `inference.features.ablation_models` (Fig. 4), the mean for the other pools."""
+    return repexp_jobs.pool_poolings(config, model, task, sampler)
+
+
+def feature_poolings(wildcards):
+    return " ".join(poolings_of(wildcards.model, wildcards.task, wildcards.sampler))
 
 
 def selection_files(kind):
     return [
         f"results/inference/selection/{m}/{t}/{s}/{p}.{kind}.parquet"
         for m, t, s in inference_pools()
-        for p in poolings_of(s)
+        for p in poolings_of(m, t, s)
     ]
 
 
@@ -286,22 +308,34 @@ def rl_launcher(wildcards):
     """How `rl_train` starts the trainer: one process (`python -m`), or one per GPU through
     `accelerate launch` when `rl.gpus_per_run` > 1. Checks first that the task's settings fit that
     many processes (whole groups per process, vLLM tensor-parallel groups), so that a bad
-    combination fails when the DAG is built, not on the GPU node."""
+    combination fails when the DAG is built, not on the GPU node. Each run gets its own
+    rendezvous port (`repexp.rl.distributed.main_process_port`): two runs on one node would
+    otherwise both take accelerate's default 29500."""
+    from repexp.rl.distributed import main_process_port
     from repexp.rl.trainer import RLSettings
 
     n = config["rl"]["gpus_per_run"]
     RLSettings.from_dict(train_settings(config["rl"], wildcards.task))
     if n == 1:
         return "python -m repexp.rl.train"
+    port = main_process_port(
+        config["rl"], wildcards.task, wildcards.method, int(wildcards.seed)
+    )
     accelerate_config = config["rl"]["accelerate_config"]
     if accelerate_config is None:
-        return f"accelerate launch --multi_gpu --num_processes {n} -m repexp.rl.train"
+        return (
+            f"accelerate launch --multi_gpu --num_processes {n} "
+            f"--main_process_port {port} -m repexp.rl.train"
+        )
     if not Path(accelerate_config).is_file():
         raise WorkflowError(
             f"rl.accelerate_config: {accelerate_config} does not exist (relative to {Path.cwd()}); "
             "give the path of an accelerate config file, e.g. profiles/accelerate/fsdp.yaml, or null"
         )
-    return f"accelerate launch --config_file {accelerate_config} --num_processes {n} -m repexp.rl.train"
+    return (
+        f"accelerate launch --config_file {accelerate_config} --num_processes {n} "
+        f"--main_process_port {port} -m repexp.rl.train"
+    )
 
 
 def rl_max_new_tokens(wildcards):
@@ -309,8 +343,12 @@ def rl_max_new_tokens(wildcards):
 
 
 def rl_test_verifier(wildcards):
-    """The verifier flags of the test task (dapo is tested on aime2024)."""
-    return verifier_args(SimpleNamespace(task=rl_splits(wildcards.task)[2]))
+    """The verifier flags of the test task (dapo is tested on aime2024), with the RL
+    stage's MATH scorer (`verifiers.math_reward`), as the trainer's rewards."""
+    return (
+        verifier_args(SimpleNamespace(task=rl_splits(wildcards.task)[2]))
+        + f" --math-reward {config['verifiers']['math_reward']}"
+    )
 
 
 def rl_questions_per_shard(wildcards):
@@ -394,3 +432,16 @@ def stage_provenance(stage):
         "seed": seed,
     }
     return json.dumps(info, sort_keys=True)
+
+
+def token_level_job(wildcards):
+    """Shard, part and earlier files of one token_level_run job (repexp.jobs)."""
+    return repexp_jobs.token_level_part_files(
+        config, wildcards.model, wildcards.task, wildcards.tl_method, wildcards.tl_shard
+    )
+
+
+def token_level_earlier(wildcards):
+    """The previous part's run states and, for a shard's last part, the earlier parts' responses."""
+    job = token_level_job(wildcards)
+    return {k: job[k] for k in ("state", "rows") if job[k]}

@@ -20,7 +20,7 @@ rule figure:
     conda:
         "../../envs/analysis.yaml"
     resources:
-        mem_mb=4000,
+        mem_mb=job_mem_mb("figure"),
         runtime=15,
     params:
         tables_dir="results/tables",
@@ -44,7 +44,7 @@ rule results_index:
     conda:
         "../../envs/analysis.yaml"
     resources:
-        mem_mb=1000,
+        mem_mb=job_mem_mb("results_index"),
         runtime=5,
     params:
         config_name=config_names,

@@ -27,7 +27,7 @@ rule generate_pool:
         "../../envs/generation.yaml"
     threads: 2
     resources:
-        mem_mb=16000,
+        mem_mb=job_mem_mb("generate_pool"),
         runtime=240,
         gpu=1 if config["inference"]["pool"]["backend"] == "vllm" else 0,
     params:
@@ -37,6 +37,7 @@ rule generate_pool:
         per_shard=pool_shard_size,
         backend=config["inference"]["pool"]["backend"],
         batch_size=config["inference"]["pool"]["batch_size"],
+        responses_per_call=config["inference"]["pool"]["responses_per_call"],
         dtype=lambda wildcards: config["models"][wildcards.model]["dtype"],
         seed=config["seed"],
     shell:
@@ -44,7 +45,8 @@ rule generate_pool:
         "--tasks {input.tasks} --sampler-name {wildcards.sampler} --shard {wildcards.shard} "
         "--questions-per-shard {params.per_shard} --n {params.n} "
         "--max-new-tokens {params.max_new_tokens} {params.sampler} --seed {params.seed} "
-        "--backend {params.backend} --batch-size {params.batch_size} --dtype {params.dtype} "
+        "--backend {params.backend} --batch-size {params.batch_size} "
+        "--responses-per-call {params.responses_per_call} --dtype {params.dtype} "
         "--threads {threads} --out {output} > {log} 2>&1"
 
 
@@ -60,13 +62,30 @@ rule score_pool:
         "../../envs/analysis.yaml"
     threads: config["verifiers"]["workers"]
     resources:
-        mem_mb=8000,
+        mem_mb=job_mem_mb("score_pool"),
         runtime=120,
     params:
         verifier=verifier_args,
     shell:
         "python -m repexp.score --pool {input.pool} --tasks {input.tasks} --workers {threads} "
         "{params.verifier} --out {output} > {log} 2>&1"
+
+
+rule pool_stats:
+    input:
+        scores=pool_shard_files("scores"),
+    output:
+        "results/inference/pools/{model}/{task}/{sampler}/stats.parquet",
+    log:
+        "logs/pool_stats/{model}/{task}/{sampler}.log",
+    conda:
+        "../../envs/analysis.yaml"
+    resources:
+        mem_mb=job_mem_mb("pool_stats"),
+        runtime=30,
+    shell:
+        "python -m repexp.score stats --scores {input.scores} --model {wildcards.model} "
+        "--task {wildcards.task} --sampler {wildcards.sampler} --out {output} > {log} 2>&1"
 
 
 rule cache_features:
@@ -82,18 +101,22 @@ rule cache_features:
         "../../envs/generation.yaml"
     threads: 2
     resources:
-        mem_mb=16000,
+        mem_mb=job_mem_mb("cache_features"),
         runtime=120,
         gpu=1 if config["inference"]["pool"]["backend"] == "vllm" else 0,
     params:
-        poolings=" ".join(config["inference"]["features"]["poolings"]),
+        poolings=feature_poolings,
         dtype=config["inference"]["features"]["dtype"],
         model_dtype=lambda wildcards: config["models"][wildcards.model]["dtype"],
         batch_tokens=config["inference"]["features"]["batch_tokens"],
+        gpu_memory_gb=config["inference"]["features"]["gpu_memory_gb"] or 0,
+        gpu_memory_fraction=config["inference"]["features"]["gpu_memory_fraction"],
     shell:
         "python -m repexp.features --model {input.model} --model-name {wildcards.model} "
         "--pool {input.pool} --poolings {params.poolings} --dtype {params.dtype} "
         "--model-dtype {params.model_dtype} --batch-tokens {params.batch_tokens} "
+        "--gpu-memory-gb {params.gpu_memory_gb} "
+        "--gpu-memory-fraction {params.gpu_memory_fraction} "
         "--threads {threads} --out {output.manifest} > {log} 2>&1"
 
 
@@ -109,8 +132,9 @@ rule select_pool:
         "logs/select_pool/{model}/{task}/{sampler}/{pooling}.log",
     conda:
         "../../envs/analysis.yaml"
+    threads: 1  # worker processes, one question each (the Slurm profile sets more)
     resources:
-        mem_mb=8000,
+        mem_mb=job_mem_mb("select_pool"),
         runtime=120,
     params:
         prefix=subpath(output.trials, strip_suffix=".trials.parquet"),
@@ -127,13 +151,14 @@ rule select_pool:
         "--pooling {wildcards.pooling} --proj-dim {params.proj_dim} --lam {params.lam} "
         "--trials {params.trials} --k-max {params.k_max} {params.center} "
         "--projection-seed {params.projection_seed} --seed {params.seed} "
-        "--out-prefix {params.prefix} > {log} 2>&1"
+        "--threads {threads} --out-prefix {params.prefix} > {log} 2>&1"
 
 
 rule summarize_inference:
     input:
         questions=selection_files("questions"),
         passk=selection_files("passk"),
+        stats=pool_stats_files(),
         tasks=expand(
             "resources/tasks/{task}/test.parquet", task=config["inference"]["tasks"]
         ),
@@ -147,7 +172,7 @@ rule summarize_inference:
     conda:
         "../../envs/analysis.yaml"
     resources:
-        mem_mb=4000,
+        mem_mb=job_mem_mb("summarize_inference"),
         runtime=30,
     params:
         out_dir=subpath(output.stc, parent=True),
@@ -160,7 +185,7 @@ rule summarize_inference:
         provenance=stage_provenance("inference"),
     shell:
         "python -m repexp.inference summarize --questions {input.questions} "
-        "--passk {input.passk} --task-tables {input.tasks} "
+        "--passk {input.passk} --pool-stats {input.stats} --task-tables {input.tasks} "
         "--reference-model={params.reference} {params.unsolved} "
         "--provenance {params.provenance:q} --out-dir {params.out_dir} > {log} 2>&1"
 
@@ -176,7 +201,7 @@ rule overview:
     conda:
         "../../envs/analysis.yaml"
     resources:
-        mem_mb=4000,
+        mem_mb=job_mem_mb("overview"),
         runtime=30,
     params:
         model=overview_pool()["model"],
@@ -190,4 +215,4 @@ rule overview:
         "python -m repexp.inference overview --features {input.features} --scores {input.scores} "
         "--model {params.model} --task {params.task} --proj-dim {params.proj_dim} "
         "--lam {params.lam} --projection-seed {params.projection_seed} --seed {params.seed} "
-        "--provenance {params.provenance:q} --out {output} > {log} 2>&1"
+        "--threads {threads} --provenance {params.provenance:q} --out {output} > {log} 2>&1"

@@ -6,7 +6,7 @@ rule fetch_wheel:
     conda:
         "../../envs/analysis.yaml"
     resources:
-        mem_mb=1000,
+        mem_mb=job_mem_mb("fetch_wheel"),
         runtime=20,
     params:
         name="{wheel}",
@@ -24,7 +24,7 @@ rule prepare_model:
     conda:
         "../../envs/generation.yaml"
     resources:
-        mem_mb=8000,
+        mem_mb=job_mem_mb("prepare_model"),
         runtime=60,
     params:
         spec=model_spec,

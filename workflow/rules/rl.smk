@@ -16,6 +16,7 @@ if rl_on():
                 "results/tables/rl_dev.csv",
                 "results/tables/rl_train.csv",
                 "results/tables/rl_best.csv",
+                "results/tables/rl_divergence.csv",
             ],
             "rl_hparams": ["results/tables/rl_hparams.csv"],
         }
@@ -42,9 +43,10 @@ rule rl_train:
         "../../envs/training.yaml"
     threads: 1  # two trainings side by side on a 2-core machine; the Slurm profile sets more
     resources:
-        mem_mb=64000,
+        mem_mb=job_mem_mb("rl_train"),
         runtime=1440,
         gpu=rl_gpus(),  # rl.gpus_per_run (the paper: 8), one training process each
+        nodes=1,  # all on one node: `accelerate launch` starts every process there (Slurm --nodes=1)
     params:
         launcher=rl_launcher,
         settings=rl_train_settings,
@@ -73,7 +75,7 @@ rule rl_test_pool:
         "../../envs/generation.yaml"
     threads: 1  # beside a one-thread training on 2 cores; the Slurm profile sets more
     resources:
-        mem_mb=16000,
+        mem_mb=job_mem_mb("rl_test_pool"),
         runtime=240,
         gpu=1 if config["inference"]["pool"]["backend"] == "vllm" else 0,
     params:
@@ -108,7 +110,7 @@ rule rl_test_score:
         "../../envs/analysis.yaml"
     threads: config["verifiers"]["workers"]
     resources:
-        mem_mb=8000,
+        mem_mb=job_mem_mb("rl_test_score"),
         runtime=120,
     params:
         verifier=rl_test_verifier,
@@ -132,7 +134,7 @@ rule rl_test_questions:
         "../../envs/generation.yaml"
     threads: 1  # beside a one-thread training on 2 cores; the Slurm profile sets more
     resources:
-        mem_mb=16000,
+        mem_mb=job_mem_mb("rl_test_questions"),
         runtime=60,
         gpu=1 if config["inference"]["pool"]["backend"] == "vllm" else 0,
     params:
@@ -156,12 +158,13 @@ rule rl_tables:
         train="results/tables/rl_train.csv",
         best="results/tables/rl_best.csv",
         loglik="results/tables/rl_loglik.parquet",
+        divergence="results/tables/rl_divergence.csv",
     log:
         "logs/rl_tables.log",
     conda:
         "../../envs/analysis.yaml"
     resources:
-        mem_mb=4000,
+        mem_mb=job_mem_mb("rl_tables"),
         runtime=30,
     params:
         out_dir=subpath(output.passk, parent=True),
@@ -180,7 +183,7 @@ rule rl_hparams:
     conda:
         "../../envs/analysis.yaml"
     resources:
-        mem_mb=1000,
+        mem_mb=job_mem_mb("rl_hparams"),
         runtime=5,
     params:
         rl=json.dumps(config["rl"], sort_keys=True),

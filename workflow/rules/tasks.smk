@@ -8,7 +8,7 @@ rule prepare_task:
     conda:
         "../../envs/analysis.yaml"
     resources:
-        mem_mb=4000,
+        mem_mb=job_mem_mb("prepare_task"),
         runtime=30,
     params:
         source=task_param("source"),
@@ -16,9 +16,13 @@ rule prepare_task:
         seed=task_param("subset_seed"),
         qids=task_qids,
         template=task_param("template", none="builtin"),
+        chain_sum=lambda wildcards: json.dumps(
+            config["tasks"][wildcards.task].get("chain_sum")
+        ),
         wheel_dir="resources/wheels",
     shell:
         "python -m repexp.tasks --task {wildcards.task} --split {wildcards.split} "
         "--source {params.source} --subset-seed {params.seed} "
         "--n-questions {params.n} --qids={params.qids} "
-        "--template {params.template:q} --wheel-dir {params.wheel_dir} --out {output} > {log} 2>&1"
+        "--template {params.template:q} --chain-sum {params.chain_sum:q} "
+        "--wheel-dir {params.wheel_dir} --out {output} > {log} 2>&1"

@@ -29,47 +29,63 @@ rule token_level_questions:
     conda:
         "../../envs/analysis.yaml"
     resources:
-        mem_mb=2000,
+        mem_mb=job_mem_mb("token_level_questions"),
         runtime=10,
     params:
         n_questions=config["token_level"]["n_questions"],
+        reference_samples=config["token_level"]["reference_samples"] or "all",
+        seed=config["seed"],
     shell:
         "python -m repexp.tokenlevel questions --scores {input.scores} "
-        "--n-questions {params.n_questions} --out {output} > {log} 2>&1"
+        "--n-questions {params.n_questions} --reference-samples {params.reference_samples} "
+        "--seed {params.seed} --out {output} > {log} 2>&1"
 
 
+# A shard's runs are split into parts of `responses_per_job` responses (one job each, run states
+# carried between them): shard-<s>.part-<p> for the earlier parts, shard-<s> for the last one,
+# whose file holds every response of the shard. One part: shard-<s> only, as before.
 rule token_level_run:
     input:
+        unpack(token_level_earlier),
         model="resources/models/{model}",
         tasks="resources/tasks/{task}/test.parquet",
         questions="results/token_level/{model}/{task}/questions.parquet",
     output:
-        "results/token_level/{model}/{task}/{tl_method}/shard-{shard}.parquet",
+        rows="results/token_level/{model}/{task}/{tl_method}/shard-{tl_shard}.parquet",
+        state=temp(
+            "results/token_level/{model}/{task}/{tl_method}/shard-{tl_shard}.state.pt"
+        ),
     log:
-        "logs/token_level_run/{model}/{task}/{tl_method}/shard-{shard}.log",
+        "logs/token_level_run/{model}/{task}/{tl_method}/shard-{tl_shard}.log",
+    wildcard_constraints:
+        tl_shard=r"\d+(\.part-\d+)?",
     conda:
         "../../envs/generation.yaml"
     threads: 1
     resources:
-        mem_mb=16000,
+        mem_mb=job_mem_mb("token_level_run"),
         runtime=720,
     params:
         beta=token_level_beta,
         tl=config["token_level"],
+        job=token_level_job,
         dtype=lambda wildcards: config["models"][wildcards.model]["dtype"],
         verifier=verifier_args,
         seed=config["seed"],
     shell:
         "python -m repexp.tokenlevel run --model {input.model} --model-name {wildcards.model} "
         "--tasks {input.tasks} --questions {input.questions} --method {wildcards.tl_method} "
-        "--beta {params.beta} --shard {wildcards.shard} --n-questions {params.tl[n_questions]} "
+        "--beta {params.beta} --shard {params.job[shard]} --part {params.job[part]} "
+        "--responses-per-job {params.job[responses_per_job]} {params.job[cli]} "
+        "--n-questions {params.tl[n_questions]} "
         "--seeds {params.tl[seeds]} --runs-per-shard {params.tl[runs_per_shard]} "
-        "--k-max {params.tl[k_max]} --lam {params.tl[lam]} --top-p {params.tl[top_p]} "
-        "--top-k {params.tl[top_k]} --candidate-batch {params.tl[candidate_batch]} "
+        "--slots {params.tl[slots]} --k-max {params.tl[k_max]} --lam {params.tl[lam]} "
+        "--top-p {params.tl[top_p]} --top-k {params.tl[top_k]} "
+        "--candidate-batch {params.tl[candidate_batch]} "
         "--max-new-tokens {params.tl[max_new_tokens]} "
         "--vanilla-batch-size {params.tl[vanilla_batch_size]} --seed {params.seed} "
-        "--dtype {params.dtype} --threads {threads} {params.verifier} --out {output} "
-        "> {log} 2>&1"
+        "--dtype {params.dtype} --threads {threads} {params.verifier} --state-out {output.state} "
+        "--out {output.rows} > {log} 2>&1"
 
 
 rule token_level_summary:
@@ -87,7 +103,7 @@ rule token_level_summary:
     conda:
         "../../envs/analysis.yaml"
     resources:
-        mem_mb=4000,
+        mem_mb=job_mem_mb("token_level_summary"),
         runtime=10,
     params:
         tl=config["token_level"],

@@ -10,7 +10,8 @@ model (the "Base Model" curve). This module turns those pools into tables:
   its log-likelihood under the **base** model (the "beyond sharpening" analysis, paper.md §3.6);
 * over all runs (``tables`` command): pass@k (mean over questions per seed, then mean ± SEM over
   seeds), the sample-efficiency factors, the dev curves, the training logs, the selected
-  checkpoints and the log-likelihood table;
+  checkpoints, the log-likelihood table and the divergence of every method's run from GRPO's run of
+  the same seed (:func:`divergence_table`: rollouts step by step, final weights);
 * the hyper-parameter table (``hparams`` command), rendered from the configuration actually used.
 
 The pure functions are also used by the workflow to build the DAG: :func:`train_settings` is the
@@ -23,6 +24,7 @@ CLI (rules ``rl_test_questions``, ``rl_tables``, ``rl_hparams``)::
     python -m repexp.rl.evaluate tables --questions Q1 Q2 ... --runs results/rl/m/gsm8k/grpo/seed41/done.json ... \\
         --out-dir results/tables
     python -m repexp.rl.evaluate hparams --rl '<rl section as JSON>' --model-spec '<JSON>' --out rl_hparams.csv
+    python -m repexp.rl.evaluate divergence results/rl/m/arith/repexp/seed41 results/rl/m/arith/grpo/seed41
 """
 
 from __future__ import annotations
@@ -389,6 +391,7 @@ HPARAMS = [  # (section, key in the task's settings, label); "@..." are derived 
     (COMMON, "kl_coef", "KL loss coefficient"),
     (COMMON, "entropy_coef", "entropy coefficient"),
     (COMMON, "loss_type", "loss aggregation (TRL loss_type)"),
+    (COMMON, "adv_eps", "advantage ε: (r − group mean) / (group std + ε)"),
     (COMMON, "temperature", "rollout temperature"),
     (COMMON, "max_prompt_length", "max prompt length (tokens)"),
     (COMMON, "max_response_length", "max response length (tokens)"),
@@ -402,6 +405,7 @@ HPARAMS = [  # (section, key in the task's settings, label); "@..." are derived 
     (COMMON, "use_vllm", "vLLM rollouts"),
     (COMMON, "vllm_gpu_memory_utilization", "vLLM GPU memory fraction"),
     (COMMON, "vllm_tensor_parallel_size", "vLLM tensor parallelism"),
+    (COMMON, "vllm_enable_sleep_mode", "vLLM sleep mode (memory freed between rollouts)"),
     (COMMON, "reward_workers", "verifier processes"),
     ("Evaluation", "@dev", "dev set (checkpoint selection)"),
     ("Evaluation", "@test", "test set"),
@@ -413,6 +417,7 @@ HPARAMS = [  # (section, key in the task's settings, label); "@..." are derived 
     ("RepExp", "repexp.proj_dim", "sparse random projection dimension"),
     ("RepExp", "repexp.zero_if_none_correct", "no bonus for a prompt with no correct rollout"),
     ("RepExp", "repexp.feature_dtype", "dtype of the feature model (the frozen base model)"),
+    ("RepExp", "repexp.offload_base", "frozen base model on the host between reward calls"),
 ]
 _NOT_ROWS = {"tasks", "methods", "task_overrides", "dev_task"}
 
@@ -491,6 +496,164 @@ def hparams_table(rl: dict, model_spec: dict | None = None) -> pd.DataFrame:
 
 
 # ------------------------------------------------------------------------------------------------
+# divergence of two runs of one seed (RepExp or Unlikeliness against GRPO)
+# ------------------------------------------------------------------------------------------------
+SKETCH_SIZE = 2**18  # buckets of a run's weights_sketch.npz (2 MiB per vector)
+_SKETCH_CHUNK = 1 << 22  # coordinates hashed at a time
+
+
+def rollout_divergence(a, b) -> dict:
+    """How far the rollouts of two runs (``rollouts.csv`` tables or paths, same seed) drift apart.
+
+    Rollouts are compared position by position within each step both runs have (the same seed
+    draws the same prompts in the same order, and generation is seeded alike, so runs agree until
+    their policies differ): ``steps`` compared, ``steps_differing`` (any rollout differs),
+    ``first_step_differing`` (None if none), ``rollouts``, ``rollouts_differing`` and their fraction
+    ``frac_rollouts_differing``; ``per_step``: one row per step (``step``, ``rollouts``, ``differing``).
+    """
+    ta, tb = (pd.read_csv(x) if isinstance(x, str | Path) else x for x in (a, b))
+    both = ta.merge(tb, on="step", suffixes=("_a", "_b")).sort_values("step")
+    rows = []
+    for step, ha, hb in zip(both["step"], both["hashes_a"], both["hashes_b"], strict=True):
+        ha, hb = str(ha).split(), str(hb).split()
+        n = max(len(ha), len(hb))
+        same = sum(x == y for x, y in zip(ha, hb, strict=False))
+        rows.append({"step": int(step), "rollouts": n, "differing": n - same})
+    per_step = pd.DataFrame(rows, columns=["step", "rollouts", "differing"])
+    differing = per_step[per_step["differing"] > 0]
+    total = int(per_step["rollouts"].sum())
+    return {"steps": len(per_step), "steps_differing": len(differing),
+            "first_step_differing": int(differing["step"].iloc[0]) if len(differing) else None,
+            "rollouts": total, "rollouts_differing": int(per_step["differing"].sum()),
+            "frac_rollouts_differing": float(per_step["differing"].sum() / total) if total else float("nan"),
+            "per_step": per_step}
+
+
+def _safetensors_files(model_dir: Path) -> list[Path]:
+    files = sorted(Path(model_dir).glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"{model_dir} has no *.safetensors weights")
+    return files
+
+
+def weight_sketch(final_dir, base_dir, size: int | None = SKETCH_SIZE, seed: int = 0) -> dict:
+    """CountSketches of the weights of ``final_dir`` (a trained policy) and ``base_dir`` (its initial
+    model): ``{"names", "size", "seed", "final", "base"}``.
+
+    Over the tensors both hold (same name and shape), coordinate i of tensor t goes to bucket h(i)
+    with sign σ(i) (drawn from a generator seeded by ``seed`` and t's name, so every run of a base
+    model hashes alike): S(x)_j = Σ_{h(i) = j} σ(i)·x_i. The sketch is linear and
+    E‖S(x) − S(y)‖² = ‖x − y‖², with a relative standard deviation of at most √(2/size) (0.3% for
+    2^18 buckets) whatever the difference looks like (sparse embedding rows included), so two runs'
+    sketches give the L2 distance of their final weights. ``size=None``: the weights themselves
+    (exact; memory of the whole model).
+    """
+    import zlib
+
+    from safetensors import safe_open
+
+    def index(model_dir):
+        out = {}
+        for f in _safetensors_files(model_dir):
+            with safe_open(f, framework="pt") as h:
+                for k in h.keys():
+                    out[k] = (f, tuple(h.get_slice(k).get_shape()))
+        return out
+
+    def rows(entry, name, start, stop):  # rows [start, stop) of a tensor, flattened, float64
+        with safe_open(entry[0], framework="pt") as h:
+            sl = h.get_slice(name)
+            t = sl[start:stop] if len(entry[1]) else h.get_tensor(name)
+            return t.double().reshape(-1).numpy()
+
+    fin, base = index(final_dir), index(base_dir)
+    names = sorted(k for k in fin if k in base and fin[k][1] == base[k][1])
+    if not names:
+        raise ValueError(f"{final_dir} and {base_dir} share no weight tensor (name and shape)")
+    out = {"final": [], "base": []} if size is None else {"final": np.zeros(size), "base": np.zeros(size)}
+    for k in names:
+        shape = fin[k][1]
+        n_rows = shape[0] if shape else 1
+        per_row = int(np.prod(shape[1:])) if len(shape) > 1 else 1
+        step = max(1, _SKETCH_CHUNK // per_row)
+        rng = np.random.default_rng([seed, zlib.crc32(k.encode())])
+        for start in range(0, n_rows, step):
+            stop = min(n_rows, start + step)
+            x = {"final": rows(fin[k], k, start, stop), "base": rows(base[k], k, start, stop)}
+            if size is None:
+                for key in out:
+                    out[key].append(x[key])
+                continue
+            bits = rng.integers(0, 2**32, len(x["final"]), dtype=np.uint64)  # 32 random bits per coordinate
+            bucket = bits % size  # (nearly uniform: size is far below 2^32)
+            sign = ((bits >> np.uint64(31)) & np.uint64(1)).astype(np.float64) * 2.0 - 1.0
+            for key in out:
+                out[key] += np.bincount(bucket, weights=sign * x[key], minlength=size)
+    if size is None:
+        out = {key: np.concatenate(v) for key, v in out.items()}
+    return {"names": np.array(names), "size": np.int64(-1 if size is None else size), "seed": np.int64(seed), **out}
+
+
+def write_weight_sketch(final_dir, base_dir, out, **kw) -> None:
+    sketch = weight_sketch(final_dir, base_dir, **kw)
+    with atomic_path(Path(out)) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, **sketch)
+
+
+def weight_divergence(a, b) -> dict:
+    """The L2 distance of two runs' final weights from their sketches (:func:`weight_sketch`; dicts
+    or ``weights_sketch.npz`` paths of runs from one base model): ``l2`` = ‖a − b‖, ``rel_update`` =
+    ‖a − b‖ / ‖b − base‖ (against the update of run b, e.g. GRPO), ``rel_weights`` = ‖a − b‖ / ‖b‖,
+    and each run's update from the base, ``update_a``, ``update_b``."""
+    sa, sb = ({k: v for k, v in np.load(x).items()} if isinstance(x, str | Path) else x for x in (a, b))
+    for key in ("names", "size", "seed"):
+        if not np.array_equal(sa[key], sb[key]):
+            raise ValueError(f"the two weight sketches differ in {key!r}: not the same model and sketch")
+    if not np.array_equal(sa["base"], sb["base"]):
+        raise ValueError("the two runs started from different base weights")
+
+    def norm(x):
+        return float(np.sqrt(np.sum(x * x)))
+
+    d = norm(sa["final"] - sb["final"])
+    ua, ub = norm(sa["final"] - sa["base"]), norm(sb["final"] - sb["base"])
+    return {"l2": d, "rel_update": d / ub if ub > 0 else float("nan"), "rel_weights": d / norm(sb["final"]),
+            "update_a": ua, "update_b": ub}
+
+
+DIVERGENCE_COLUMNS = ["task", "seed", "method", "versus", "steps", "steps_differing", "first_step_differing",
+                      "rollouts", "rollouts_differing", "frac_rollouts_differing", "weights_l2",
+                      "weights_rel_update", "weights_rel_weights", "update_l2", "versus_update_l2"]
+
+
+def divergence_table(run_dirs: Sequence[str | Path], versus: str = "grpo") -> pd.DataFrame:
+    """One row per run of another method than ``versus`` that has a ``versus`` run of the same task
+    and seed: :func:`rollout_divergence` and :func:`weight_divergence` of the two (NaN where a run
+    lacks ``rollouts.csv`` / ``weights_sketch.npz``)."""
+    runs = {}
+    for d in map(Path, run_dirs):
+        best = json.loads((d / "best.json").read_text())
+        runs[(best["task"], int(best["seed"]), best["method"])] = d
+    rows = []
+    for (task, seed, method), d in sorted(runs.items()):
+        ref = runs.get((task, seed, versus))
+        if method == versus or ref is None:
+            continue
+        row = {"task": task, "seed": seed, "method": method, "versus": versus}
+        if (d / "rollouts.csv").is_file() and (ref / "rollouts.csv").is_file():
+            r = rollout_divergence(d / "rollouts.csv", ref / "rollouts.csv")
+            row.update({k: v for k, v in r.items() if k != "per_step"})
+        if (d / "weights_sketch.npz").is_file() and (ref / "weights_sketch.npz").is_file():
+            w = weight_divergence(d / "weights_sketch.npz", ref / "weights_sketch.npz")
+            row.update({"weights_l2": w["l2"], "weights_rel_update": w["rel_update"],
+                        "weights_rel_weights": w["rel_weights"], "update_l2": w["update_a"],
+                        "versus_update_l2": w["update_b"]})
+        rows.append(row)
+    return pd.DataFrame(rows, columns=DIVERGENCE_COLUMNS)
+
+
+# ------------------------------------------------------------------------------------------------
 # CLI
 # ------------------------------------------------------------------------------------------------
 def _write_csv(df: pd.DataFrame, path: Path) -> None:
@@ -504,7 +667,9 @@ def _cmd_questions(a) -> int:
     from repexp.models import load_model
 
     if a.threads:
-        torch.set_num_threads(a.threads)
+        from repexp.parallel import cap_threads
+
+        cap_threads(a.threads)  # torch, BLAS and OpenMP threads = the rule's threads
     t0 = time.perf_counter()
     pool = pd.concat([pd.read_parquet(p) for p in a.pools], ignore_index=True)
     scores = pd.concat([pd.read_parquet(s) for s in a.scores], ignore_index=True)
@@ -565,10 +730,25 @@ def _cmd_tables(a) -> int:
     _write_csv(provenance.stamp(_front(train, keys), prov), out / "rl_train.csv")
     _write_csv(provenance.stamp(best, prov), out / "rl_best.csv")
     write_parquet(provenance.stamp(loglik.reset_index(drop=True), prov), out / "rl_loglik.parquet")
+    div = divergence_table([Path(r).parent for r in a.runs])
+    _write_csv(provenance.stamp(div, prov), out / "rl_divergence.csv")
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         top = passk[passk["k"].isin([1, passk["k"].max()])] if len(passk) else passk
         log.info("test pass@k:\n%s", top.round(4).to_string(index=False))
         log.info("sample efficiency of RepExp:\n%s", eff.round(3).to_string(index=False))
+        log.info("divergence from GRPO (same seed):\n%s", div.round(4).to_string(index=False))
+    return 0
+
+
+def _cmd_divergence(a) -> int:
+    """Print how far run A drifted from run B (same seed): rollouts step by step and final weights."""
+    da, db = Path(a.run_a), Path(a.run_b)
+    r = rollout_divergence(da / "rollouts.csv", db / "rollouts.csv")
+    with pd.option_context("display.width", 200, "display.max_rows", 500):
+        print(r.pop("per_step").to_string(index=False))
+    print(json.dumps(r, indent=2))
+    if (da / "weights_sketch.npz").is_file() and (db / "weights_sketch.npz").is_file():
+        print(json.dumps(weight_divergence(da / "weights_sketch.npz", db / "weights_sketch.npz"), indent=2))
     return 0
 
 
@@ -604,9 +784,13 @@ def main(argv: list[str] | None = None) -> int:
     h.add_argument("--model-spec", default="", help="the models.<rl.model> entry, as JSON")
     h.add_argument("--out", required=True)
     provenance.add_argument(h)
+    v = sub.add_parser("divergence", help="rollouts and final weights of run A against run B (same seed)")
+    v.add_argument("run_a", help="a run folder (rollouts.csv, weights_sketch.npz), e.g. .../repexp/seed41")
+    v.add_argument("run_b", help="the run to compare with, e.g. .../grpo/seed41")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    return {"questions": _cmd_questions, "tables": _cmd_tables, "hparams": _cmd_hparams}[a.cmd](a)
+    return {"questions": _cmd_questions, "tables": _cmd_tables, "hparams": _cmd_hparams,
+            "divergence": _cmd_divergence}[a.cmd](a)
 
 
 if __name__ == "__main__":

@@ -19,17 +19,88 @@ anyway, and one function scores each completion once. Its parts are logged with 
 ``log_metric`` as ``reward_correct`` and ``reward_bonus`` (TRL's own ``reward`` is the total).
 
 Pure helpers: :func:`unlikeliness_ranks`, :func:`unlikeliness_scale`, :func:`check_whole_groups`.
+
+Multi-GPU runs (``accelerate launch`` with ``profiles/accelerate/fsdp.yaml``): accelerate exports
+``FSDP_CPU_RAM_EFFICIENT_LOADING=true`` and transformers 5.17 then replaces every weight of *any*
+``from_pretrained`` on a local rank > 0 by zeros
+(``modeling_utils._move_missing_keys_from_meta_to_device`` under ``is_fsdp_enabled()``,
+``transformers/distributed/fsdp.py``), expecting FSDP to broadcast rank 0's weights into it. The
+policy gets that broadcast (accelerate's FSDP preparation); the frozen base model of the bonus does
+not, so it is loaded under :func:`own_weights`, and :func:`assert_nonzero_model` /
+:func:`assert_nonzero_rows` stop a run whose model or features are zeros (without them RepExp
+silently becomes GRPO on 7 of 8 processes).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Sequence
+from contextlib import contextmanager
 
 import numpy as np
 
 log = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------------------------------------
+# the frozen model under FSDP
+# ------------------------------------------------------------------------------------------------
+FSDP_LOADING_ENV = "FSDP_CPU_RAM_EFFICIENT_LOADING"
+ZERO_FIX = (
+    "Under `accelerate launch` with fsdp_cpu_ram_efficient_loading "
+    "(profiles/accelerate/fsdp.yaml), transformers zeroes every from_pretrained model on local "
+    "ranks > 0 and waits for FSDP to broadcast rank 0's weights, which a model outside the trainer "
+    "never gets. Load it inside "
+    "repexp.rl.rewards.own_weights() (RepExpReward.load does), or launch without "
+    f"{FSDP_LOADING_ENV}."
+)
+
+
+@contextmanager
+def own_weights():
+    """Every process reads the checkpoint's weights itself while inside this block.
+
+    transformers' ``is_fsdp_enabled()`` is ``ACCELERATE_USE_FSDP`` and
+    ``FSDP_CPU_RAM_EFFICIENT_LOADING`` (and a process group); when it holds, ``from_pretrained``
+    zeroes the model on local ranks > 0.
+    The variable is set to ``false`` for the block and restored after (the policy, loaded before,
+    keeps accelerate's rank-0 loading).
+    """
+    old = os.environ.get(FSDP_LOADING_ENV)
+    if old is None:
+        yield
+        return
+    os.environ[FSDP_LOADING_ENV] = "false"
+    try:
+        yield
+    finally:
+        os.environ[FSDP_LOADING_ENV] = old
+
+
+def assert_nonzero_model(model, what: str = "model") -> None:
+    """Fail unless every floating-point weight matrix (≥ 2-D parameter) of ``model`` has a
+    non-zero entry: a loaded or randomly initialised model never has an all-zero matrix, a model
+    that transformers zeroed for FSDP (:func:`own_weights`) has nothing else."""
+    mats = [(n, p) for n, p in model.named_parameters() if p.ndim >= 2 and p.is_floating_point()]
+    if any(p.is_meta for _, p in mats):
+        raise RuntimeError(f"{what}: weights on the meta device (never loaded). {ZERO_FIX}")
+    zero = [n for n, p in mats if not bool(p.detach().any())]
+    if zero:
+        raise RuntimeError(f"{what}: {len(zero)} of {len(mats)} weight matrices are all zeros "
+                           f"({', '.join(zero[:3])}{', ...' if len(zero) > 3 else ''}). {ZERO_FIX}")
+
+
+def assert_nonzero_rows(x, what: str = "features") -> None:
+    """Fail if a row of ``x`` (one rollout's features) is all zeros: a real model's mean last-layer
+    state (after the final norm) never is; a zeroed model's always is."""
+    x = np.asarray(x)
+    zero = np.flatnonzero(~x.any(axis=tuple(range(1, x.ndim))))
+    if len(zero):
+        raise RuntimeError(f"{what}: {len(zero)} of {len(x)} rows are all zeros (rows "
+                           f"{zero[:8].tolist()}): the base model is zeroed or was never loaded. "
+                           f"{ZERO_FIX}")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -170,6 +241,13 @@ class RepExpReward:
     Groups are the consecutive blocks of ``group_size`` rows; a block that is not one question
     (``qid`` column) is an error (:func:`check_whole_groups`), so a split group can never get a bonus
     computed from part of it.
+
+    The model is loaded on the first call (after the trainer has sharded the policy, so a
+    process never holds both on the host) under :func:`own_weights`, and checked
+    (:func:`assert_nonzero_model`; every feature batch: :func:`assert_nonzero_rows`). ``offload``
+    (on a GPU): the model waits on the host and is moved to the GPU only for its forward, as
+    verl's reward model (``param_offload=True``), so it takes no GPU memory during rollouts and
+    updates (config/README.md, "RL memory per GPU").
     """
 
     __name__ = "repexp"
@@ -177,14 +255,16 @@ class RepExpReward:
     def __init__(self, base_model: str, *, task: str, group_size: int, beta: float = 0.01, lam: float = 0.01,
                  proj_dim: int = 32, seed: int = 0, zero_if_none_correct: bool = True, dtype: str = "bfloat16",
                  device: str | None = None, batch_tokens: int = 4096, source: str = "offline",
-                 verifier_options: dict | None = None, workers: int = 1):
+                 verifier_options: dict | None = None, workers: int = 1, offload: bool = False):
         self.base_model = str(base_model)
         self.correctness = CorrectnessReward(task, source=source, verifier_options=verifier_options,
                                              workers=workers)
         self.group_size, self.beta, self.lam, self.proj_dim = int(group_size), float(beta), float(lam), int(proj_dim)
         self.seed, self.zero_if_none_correct = int(seed), bool(zero_if_none_correct)
         self.dtype, self.device, self.batch_tokens = dtype, device, int(batch_tokens)
+        self.offload = bool(offload)
         self._model = self._tok = None
+        self._where = None  # the device the model computes on
         self._calls = 0
         self.last = {}  # the parts of the last call (tests, benchmark)
 
@@ -192,7 +272,10 @@ class RepExpReward:
         return {**self.__dict__, "_model": None, "_tok": None}
 
     def load(self):
-        """The frozen base model (eval mode, no gradients) and its tokenizer, loaded once."""
+        """The frozen base model (eval mode, no gradients) and its tokenizer, loaded once.
+
+        Every process reads the weights itself (:func:`own_weights`); the model is checked for
+        zeros. With ``offload`` on a GPU it is kept on the host (see :meth:`features`)."""
         if self._model is None:
             import torch
 
@@ -201,8 +284,13 @@ class RepExpReward:
             device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
             if device == "cuda":
                 device = f"cuda:{torch.cuda.current_device()}"
-            self._model = load_model(self.base_model, dtype=self.dtype, device=device, lm_head=False)
-            self._model.requires_grad_(False)
+            self._where = device
+            home = "cpu" if self.offload else device
+            with own_weights():
+                model = load_model(self.base_model, dtype=self.dtype, device=home, lm_head=False)
+            model.requires_grad_(False)
+            assert_nonzero_model(model, f"the frozen base model {self.base_model} (RepExp)")
+            self._model = model
             self._tok = load_tokenizer(self.base_model)
         return self._model, self._tok
 
@@ -216,13 +304,28 @@ class RepExpReward:
         return [list(map(int, ids)) for ids in tok(text=list(prompts))["input_ids"]]
 
     def features(self, prompt_ids, completion_ids) -> np.ndarray:
-        """Mean last-layer states of the base model over each completion's positions, (n × D) float32."""
+        """Mean last-layer states of the base model over each completion's positions, (n × D)
+        float32. With ``offload`` the model is moved to its GPU for the forward and back to the
+        host after."""
         from repexp.features import pooled_states
 
         model, tok = self.load()
         pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-        return pooled_states(model, [list(p) for p in prompt_ids], [list(c) for c in completion_ids],
-                             batch_tokens=self.batch_tokens, poolings=("mean",), pad_id=pad)["mean"]
+        moved = self.offload and str(next(model.parameters()).device) != str(self._where)
+        if moved:
+            model.to(self._where)
+        try:
+            feats = pooled_states(model, [list(p) for p in prompt_ids],
+                                  [list(c) for c in completion_ids], batch_tokens=self.batch_tokens,
+                                  poolings=("mean",), pad_id=pad)["mean"]
+        finally:
+            if moved:
+                import torch
+
+                model.to("cpu")
+                torch.cuda.empty_cache()  # back to the driver: vLLM allocates outside torch's cache
+        assert_nonzero_rows(feats, f"RepExp features of {len(feats)} rollouts")
+        return feats
 
     def __call__(self, prompts=None, completions=None, completion_ids=None, answer=None, prompt_ids=None,
                  qid=None, trainer_state=None, log_metric=None, **kwargs) -> list[float]:
@@ -230,6 +333,9 @@ class RepExpReward:
 
         n = len(completion_ids)
         check_whole_groups(qid if qid is not None else [str(p) for p in prompts], self.group_size)
+        t_load = time.perf_counter()
+        self.load()  # the first call loads the model (not counted as the forward's time)
+        t_load = time.perf_counter() - t_load
         correct = self.correctness.scores(completions, answer)
         if prompt_ids is None:
             prompt_ids = self.prompt_ids_of(prompts)
@@ -249,7 +355,7 @@ class RepExpReward:
                               zero_if_none_correct=self.zero_if_none_correct)
         total = correct + self.beta * bonus
         self.last = {"correct": correct, "bonus": bonus, "total": total, "features": feats, "step": step,
-                     "forward_seconds": t_forward}
+                     "forward_seconds": t_forward, "load_seconds": t_load}
         if log_metric is not None:
             log_metric("reward_correct", float(correct.mean()))
             log_metric("reward_bonus", float(bonus.mean()))

@@ -39,12 +39,21 @@ verl; ``update`` is TRL's optimiser step):
 * ``train_log.csv`` -- one row per step: its number of optimiser ``updates``, mean loss and
   grad_norm, lr, the reward parts of its rollouts (``reward_correct`` = mean r*, ``reward_bonus`` =
   mean bonus (0 for GRPO/Unlikeliness), ``reward_total`` = mean reward TRL normalised),
-  ``unlikeliness_scale`` (mean r̃/r* over correct rollouts), ``frac_reward_zero_std``,
+  ``unlikeliness_scale`` (mean r̃/r* over correct rollouts), ``frac_reward_zero_std``, the shaping
+  diagnostics of :func:`repexp.rl.trainer.advantage_diagnostics` (``groups_all_correct``,
+  ``groups_reordered``, ``shaping_share``, ``adv_abs``, ``adv_abs_all_correct``),
   ``completion_length``, ``entropy``, ``clip_ratio``, and seconds: ``seconds_generation``,
   ``seconds_bonus_forward`` (RepExp's base-model forward), ``seconds_unlikeliness_forward`` (the
   policy forward for the ranks), ``seconds_reward`` (all reward functions, those forwards included),
   ``seconds_update`` (forward/backward/optimiser step) and ``seconds_step`` (the wall time of the
   step's updates, dev evaluation and checkpointing excluded);
+* ``rollouts.csv`` -- one row per step: the ``update`` it was generated at, the number of
+  ``rollouts`` and their :func:`repexp.rl.trainer.rollout_hash` in generation order (space-separated),
+  so that two runs of one seed can be compared rollout by rollout
+  (:func:`repexp.rl.evaluate.rollout_divergence`);
+* ``weights_sketch.npz`` -- CountSketches of the final policy's and the base model's weights
+  (:func:`repexp.rl.evaluate.weight_sketch`, from the last checkpoint): the L2 distance between two
+  runs' final weights without keeping the weights (:func:`repexp.rl.evaluate.weight_divergence`);
 * ``checkpoints/`` -- the trainer's last checkpoint (every ``eval_every`` steps and at the end): a
   rerun after a kill resumes from it (model, optimiser, scheduler, RNG, data position);
 * ``state/`` -- ``dev.csv``, ``train_log.csv``, ``best/`` and ``best.json`` while the run is in
@@ -84,14 +93,18 @@ log = logging.getLogger("repexp.rl.train")
 
 DEV_BATCH_SEQUENCES = 64  # dev samples per generate call (several questions per batch)
 STATE = "state"  # folder of the tables and best model of a run in progress
-PUBLISHED = ("dev.csv", "train_log.csv", "best.json")  # copied from state/ to the outputs at the end
+ROLLOUTS = "rollouts.csv"
+PUBLISHED = ("dev.csv", "train_log.csv", "best.json", ROLLOUTS)  # copied from state/ to the outputs at the end
+SKETCH = "weights_sketch.npz"  # CountSketches of the final and the initial weights (divergence)
 DEV_COLUMNS = ["step", "update", "dev_pass1", "dev_questions", "dev_samples", "seconds"]
+DIAGNOSTICS = ("groups_all_correct", "groups_reordered", "shaping_share", "adv_abs", "adv_abs_all_correct")
 LOG_COLUMNS = [
     "step", "updates", "loss", "grad_norm", "lr", "reward_correct", "reward_bonus", "reward_total",
-    "unlikeliness_scale", "frac_reward_zero_std", "completion_length", "entropy", "clip_ratio",
+    "unlikeliness_scale", "frac_reward_zero_std", *DIAGNOSTICS, "completion_length", "entropy", "clip_ratio",
     "seconds_generation", "seconds_bonus_forward", "seconds_unlikeliness_forward", "seconds_reward",
     "seconds_update", "seconds_step",
 ]
+ROLLOUT_COLUMNS = ["step", "update", "rollouts", "hashes"]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -340,6 +353,7 @@ class Run:
         self.state = self.out / STATE  # the run's tables and best model until it is published
         self.dev = _read_csv(self.state / "dev.csv", DEV_COLUMNS)
         self.trainlog = _read_csv(self.state / "train_log.csv", LOG_COLUMNS)
+        self.rollout_log: list[dict] = []  # RLTrainer.rollout_log: generation rounds not yet written
         self.pending: list[dict] = []  # the logged updates of the current step
         self.last_wall: float | None = None  # wall seconds of the last update (TrainLogger)
         self.stopped_by: str | None = None  # "max_hours" when the time budget ended the run (TimeBudget)
@@ -359,6 +373,10 @@ class Run:
         self.trainlog = self.trainlog[self.trainlog["step"] <= global_step // self.s.updates_per_step]
         self.trainlog = self.trainlog.reset_index(drop=True)
         self.pending = []
+        if self.is_main:
+            rollouts = _read_csv(self.state / ROLLOUTS, ROLLOUT_COLUMNS)
+            rollouts = rollouts[rollouts["step"] <= global_step // self.s.updates_per_step]
+            _write_csv(rollouts[ROLLOUT_COLUMNS], self.state / ROLLOUTS)
         if global_step:
             log.info("resuming at update %d (step %d); %d dev rows kept", global_step,
                      global_step // self.s.updates_per_step, len(self.dev))
@@ -518,6 +536,7 @@ class Run:
             "update": update, "loss": g("loss"), "grad_norm": g("grad_norm"), "lr": g("learning_rate"),
             "reward_correct": g("reward_correct"), "reward_bonus": g("reward_bonus"), "reward_total": g("reward"),
             "unlikeliness_scale": g("unlikeliness_scale"), "frac_reward_zero_std": g("frac_reward_zero_std"),
+            **{k: g(k) for k in DIAGNOSTICS},
             "completion_length": g("completions/mean_length"), "entropy": g("entropy"),
             "clip_ratio": g("clip_ratio/region_mean"),
             "seconds_generation": g("timing/generation", 0.0), "seconds_bonus_forward": g("timing/bonus_forward", 0.0),
@@ -530,11 +549,23 @@ class Run:
         _write_csv(table[LOG_COLUMNS], self.state / "train_log.csv")
         if update % u == 0:
             self.trainlog, self.pending = table, []
+            self.write_rollouts()
             log.info("step %d/%d: loss %.4f correct %.3f bonus %.4f total %.3f grad-norm %.3g | generation %.1fs "
                      "bonus-forward %.1fs reward %.1fs update %.1fs step %.1fs | elapsed %.0fs", row["step"],
                      self.s.max_steps, row["loss"], row["reward_correct"], row["reward_bonus"], row["reward_total"],
                      row["grad_norm"], row["seconds_generation"], row["seconds_bonus_forward"],
                      row["seconds_reward"], row["seconds_update"], row["seconds_step"], time.perf_counter() - self.t0)
+
+    def write_rollouts(self) -> None:
+        """Append the generation rounds the trainer logged since the last call to ``rollouts.csv``."""
+        u = self.s.updates_per_step
+        rows = [{"step": r["update"] // u + 1, "update": r["update"], "rollouts": len(r["hashes"]),
+                 "hashes": " ".join(r["hashes"])} for r in self.rollout_log]
+        self.rollout_log.clear()
+        if rows:
+            table = pd.concat([_read_csv(self.state / ROLLOUTS, ROLLOUT_COLUMNS), pd.DataFrame(rows)],
+                              ignore_index=True)
+            _write_csv(table[ROLLOUT_COLUMNS], self.state / ROLLOUTS)
 
 
 def step_row(step: int, updates: list[dict], *, bonus: bool) -> dict:
@@ -548,7 +579,7 @@ def step_row(step: int, updates: list[dict], *, bonus: bool) -> dict:
 
     row = {"step": step, "updates": len(df), "lr": float(df["lr"].iloc[-1])}
     for col in ("loss", "grad_norm", "reward_correct", "reward_bonus", "reward_total", "unlikeliness_scale",
-                "frac_reward_zero_std", "completion_length", "entropy", "clip_ratio"):
+                "frac_reward_zero_std", *DIAGNOSTICS, "completion_length", "entropy", "clip_ratio"):
         row[col] = mean(col)
     if not bonus:
         row["reward_bonus"] = 0.0
@@ -568,8 +599,8 @@ def reward_functions(args, s: RLSettings, verifier_options: dict):
         reward = RepExpReward(args.model, task=args.task, group_size=s.group_size, beta=r.beta, lam=r.lam,
                               proj_dim=r.proj_dim, seed=args.seed, zero_if_none_correct=r.zero_if_none_correct,
                               dtype=r.feature_dtype, source=args.source, verifier_options=verifier_options,
-                              workers=s.reward_workers)
-        reward.load()  # now, so that the first step's timings are the step's
+                              workers=s.reward_workers, offload=r.offload_base)
+        # loaded by its first call, once the trainer has sharded the policy (rewards.RepExpReward)
         return [reward]
     return [CorrectnessReward(args.task, source=args.source, verifier_options=verifier_options,
                               workers=s.reward_workers)]
@@ -603,9 +634,10 @@ def build_trainer(args, s: RLSettings, *, verifier_options: dict | None = None, 
         model=policy, reward_funcs=reward_functions(args, s, verifier_options), args=cfg,
         train_dataset=Dataset.from_list(train_rows), processing_class=tok,
         callbacks=[dev_cb, TrainLogger(run), TimeBudget(run)],  # this order: a step is evaluated before BudgetSpent
-        beta_rank=s.unlikeliness.beta_rank if args.method == "unlikeliness" else None,
+        beta_rank=s.unlikeliness.beta_rank if args.method == "unlikeliness" else None, adv_eps=s.adv_eps,
     )
     dev_cb.trainer = trainer
+    run.rollout_log = trainer.rollout_log  # the same list: the trainer appends, the Run writes
     return trainer, run
 
 
@@ -649,7 +681,7 @@ def train(args, verifier_options: dict | None = None, **config_overrides) -> dic
     out.mkdir(parents=True, exist_ok=True)
     resume = last_checkpoint(out)
     if resume is None:  # a fresh run: nothing of an earlier, unfinished one may leak in
-        for name in (*PUBLISHED, "done.json"):
+        for name in (*PUBLISHED, SKETCH, "done.json"):
             (out / name).unlink(missing_ok=True)
         for folder in (out / "best", out / STATE):
             if folder.exists():
@@ -691,6 +723,12 @@ def train(args, verifier_options: dict | None = None, **config_overrides) -> dic
     trainer.accelerator.wait_for_everyone()
     if run.is_main:
         publish(run.state, out)
+        final = last_checkpoint(out)  # the last step is always saved
+        if final is None:
+            raise RuntimeError(f"{out}/checkpoints has no checkpoint of the last step")
+        from repexp.rl.evaluate import write_weight_sketch
+
+        write_weight_sketch(final, args.model, out / SKETCH)
         _write_json(done, out / "done.json")
         if not getattr(args, "keep_checkpoints", False):
             for folder in (out / "checkpoints", run.state):
@@ -722,17 +760,20 @@ def parse_args(argv=None):
 def verifier_options_of(section: dict) -> dict:
     """``get_task`` options from the ``verifiers`` config section."""
     m = {"gsm8k_last_number_fallback": "last_number_fallback", "math_timeout_s": "math_timeout_s",
-         "code_timeout_s": "code_timeout_s", "code_memory_mb": "code_memory_mb", "code_max_procs": "code_max_procs"}
+         "code_timeout_s": "code_timeout_s", "code_memory_mb": "code_memory_mb", "code_max_procs": "code_max_procs",
+         "math_reward": "math_reward"}  # the RL stage's MATH scorer (inference keeps math-verify)
     return {m[k]: v for k, v in section.items() if k in m}
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    import torch
+    import torch  # noqa: F401  (loaded first, so that its thread pool is capped too)
 
     # --threads is the job's; `accelerate launch` starts LOCAL_WORLD_SIZE processes that share them
-    torch.set_num_threads(max(1, args.threads // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+    from repexp.parallel import cap_threads
+
+    cap_threads(max(1, args.threads // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))  # torch + BLAS
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     train(args, verifier_options=verifier_options_of(json.loads(args.verifiers)))
     return 0

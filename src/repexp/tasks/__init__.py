@@ -13,11 +13,13 @@ game24     nlile/24-game (1,362)            ToT 24.csv: the same 1,362 puzzles  
 aime       AIME 2025 (MathArena)            openai/evals AIME items (14)                integer 0-999
 aime2024   AIME 2024 I+II (MathArena)       openai/evals AIME items (14)                integer 0-999
 dapo       deduplicated DAPO-Math-17K       CHAMP, numeric answers                      last \\boxed{} + math-verify
-arith      (none: offline only)             reasoning-gym chain_sum, 2 one-digit terms  number after ####, else last number
+arith      (none: offline only)             reasoning-gym chain_sum (``chain_sum``)     number after ####, else last number
 =========  ==============================  ==========================================  ==============
 
 ``arith`` is not a paper task: it is the post-training stand-in of the CPU default, where
-SmolLM2-135M-Instruct has reward variance (config/README.md, "Embedded default").
+SmolLM2-135M-Instruct has reward variance (config/README.md, "Embedded default"); its option
+``chain_sum`` (``{"terms", "digits", "operators"}``, config key ``tasks.arith.chain_sum``) sets the
+difficulty of its problems (``repexp.tasks.sources.arith_offline``).
 """
 
 from __future__ import annotations
@@ -93,7 +95,7 @@ SIZES = {
     ("aime", "offline"): {"test": 15},
     ("aime2024", "offline"): {"test": 15},
     ("dapo", "offline"): {"train": 42},
-    ("arith", "offline"): {"test": 100, "train": 100, "dev": 50, "test_rest": 50},
+    ("arith", "offline"): {"test": 60, "train": 40, "dev": 30, "test_rest": 30},  # any chain_sum setting
 }
 
 
@@ -177,7 +179,7 @@ class Task:
             "game24": src.game24_offline,
             "aime": partial(src.aime_offline, prefix="aime"),
             "aime2024": partial(src.aime_offline, prefix="aime2024"),
-            "arith": src.arith_offline,
+            "arith": partial(src.arith_offline, chain_sum=self.options.get("chain_sum")),
         }[self.name]
         return fn(split, wheel_dir)
 
@@ -194,8 +196,10 @@ class Task:
         o = self.options
         timeout_s = o.get("math_timeout_s", 5.0) if guarded else None  # None: in this process
         if self.name in ("math", "dapo"):
-            from repexp.verifiers.math import check_math
+            from repexp.verifiers.math import check_math, check_math_recipe
 
+            if self.name == "math" and o.get("math_reward", "math_verify") == "recipe":
+                return check_math_recipe(answer, response)  # the recipe's MATH reward (RL stage)
             return check_math(answer, response, timeout_s=timeout_s)
         if self.name in ("aime", "aime2024"):
             from repexp.verifiers.math import check_aime
@@ -227,8 +231,17 @@ def get_task(name: str, *, source: str = "offline", template: str | None = None,
     ``arith``).
 
     ``options`` are the verifier switches: ``last_number_fallback`` (gsm8k), ``math_timeout_s``,
-    ``code_timeout_s``, ``code_memory_mb``, ``code_max_procs``.
+    ``code_timeout_s``, ``code_memory_mb``, ``code_max_procs``, ``math_reward`` (``math`` only:
+    ``math_verify``, the default, or ``recipe``, the authors' string-equivalence reward), ``chain_sum``
+    (``arith`` only: the difficulty of its problems, :func:`repexp.tasks.sources.arith_difficulty`).
     """
+    if options.get("chain_sum") is not None:
+        if name != "arith":
+            raise ValueError(f"the option chain_sum (the problems' difficulty) is for the task arith only, not {name}")
+        src.arith_difficulty(options["chain_sum"])  # a bad setting fails here, not when the data is read
+    if options.get("math_reward", "math_verify") not in ("math_verify", "recipe"):
+        raise ValueError(f"math_reward must be 'math_verify' or 'recipe', "
+                         f"not {options['math_reward']!r}")
     return Task(name=name, source=source, template=template, options=dict(options))
 
 
@@ -244,6 +257,7 @@ def task_from_config(name: str, config: dict) -> Task:
         code_timeout_s=v["code_timeout_s"],
         code_memory_mb=v["code_memory_mb"],
         code_max_procs=v["code_max_procs"],
+        **({"chain_sum": spec["chain_sum"]} if spec.get("chain_sum") is not None else {}),
     )
 
 

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import time
@@ -38,12 +39,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--qids", default="", help="comma-separated question ids (instead of the subset)")
     ap.add_argument("--template", default="builtin",
                     help="prompt template with {question}, or 'builtin' (the task's default)")
+    ap.add_argument("--chain-sum", default="null",
+                    help='arith only: its difficulty as JSON, e.g. \'{"terms": 2, "digits": 1, "operators": "+"}\'')
     ap.add_argument("--wheel-dir", type=Path, default=None)
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     t0 = time.perf_counter()
-    task = get_task(args.task, source=args.source, template=None if args.template == "builtin" else args.template)
+    chain_sum = json.loads(args.chain_sum)
+    task = get_task(args.task, source=args.source, template=None if args.template == "builtin" else args.template,
+                    **({"chain_sum": chain_sum} if chain_sum is not None else {}))
     try:
         df = build_table(task, args.split, n_questions=args.n_questions, subset_seed=args.subset_seed,
                          qids=[q for q in args.qids.split(",") if q] or None, wheel_dir=args.wheel_dir)

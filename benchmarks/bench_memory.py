@@ -385,8 +385,10 @@ def baselines(out: Path) -> None:
 
         got = subprocess.run([PY, "-c", code], capture_output=True, text=True, check=True)
         steady, peak = map(float, got.stdout.split()[-2:])
-        print(f"{'TOKENIZER_(LOAD_)BYTES_PER_ENTRY, ' + name:60s} {steady:8.0f} B ({peak:.0f} B "
-              f"while loading)")
+        print(
+            f"{'TOKENIZER_(LOAD_)BYTES_PER_ENTRY, ' + name:60s} {steady:8.0f} B ({peak:.0f} B "
+            f"while loading)"
+        )
 
 
 def main() -> None:

@@ -37,17 +37,38 @@ def settings_from_config(config: Path, task: str) -> dict:
     return train_settings(rl, task)
 
 
-def run(method: str, *, model: Path, tables: Path, task: str, settings: dict, steps: int, seed: int, out: Path):
+def run(
+    method: str,
+    *,
+    model: Path,
+    tables: Path,
+    task: str,
+    settings: dict,
+    steps: int,
+    seed: int,
+    out: Path,
+):
     from repexp.rl.train import build_trainer
     from repexp.rl.trainer import RLSettings
 
     s = RLSettings.from_dict({**settings, "max_steps": steps, "eval_every": 10**6})
-    args = SimpleNamespace(model=str(model), model_name=model.name, task=task, train=str(tables / "train.parquet"),
-                           dev=str(tables / "dev.parquet"), method=method, seed=seed, source="offline",
-                           out=str(out / method), dev_task=None, keep_checkpoints=False)
+    args = SimpleNamespace(
+        model=str(model),
+        model_name=model.name,
+        task=task,
+        train=str(tables / "train.parquet"),
+        dev=str(tables / "dev.parquet"),
+        method=method,
+        seed=seed,
+        source="offline",
+        out=str(out / method),
+        dev_task=None,
+        keep_checkpoints=False,
+    )
     trainer, r = build_trainer(args, s, save_strategy="no")
-    trainer.remove_callback(next(cb for cb in trainer.callback_handler.callbacks
-                                 if type(cb).__name__ == "DevEvaluator"))
+    trainer.remove_callback(
+        next(cb for cb in trainer.callback_handler.callbacks if type(cb).__name__ == "DevEvaluator")
+    )
     cpu0, t0 = time.process_time(), time.perf_counter()
     trainer.train()
     wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
@@ -79,36 +100,63 @@ def main() -> None:
         tmp = Path(tmp)
         task = get_task(a.task)
         for split in ("train", "dev"):
-            build_table(task, split, n_questions=32, wheel_dir=REPO / "resources/wheels").to_parquet(
-                tmp / f"{split}.parquet")
+            build_table(
+                task, split, n_questions=32, wheel_dir=REPO / "resources/wheels"
+            ).to_parquet(tmp / f"{split}.parquet")
         logs, totals = [], {}
         for method in a.methods.split(","):
-            log, wall, cpu = run(method, model=Path(a.model), tables=tmp, task=a.task, settings=settings,
-                                 steps=a.steps, seed=a.seed, out=tmp)
+            log, wall, cpu = run(
+                method,
+                model=Path(a.model),
+                tables=tmp,
+                task=a.task,
+                settings=settings,
+                steps=a.steps,
+                seed=a.seed,
+                out=tmp,
+            )
             logs.append(log)
             totals[method] = (wall, cpu)
     steps = pd.concat(logs, ignore_index=True)
-    cols = ["seconds_step", "seconds_generation", "seconds_bonus_forward", "seconds_unlikeliness_forward",
-            "seconds_reward", "seconds_update", "completion_length", "reward_correct", "reward_bonus"]
-    print(f"\nRL step time on {Path(a.model).name}, task {a.task}: {settings['train_batch_prompts']} prompts x "
-          f"{settings['group_size']} rollouts, <= {settings['max_response_length']} new tokens, "
-          f"{a.steps} steps, {a.threads} thread(s)\n")
-    print(steps[["method", "step", *cols]].to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+    cols = [
+        "seconds_step",
+        "seconds_generation",
+        "seconds_bonus_forward",
+        "seconds_unlikeliness_forward",
+        "seconds_reward",
+        "seconds_update",
+        "completion_length",
+        "reward_correct",
+        "reward_bonus",
+    ]
+    print(
+        f"\nRL step time on {Path(a.model).name}, task {a.task}: {settings['train_batch_prompts']} prompts x "
+        f"{settings['group_size']} rollouts, <= {settings['max_response_length']} new tokens, "
+        f"{a.steps} steps, {a.threads} thread(s)\n"
+    )
+    print(
+        steps[["method", "step", *cols]].to_string(index=False, float_format=lambda x: f"{x:.3f}")
+    )
     mean = steps.groupby("method", sort=False)[cols].mean()
     base = mean.loc["grpo"] if "grpo" in mean.index else None
     print("\nmean per step (s)            " + "  ".join(f"{m:>12s}" for m in mean.index))
     for col in cols[:6]:
         print(f"{col:28s} " + "  ".join(f"{mean.loc[m, col]:12.2f}" for m in mean.index))
-    print(f"{'whole run wall / cpu (s)':28s} " + "  ".join(f"{totals[m][0]:6.0f}/{totals[m][1]:5.0f}" for m in mean.index))
+    print(
+        f"{'whole run wall / cpu (s)':28s} "
+        + "  ".join(f"{totals[m][0]:6.0f}/{totals[m][1]:5.0f}" for m in mean.index)
+    )
     if base is not None:
         for m in mean.index:
             if m == "grpo":
                 continue
             extra = mean.loc[m, ["seconds_bonus_forward", "seconds_unlikeliness_forward"]].sum()
-            print(f"\n{m} / grpo seconds per step: {mean.loc[m, 'seconds_step'] / base['seconds_step']:.3f} "
-                  f"(whole-run CPU time {totals[m][1] / totals['grpo'][1]:.3f}); {m}'s extra forward = "
-                  f"{extra:.2f} s = {extra / mean.loc[m, 'seconds_step']:.1%} of its step; generation-free "
-                  f"step ratio {(mean.loc[m, 'seconds_step'] - mean.loc[m, 'seconds_generation']) / (base['seconds_step'] - base['seconds_generation']):.3f}")
+            print(
+                f"\n{m} / grpo seconds per step: {mean.loc[m, 'seconds_step'] / base['seconds_step']:.3f} "
+                f"(whole-run CPU time {totals[m][1] / totals['grpo'][1]:.3f}); {m}'s extra forward = "
+                f"{extra:.2f} s = {extra / mean.loc[m, 'seconds_step']:.1%} of its step; generation-free "
+                f"step ratio {(mean.loc[m, 'seconds_step'] - mean.loc[m, 'seconds_generation']) / (base['seconds_step'] - base['seconds_generation']):.3f}"
+            )
     if a.json:
         Path(a.json).write_text(json.dumps(steps.to_dict(orient="records"), indent=1))
 

@@ -37,8 +37,10 @@ from repexp.models import cpu_capability_line
 HIDDEN, N, PROJ, TRIALS = 3584, 6400, 512, 5
 MATH_QUESTIONS = 5000
 # max RSS (KiB) and CPU seconds (user + system, workers included) of the command in argv[1:]
-MAXRSS = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True); "
-          "r = resource.getrusage(resource.RUSAGE_CHILDREN); print(r.ru_maxrss, r.ru_utime + r.ru_stime)")
+MAXRSS = (
+    "import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True); "
+    "r = resource.getrusage(resource.RUSAGE_CHILDREN); print(r.ru_maxrss, r.ru_utime + r.ru_stime)"
+)
 
 
 def write_shards(out: Path, n_questions: int) -> tuple[list[str], list[str]]:
@@ -50,9 +52,18 @@ def write_shards(out: Path, n_questions: int) -> tuple[list[str], list[str]]:
     for q in range(n_questions):
         rows = pd.DataFrame({"qid": f"q{q}", "sample": np.arange(N)})
         m = out / f"shard-{q}.json"
-        write_cache(m, {"mean": rng.standard_normal((N, HIDDEN), dtype=np.float32)}, rows, model="synthetic",
-                    dtype="float32", shard_name=m.stem)
-        write_parquet(rows.assign(correct=(rng.random(N) < 0.05).astype(float)), m.with_suffix(".scores.parquet"))
+        write_cache(
+            m,
+            {"mean": rng.standard_normal((N, HIDDEN), dtype=np.float32)},
+            rows,
+            model="synthetic",
+            dtype="float32",
+            shard_name=m.stem,
+        )
+        write_parquet(
+            rows.assign(correct=(rng.random(N) < 0.05).astype(float)),
+            m.with_suffix(".scores.parquet"),
+        )
         manifests.append(str(m))
         scores.append(str(m.with_suffix(".scores.parquet")))
     return manifests, scores
@@ -61,10 +72,35 @@ def write_shards(out: Path, n_questions: int) -> tuple[list[str], list[str]]:
 def run_cli(manifests, scores, prefix, threads, k_max) -> tuple[float, float, float]:
     """(peak RSS in MB, wall seconds, CPU seconds) of the select CLI in a child process. The peak is
     the largest of the CLI's processes (with workers: the main process or one worker)."""
-    cmd = [sys.executable, "-c", MAXRSS, sys.executable, "-m", "repexp.inference", "select",
-           "--features", *manifests, "--scores", *scores, "--model", "synthetic", "--task", "t",
-           "--sampler", "vanilla", "--proj-dim", str(PROJ), "--trials", str(TRIALS), "--k-max", k_max,
-           "--threads", str(threads), "--out-prefix", str(prefix)]
+    cmd = [
+        sys.executable,
+        "-c",
+        MAXRSS,
+        sys.executable,
+        "-m",
+        "repexp.inference",
+        "select",
+        "--features",
+        *manifests,
+        "--scores",
+        *scores,
+        "--model",
+        "synthetic",
+        "--task",
+        "t",
+        "--sampler",
+        "vanilla",
+        "--proj-dim",
+        str(PROJ),
+        "--trials",
+        str(TRIALS),
+        "--k-max",
+        k_max,
+        "--threads",
+        str(threads),
+        "--out-prefix",
+        str(prefix),
+    ]
     t0 = time.perf_counter()
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.split()
     return int(out[-2]) / 1024, time.perf_counter() - t0, float(out[-1])
@@ -86,15 +122,19 @@ def main() -> None:
     from repexp.select import first_picks, project, repexp_orders
 
     print(f"# {cpu_capability_line()}")
-    print(f"# load average {os.getloadavg()[0]:.2f}; OPENBLAS_CORETYPE="
-          f"{os.environ.get('OPENBLAS_CORETYPE', '(unset)')}; hidden {HIDDEN}, N = {N} per question "
-          f"(one question per shard), d = {PROJ}, {TRIALS} trials, k_max {a.k_max}, --threads {a.threads}\n")
+    print(
+        f"# load average {os.getloadavg()[0]:.2f}; OPENBLAS_CORETYPE="
+        f"{os.environ.get('OPENBLAS_CORETYPE', '(unset)')}; hidden {HIDDEN}, N = {N} per question "
+        f"(one question per shard), d = {PROJ}, {TRIALS} trials, k_max {a.k_max}, --threads {a.threads}\n"
+    )
     with tempfile.TemporaryDirectory(dir=a.dir) as tmp:
         tmp = Path(tmp)
         t0 = time.perf_counter()
         manifests, scores = write_shards(tmp, a.large)
-        print(f"wrote {a.large} shards in {time.perf_counter() - t0:.1f}s "
-              f"({sum(os.path.getsize(Path(m).with_suffix('.safetensors')) for m in manifests) / 2**20:.0f} MiB)")
+        print(
+            f"wrote {a.large} shards in {time.perf_counter() - t0:.1f}s "
+            f"({sum(os.path.getsize(Path(m).with_suffix('.safetensors')) for m in manifests) / 2**20:.0f} MiB)"
+        )
         runs = {}
         for q in (a.small, a.large):
             runs[q] = run_cli(manifests[:q], scores[:q], tmp / f"sel{q}", a.threads, a.k_max)
@@ -119,12 +159,23 @@ def main() -> None:
     print(f"\n{'what':48s} {'value':>10s}  note")
     table = [
         (f"peak RSS, {a.small} questions (MB)", small[0], "max RSS of the CLI process"),
-        (f"peak RSS, {a.large} questions (MB)", large[0], f"{large[0] / small[0]:.3f}x the {a.small}-question peak"),
+        (
+            f"peak RSS, {a.large} questions (MB)",
+            large[0],
+            f"{large[0] / small[0]:.3f}x the {a.small}-question peak",
+        ),
         (f"wall, {a.small} questions (s)", small[1], "CLI, start-up included"),
         (f"wall, {a.large} questions (s)", large[1], "CLI, start-up included"),
-        ("CLI seconds per question (wall)", per_q_cli, f"(wall {a.large} - wall {a.small}) / {a.large - a.small}"),
-        ("CLI seconds per question (cpu)", per_q_cpu, "the same with CPU seconds (other jobs do not "
-         "inflate them)"),
+        (
+            "CLI seconds per question (wall)",
+            per_q_cli,
+            f"(wall {a.large} - wall {a.small}) / {a.large - a.small}",
+        ),
+        (
+            "CLI seconds per question (cpu)",
+            per_q_cpu,
+            "the same with CPU seconds (other jobs do not inflate them)",
+        ),
         ("  read one shard (read_cache, checksum) (s wall)", t_read, f"cpu {c_read:.2f} s"),
         ("  project one question to d = 512 (s wall)", t_proj, f"cpu {c_proj:.2f} s"),
         (f"  select one question, {TRIALS} trials (s wall)", t_sel, f"cpu {c_sel:.2f} s"),
@@ -132,16 +183,24 @@ def main() -> None:
     for name, value, note in table:
         print(f"{name:48s} {value:10.2f}  {note}")
     ok = abs(large[0] - small[0]) <= 0.10 * small[0]
-    print(f"\npeak memory {a.small} vs {a.large} questions: {small[0]:.0f} vs {large[0]:.0f} MB, "
-          f"{100 * (large[0] / small[0] - 1):+.1f}% (target within 10%: {'met' if ok else 'MISSED'})")
+    print(
+        f"\npeak memory {a.small} vs {a.large} questions: {small[0]:.0f} vs {large[0]:.0f} MB, "
+        f"{100 * (large[0] / small[0] - 1):+.1f}% (target within 10%: {'met' if ok else 'MISSED'})"
+    )
     if a.k_max == "all":
-        print(f"MATH at paper scale ({MATH_QUESTIONS:,} questions x N = {N:,}), per select_pool job, from "
-              f"the CLI's seconds per question (wall {per_q_cli:.1f} s, cpu {per_q_cpu:.1f} s) divided by "
-              f"the worker processes (--threads; linear scaling assumed beyond those measured):")
+        print(
+            f"MATH at paper scale ({MATH_QUESTIONS:,} questions x N = {N:,}), per select_pool job, from "
+            f"the CLI's seconds per question (wall {per_q_cli:.1f} s, cpu {per_q_cpu:.1f} s) divided by "
+            f"the worker processes (--threads; linear scaling assumed beyond those measured):"
+        )
         for w in (1, 8, 16):
-            print(f"    {w:2d} worker(s): wall {MATH_QUESTIONS * per_q_cli * a.threads / w / 3600:5.2f} h, "
-                  f"cpu-bound {MATH_QUESTIONS * per_q_cpu / w / 3600:5.2f} h")
-    print(f"# peak RSS of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
+            print(
+                f"    {w:2d} worker(s): wall {MATH_QUESTIONS * per_q_cli * a.threads / w / 3600:5.2f} h, "
+                f"cpu-bound {MATH_QUESTIONS * per_q_cpu / w / 3600:5.2f} h"
+            )
+    print(
+        f"# peak RSS of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB"
+    )
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ def naive_order(features, k, lam=1.0, first=0):
             return np.array(order)
         u = Lambda @ Phi[i]
         Lambda -= np.outer(u, u) / (1.0 + Phi[i] @ u)
-        bonus = np.einsum("nd,nd->n", Phi @ Lambda, Phi)   # φᵢᵀΛφᵢ from scratch
+        bonus = np.einsum("nd,nd->n", Phi @ Lambda, Phi)  # φᵢᵀΛφᵢ from scratch
         bonus[picked] = -np.inf
         order.append(int(np.argmax(bonus)))
 
@@ -64,8 +64,10 @@ def blas_libraries() -> str:
     for info in threadpool_info():
         if info["user_api"] == "blas":
             owner = next((p for p in ("numpy", "scipy", "torch") if p in info["filepath"]), "?")
-            libs.append(f"{owner}: {info['internal_api']} {info.get('version', '')} "
-                        f"{info.get('architecture', '')} kernels ({info['num_threads']} thread(s))")
+            libs.append(
+                f"{owner}: {info['internal_api']} {info.get('version', '')} "
+                f"{info.get('architecture', '')} kernels ({info['num_threads']} thread(s))"
+            )
     return "; ".join(libs)
 
 
@@ -95,12 +97,23 @@ def busy_rows(F, firsts, threads, reps):
                 t[kind].append(timed(lambda: repexp_orders(F, N, firsts))[:2])
     for kind in ("idle", "busy"):
         for i, (wall, cpu) in enumerate(t[kind]):
-            rows.append((f"(e) (b) {kind}, run {i + 1}/{reps}", N, TRIALS, wall, cpu,
-                         "busy loop on one core" if kind == "busy" else "interleaved with the busy runs"))
+            rows.append(
+                (
+                    f"(e) (b) {kind}, run {i + 1}/{reps}",
+                    N,
+                    TRIALS,
+                    wall,
+                    cpu,
+                    "busy loop on one core" if kind == "busy" else "interleaved with the busy runs",
+                )
+            )
     small = F[:800]
     default = os.cpu_count()
     for kind in ("idle", "busy"):
-        for label, n_threads in ((f"capped, {threads}", threads), (f"BLAS default, {default}", default)):
+        for label, n_threads in (
+            (f"capped, {threads}", threads),
+            (f"BLAS default, {default}", default),
+        ):
             with threadpool_limits(n_threads):
                 if kind == "busy":
                     with BusyCore():
@@ -114,9 +127,15 @@ def busy_rows(F, firsts, threads, reps):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smaller sizes, under 30 s")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="BLAS and torch CPU threads (default 1; see benchmarks/README.md)")
-    ap.add_argument("--busy-reps", type=int, default=2, help="(e): idle/busy pairs of (b) (0: skip (e))")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="BLAS and torch CPU threads (default 1; see benchmarks/README.md)",
+    )
+    ap.add_argument(
+        "--busy-reps", type=int, default=2, help="(e): idle/busy pairs of (b) (0: skip (e))"
+    )
     args = ap.parse_args()
 
     d = 512
@@ -130,13 +149,17 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     with threadpool_limits(args.threads):
         print(f"# {cpu_capability_line()}")
-        print(f"# {platform.machine()}, {os.cpu_count()} CPUs; BLAS {blas_libraries()}; "
-              f"torch {torch.__version__} ({torch.get_num_threads()} thread(s)); "
-              f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}; load average "
-              f"{os.getloadavg()[0]:.2f}")
+        print(
+            f"# {platform.machine()}, {os.cpu_count()} CPUs; BLAS {blas_libraries()}; "
+            f"torch {torch.__version__} ({torch.get_num_threads()} thread(s)); "
+            f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}; load average "
+            f"{os.getloadavg()[0]:.2f}"
+        )
         print(f"# random Gaussian features, float64, d = {d}, full orders (k = N), lam = 1")
-        print("# wall = elapsed seconds, cpu = CPU seconds of this process (other jobs on the "
-              "machine inflate wall, not cpu)\n")
+        print(
+            "# wall = elapsed seconds, cpu = CPU seconds of this process (other jobs on the "
+            "machine inflate wall, not cpu)\n"
+        )
         rows = []
 
         t_a, c_a, order_a = timed(lambda: repexp_order(F, N, first=int(firsts[0])))
@@ -144,8 +167,9 @@ def main() -> None:
 
         t_b, c_b, orders_b = timed(lambda: repexp_orders(F, N, firsts))
         assert np.array_equal(orders_b[0], order_a), "repexp_orders disagrees with repexp_order"
-        rows.append((f"(b) repexp_orders, {TRIALS} trials", N, TRIALS, t_b, c_b,
-                     "measured, amortised"))
+        rows.append(
+            (f"(b) repexp_orders, {TRIALS} trials", N, TRIALS, t_b, c_b, "measured, amortised")
+        )
         t_b1, c_b1, _ = timed(lambda: repexp_orders(F, N, firsts[:1]))
         rows.append(("    repexp_orders, 1 trial", N, 1, t_b1, c_b1, "measured"))
 
@@ -156,58 +180,108 @@ def main() -> None:
         scale = (N / N_naive) ** 2
         t_naive, c_naive = t_ns * scale, c_ns * scale
         rows.append(("(c) naive, recompute bonuses", N_naive, 1, t_ns, c_ns, "measured"))
-        rows.append(("(c) naive, recompute bonuses", N, 1, t_naive, c_naive,
-                     f"NOT measured: N={N_naive} time x (N/{N_naive})^2 = {scale:.0f}"))
+        rows.append(
+            (
+                "(c) naive, recompute bonuses",
+                N,
+                1,
+                t_naive,
+                c_naive,
+                f"NOT measured: N={N_naive} time x (N/{N_naive})^2 = {scale:.0f}",
+            )
+        )
         rows.append(("    repexp_order at the same N", N_naive, 1, t_small, c_small, "measured"))
 
         Ft = torch.from_numpy(rng.standard_normal((B, N_torch, d)))
         gen = torch.Generator().manual_seed(0)
         ft = torch.stack([torch.randperm(N_torch, generator=gen)[:TRIALS] for _ in range(B)])
         t_d, c_d, orders_d = timed(lambda: repexp_orders_torch(Ft, N_torch, ft))
-        assert np.array_equal(orders_d[0].numpy(),
-                              repexp_orders(Ft[0].numpy(), N_torch, ft[0].numpy()))
-        rows.append((f"(d) torch CPU, {B} pools x {TRIALS}", N_torch, B * TRIALS, t_d, c_d,
-                     f"{B * TRIALS / t_d:.2f} trials/s (wall)"))
+        assert np.array_equal(
+            orders_d[0].numpy(), repexp_orders(Ft[0].numpy(), N_torch, ft[0].numpy())
+        )
+        rows.append(
+            (
+                f"(d) torch CPU, {B} pools x {TRIALS}",
+                N_torch,
+                B * TRIALS,
+                t_d,
+                c_d,
+                f"{B * TRIALS / t_d:.2f} trials/s (wall)",
+            )
+        )
         if torch.cuda.is_available():
             Bc = 64
             Fc = torch.from_numpy(rng.standard_normal((Bc, N_torch, d))).cuda()
             fc = torch.randint(0, N_torch, (Bc, TRIALS), device="cuda")
-            repexp_orders_torch(Fc[:1], 10, fc[:1])             # warm-up
+            repexp_orders_torch(Fc[:1], 10, fc[:1])  # warm-up
             torch.cuda.synchronize()
-            t_c, c_c, _ = timed(lambda: (repexp_orders_torch(Fc, N_torch, fc),
-                                         torch.cuda.synchronize()))
-            rows.append((f"(d) torch CUDA, {Bc} pools x {TRIALS}", N_torch, Bc * TRIALS, t_c, c_c,
-                         f"{Bc * TRIALS / t_c:.1f} trials/s, {torch.cuda.get_device_name()}"))
+            t_c, c_c, _ = timed(
+                lambda: (repexp_orders_torch(Fc, N_torch, fc), torch.cuda.synchronize())
+            )
+            rows.append(
+                (
+                    f"(d) torch CUDA, {Bc} pools x {TRIALS}",
+                    N_torch,
+                    Bc * TRIALS,
+                    t_c,
+                    c_c,
+                    f"{Bc * TRIALS / t_c:.1f} trials/s, {torch.cuda.get_device_name()}",
+                )
+            )
         else:
-            rows.append(("(d) torch CUDA", N_torch, 0, float("nan"), float("nan"),
-                         "not run: torch.cuda.is_available() is False here"))
+            rows.append(
+                (
+                    "(d) torch CUDA",
+                    N_torch,
+                    0,
+                    float("nan"),
+                    float("nan"),
+                    "not run: torch.cuda.is_available() is False here",
+                )
+            )
         busy = None
         if args.busy_reps:
             more, busy = busy_rows(F, firsts, args.threads, args.busy_reps)
             rows += more
 
-    print(f"{'what':34s} {'N':>5s} {'trials':>6s} {'wall s':>8s} {'cpu s':>8s} "
-          f"{'wall/trial':>10s} {'cpu/trial':>10s}  note")
+    print(
+        f"{'what':34s} {'N':>5s} {'trials':>6s} {'wall s':>8s} {'cpu s':>8s} "
+        f"{'wall/trial':>10s} {'cpu/trial':>10s}  note"
+    )
     for name, n, trials, wall, cpu, note in rows:
         per = max(trials, 1)
-        print(f"{name:34s} {n:5d} {trials:6d} {wall:8.2f} {cpu:8.2f} {wall / per:10.3f} "
-              f"{cpu / per:10.3f}  {note}")
+        print(
+            f"{name:34s} {n:5d} {trials:6d} {wall:8.2f} {cpu:8.2f} {wall / per:10.3f} "
+            f"{cpu / per:10.3f}  {note}"
+        )
     print()
     print(f"naive / repexp_order at N={N_naive}, both measured (cpu): {c_ns / c_small:7.1f}x")
-    print(f"naive (scaled) / (a) 1 trial at N={N} (cpu):           {c_naive / c_a:7.1f}x"
-          "   (target >= 50x)")
-    print(f"naive (scaled) / (b) per trial at N={N} (cpu):         {c_naive / (c_b / TRIALS):7.1f}x")
+    print(
+        f"naive (scaled) / (a) 1 trial at N={N} (cpu):           {c_naive / c_a:7.1f}x"
+        "   (target >= 50x)"
+    )
+    print(
+        f"naive (scaled) / (b) per trial at N={N} (cpu):         {c_naive / (c_b / TRIALS):7.1f}x"
+    )
     for kind, sec in (("wall", t_b), ("cpu", c_b)):
         verdict = ("met" if sec / TRIALS <= 2.0 else "MISSED") if N == 6400 else "n/a in --quick"
-        print(f"(b) {kind} seconds per full-order trial, amortised over {TRIALS}: "
-              f"{sec / TRIALS:5.2f} s   (target <= 2 s at N = 6400: {verdict})")
+        print(
+            f"(b) {kind} seconds per full-order trial, amortised over {TRIALS}: "
+            f"{sec / TRIALS:5.2f} s   (target <= 2 s at N = 6400: {verdict})"
+        )
     if busy:
         idle_w, busy_w = min(w for w, _ in busy["idle"]), min(w for w, _ in busy["busy"])
-        verdict = (("met" if busy_w / TRIALS <= 2.0 and busy_w <= 1.3 * idle_w else "MISSED")
-                   if N == 6400 else "n/a in --quick")
-        print(f"(e) busy machine, wall per trial (best of {len(busy['busy'])}): idle {idle_w / TRIALS:5.2f} s, "
-              f"busy {busy_w / TRIALS:5.2f} s, busy/idle {busy_w / idle_w:4.2f}x   "
-              f"(target <= 2 s and <= 1.3x at N = 6400: {verdict})")
+        verdict = (
+            ("met" if busy_w / TRIALS <= 2.0 and busy_w <= 1.3 * idle_w else "MISSED")
+            if N == 6400
+            else "n/a in --quick"
+        )
+        print(
+            f"(e) busy machine, wall per trial (best of {len(busy['busy'])}): idle {idle_w / TRIALS:5.2f} s, "
+            f"busy {busy_w / TRIALS:5.2f} s, busy/idle {busy_w / idle_w:4.2f}x   "
+            f"(target <= 2 s and <= 1.3x at N = 6400: {verdict})"
+        )
+
 
 if __name__ == "__main__":
     main()

@@ -37,14 +37,23 @@ def synthetic_pool(n: int, d: int, seed: int = 0) -> PoolContext:
     cuts = np.cumsum(lengths)[:-1]
     texts = [" ".join(w) for w in np.split(words, cuts)]
     answers = [None if rng.random() < 0.1 else str(int(v)) for v in rng.geometric(0.05, size=n)]
-    return PoolContext(n=n, features=rng.standard_normal((n, d)),
-                       logprob_sum=-rng.gamma(2.0, 50.0, size=n), n_tokens=lengths,
-                       answers=answers, texts=texts, correct=rng.random(n) < 0.05)
+    return PoolContext(
+        n=n,
+        features=rng.standard_normal((n, d)),
+        logprob_sum=-rng.gamma(2.0, 50.0, size=n),
+        n_tokens=lengths,
+        answers=answers,
+        texts=texts,
+        correct=rng.random(n) < 0.05,
+    )
 
 
 def blas_line() -> str:
-    libs = [f"{i['internal_api']} {i.get('version') or ''} {i.get('architecture') or ''} "
-            f"({i['num_threads']} thread(s))" for i in threadpool_info()]
+    libs = [
+        f"{i['internal_api']} {i.get('version') or ''} {i.get('architecture') or ''} "
+        f"({i['num_threads']} thread(s))"
+        for i in threadpool_info()
+    ]
     return "; ".join(libs)
 
 
@@ -61,9 +70,11 @@ def main() -> None:
     ctx = synthetic_pool(n, d)
     t_pool = time.perf_counter() - t0
     print(f"# {cpu_capability_line()}")
-    print(f"# {platform.machine()}, {os.cpu_count()} CPUs; thread pools: {blas_line()}; "
-          f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}; load average "
-          f"{os.getloadavg()[0]:.2f}")
+    print(
+        f"# {platform.machine()}, {os.cpu_count()} CPUs; thread pools: {blas_line()}; "
+        f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}; load average "
+        f"{os.getloadavg()[0]:.2f}"
+    )
     print(f"# one question: N = {n}, d = {d}, full orders; synthetic pool built in {t_pool:.1f} s")
     print("# wall = elapsed seconds, cpu = CPU seconds of this process\n")
 
@@ -82,9 +93,14 @@ def main() -> None:
         kk = "-" if k is None else str(k)
         if name == "kmeans_rr" and k is None:
             kk = f"{int(np.ceil(np.sqrt(n)))}*"
-        print(f"{name:28s} {kk:>5s} {wall:8.3f} {cpu:8.3f}  "
-              f"{', '.join(sorted(SELECTORS[name].needs)) or '-'}", flush=True)
-    print("\n* k = None: ⌈√N⌉ clusters. k is ignored by every other selector (prefixes of its order).")
+        print(
+            f"{name:28s} {kk:>5s} {wall:8.3f} {cpu:8.3f}  "
+            f"{', '.join(sorted(SELECTORS[name].needs)) or '-'}",
+            flush=True,
+        )
+    print(
+        "\n* k = None: ⌈√N⌉ clusters. k is ignored by every other selector (prefixes of its order)."
+    )
 
 
 if __name__ == "__main__":

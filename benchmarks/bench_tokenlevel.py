@@ -64,8 +64,15 @@ def main() -> None:
     settings = Settings(max_new_tokens=a.max_new_tokens, candidate_batch=a.candidate_batch)
     dec = Decoder(model, eos_ids_of(model, tok), settings)
     prompt = tok.apply_chat_template(
-        [{"role": "user", "content": "Write a Python function that returns the n-th Fibonacci number."}],
-        add_generation_prompt=True, tokenize=True)
+        [
+            {
+                "role": "user",
+                "content": "Write a Python function that returns the n-th Fibonacci number.",
+            }
+        ],
+        add_generation_prompt=True,
+        tokenize=True,
+    )
     prompt = list(prompt["input_ids"] if hasattr(prompt, "keys") else prompt)
     print(f"model {a.model} ({a.dtype}), {torch.get_num_threads()} thread(s)")
     if "a" in a.only:
@@ -94,17 +101,23 @@ def bench_step(a, model, dec) -> None:
         def naive_states():
             out = []
             for s in range(0, a.candidates, a.candidate_batch):
-                chunk = cands[s:s + a.candidate_batch]
-                ids = torch.cat([torch.tensor(prefix).expand(len(chunk), -1), chunk[:, None]], dim=1)
+                chunk = cands[s : s + a.candidate_batch]
+                ids = torch.cat(
+                    [torch.tensor(prefix).expand(len(chunk), -1), chunk[:, None]], dim=1
+                )
                 out.append(dec.base(input_ids=ids).last_hidden_state[:, -1])
             return torch.cat(out)
 
         naive_ref = naive_states()
         t_ours = best_of(ours, a.repeats)
         t_naive = best_of(naive_states, a.repeats)
-    err = float((ours_states.float() - naive_ref.float()).abs().max() / naive_ref.float().abs().max())
-    print(f"(a) one bonus step: prefix {a.prefix} tokens, {a.candidates} candidates, "
-          f"batches of {a.candidate_batch}")
+    err = float(
+        (ours_states.float() - naive_ref.float()).abs().max() / naive_ref.float().abs().max()
+    )
+    print(
+        f"(a) one bonus step: prefix {a.prefix} tokens, {a.candidates} candidates, "
+        f"batches of {a.candidate_batch}"
+    )
     print(f"{'method':60s} {'seconds':>9s}")
     print(f"{'ours: candidates on the prefix key/value cache (tree mask)':60s} {t_ours:9.4f}")
     print(f"{'naive: re-run prefix + candidate for every candidate':60s} {t_naive:9.4f}")
@@ -129,33 +142,48 @@ def bench_bonus(a, model, dec, settings, prompt) -> None:
                 cand_counts.append(r["mean_candidates"])
             tokens += len(r["response_ids"])
         speeds[name] = (tokens, time.perf_counter() - t0)
-    print(f"(b) generation, {a.responses} responses of at most {a.max_new_tokens} tokens after one "
-          f"plain response")
+    print(
+        f"(b) generation, {a.responses} responses of at most {a.max_new_tokens} tokens after one "
+        f"plain response"
+    )
     print(f"{'method':60s} {'tokens':>7s} {'seconds':>9s} {'tok/s':>7s}")
     for name, (tokens, secs) in speeds.items():
         print(f"{name:60s} {tokens:7d} {secs:9.2f} {tokens / secs:7.1f}")
     v, b = (speeds[k][0] / speeds[k][1] for k in speeds)
-    print(f"bonus overhead: {v / b:.2f}x time per token (mean {np.mean(cand_counts):.1f} candidates "
-          f"per step after top-k 128 / top-p 0.95)")
+    print(
+        f"bonus overhead: {v / b:.2f}x time per token (mean {np.mean(cand_counts):.1f} candidates "
+        f"per step after top-k 128 / top-p 0.95)"
+    )
 
 
 def bench_batched(a, model, tok, prompt) -> None:
     """(c) B runs on the batched engine (B slots) against the same runs on the sequential one."""
-    dec = Decoder(model, eos_ids_of(model, tok),
-                  Settings(max_new_tokens=a.run_tokens, candidate_batch=a.candidate_batch))
+    dec = Decoder(
+        model,
+        eos_ids_of(model, tok),
+        Settings(max_new_tokens=a.run_tokens, candidate_batch=a.candidate_batch),
+    )
     never = lambda text: False  # noqa: E731
     k = a.run_responses
-    print(f"(c) batched vs sequential engine: B runs of {k} responses (1 plain + {k - 1} bonus for "
-          f"beta = 1) of at most {a.run_tokens} tokens")
-    print("tok/s per CPU-second of this process (one thread: robust to other processes on the machine), "
-          "then per wall-second")
-    print("| runs | B | sequential tok/CPU-s | batched tok/CPU-s | speed-up (CPU) | speed-up (wall) | "
-          "tokens (seq / batched) | same responses |")
+    print(
+        f"(c) batched vs sequential engine: B runs of {k} responses (1 plain + {k - 1} bonus for "
+        f"beta = 1) of at most {a.run_tokens} tokens"
+    )
+    print(
+        "tok/s per CPU-second of this process (one thread: robust to other processes on the machine), "
+        "then per wall-second"
+    )
+    print(
+        "| runs | B | sequential tok/CPU-s | batched tok/CPU-s | speed-up (CPU) | speed-up (wall) | "
+        "tokens (seq / batched) | same responses |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---|")
     for beta in (None, 1.0):
         for slots in (int(x) for x in a.slots.split(",")):
             t0, c0 = time.perf_counter(), time.process_time()
-            seq = [explore(dec, tok, prompt, never, k_max=k, beta=beta, seed=s) for s in range(slots)]
+            seq = [
+                explore(dec, tok, prompt, never, k_max=k, beta=beta, seed=s) for s in range(slots)
+            ]
             t_seq, c_seq = time.perf_counter() - t0, time.process_time() - c0
             runs = [Run(prompt, never, seed=s, beta=beta) for s in range(slots)]
             t0, c0 = time.perf_counter(), time.process_time()
@@ -163,12 +191,17 @@ def bench_batched(a, model, tok, prompt) -> None:
             t_bat, c_bat = time.perf_counter() - t0, time.process_time() - c0
             n_seq = sum(r["n_tokens"] for rows in seq for r in rows)
             n_bat = sum(r["n_tokens"] for run in runs for r in run.rows)
-            same = sum([r["response_ids"] for r in run.rows] == [r["response_ids"] for r in rows]
-                       for run, rows in zip(runs, seq, strict=True))
+            same = sum(
+                [r["response_ids"] for r in run.rows] == [r["response_ids"] for r in rows]
+                for run, rows in zip(runs, seq, strict=True)
+            )
             name = "vanilla" if beta is None else f"beta = {beta:g}"
-            print(f"| {name} | {slots} | {n_seq / c_seq:.1f} | {n_bat / c_bat:.1f} | "
-                  f"{(n_bat / c_bat) / (n_seq / c_seq):.2f}x | {(n_bat / t_bat) / (n_seq / t_seq):.2f}x | "
-                  f"{n_seq} / {n_bat} | {same} of {slots} runs |", flush=True)
+            print(
+                f"| {name} | {slots} | {n_seq / c_seq:.1f} | {n_bat / c_bat:.1f} | "
+                f"{(n_bat / c_bat) / (n_seq / c_seq):.2f}x | {(n_bat / t_bat) / (n_seq / t_seq):.2f}x | "
+                f"{n_seq} / {n_bat} | {same} of {slots} runs |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ QUESTIONS = [
     "A train travels 60 km per hour for 2.5 hours. How far does it travel?",
     "Mia reads 18 pages a day. How many days does she need for a 126-page book?",
 ]
-SUFFIX = " Let's think step by step and output the final answer after \"####\"."
+SUFFIX = ' Let\'s think step by step and output the final answer after "####".'
 
 
 def worker(a) -> None:
@@ -46,35 +46,64 @@ def worker(a) -> None:
 
     torch.set_num_threads(a.threads)
     tok = load_tokenizer(a.model)
-    prompts = [prompt_ids_of(tok, [{"role": "user", "content": q + SUFFIX}])
-               for q in QUESTIONS[: a.questions]]
+    prompts = [
+        prompt_ids_of(tok, [{"role": "user", "content": q + SUFFIX}])
+        for q in QUESTIONS[: a.questions]
+    ]
     t0 = time.perf_counter()
     if a.worker == "vllm":
         import vllm
         from vllm import LLM
 
-        llm = LLM(model=a.model, dtype=a.dtype, seed=0, generation_config="vllm",
-                  max_model_len=max(map(len, prompts)) + a.max_new_tokens,
-                  enforce_eager=a.enforce_eager,
-                  enable_chunked_prefill=False)  # as generate_vllm on CPU (seeded requests)
+        llm = LLM(
+            model=a.model,
+            dtype=a.dtype,
+            seed=0,
+            generation_config="vllm",
+            max_model_len=max(map(len, prompts)) + a.max_new_tokens,
+            enforce_eager=a.enforce_eager,
+            enable_chunked_prefill=False,
+        )  # as generate_vllm on CPU (seeded requests)
         t1 = time.perf_counter()
-        params = [vllm_sampling_params(Sampler(), n=a.n, max_new_tokens=a.max_new_tokens, seed=i)
-                  for i in range(len(prompts))]
+        params = [
+            vllm_sampling_params(Sampler(), n=a.n, max_new_tokens=a.max_new_tokens, seed=i)
+            for i in range(len(prompts))
+        ]
         outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
         tokens = sum(len(c.token_ids) for o in outs for c in o.outputs)
         version = f"vllm {vllm.__version__}"
     else:
         model = load_model(a.model, dtype=a.dtype)
         t1 = time.perf_counter()
-        tokens = sum(len(r["response_ids"])
-                     for i, p in enumerate(prompts)
-                     for r in generate_hf(model, tok, p, n=a.n, sampler=Sampler(),
-                                          max_new_tokens=a.max_new_tokens, seed=i, batch_size=a.n))
+        tokens = sum(
+            len(r["response_ids"])
+            for i, p in enumerate(prompts)
+            for r in generate_hf(
+                model,
+                tok,
+                p,
+                n=a.n,
+                sampler=Sampler(),
+                max_new_tokens=a.max_new_tokens,
+                seed=i,
+                batch_size=a.n,
+            )
+        )
         version = "transformers " + __import__("transformers").__version__
     t2 = time.perf_counter()
-    print("BENCH " + json.dumps({"start": t1 - t0, "gen": t2 - t1, "tokens": tokens,
-                                 "version": version, "torch_threads": torch.get_num_threads()}),
-          flush=True)
+    print(
+        "BENCH "
+        + json.dumps(
+            {
+                "start": t1 - t0,
+                "gen": t2 - t1,
+                "tokens": tokens,
+                "version": version,
+                "torch_threads": torch.get_num_threads(),
+            }
+        ),
+        flush=True,
+    )
 
 
 def run_measured(cmd: list[str], env: dict) -> tuple[dict, float, float, float]:
@@ -86,8 +115,9 @@ def run_measured(cmd: list[str], env: dict) -> tuple[dict, float, float, float]:
 
     t0 = time.perf_counter()
     with tempfile.TemporaryFile("w+") as log:
-        proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                                text=True)
+        proc = subprocess.Popen(
+            cmd, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, text=True
+        )
         root, peak_rss, peak_pss = psutil.Process(proc.pid), 0, 0
         while proc.poll() is None:
             rss = pss = 0
@@ -118,11 +148,19 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=8)
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--dtype", default="float32", help="both backends (the test's dtype)")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="hf torch threads (vLLM binds its own: all cores but 1 for its scheduler)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="hf torch threads (vLLM binds its own: all cores but 1 for its scheduler)",
+    )
     ap.add_argument("--kv-cache-gib", type=int, default=1, help="VLLM_CPU_KVCACHE_SPACE")
-    ap.add_argument("--enforce-eager", action=argparse.BooleanOptionalAction, default=True,
-                    help="vLLM without torch.compile (--no-enforce-eager: inductor, slow start)")
+    ap.add_argument(
+        "--enforce-eager",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="vLLM without torch.compile (--no-enforce-eager: inductor, slow start)",
+    )
     ap.add_argument("--backends", nargs="+", default=["vllm", "hf"], choices=["vllm", "hf"])
     ap.add_argument("--worker", choices=["vllm", "hf"], help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -132,29 +170,65 @@ def main() -> None:
     import torch
 
     if "vllm" in a.backends and not VLLM_PYTHON.exists():
-        raise SystemExit(f"no vLLM test env at {VLLM_PYTHON.parent.parent}: "
-                         "bash scripts/vllm_cpu_env.sh")
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), "?")
-    print(f"CPU {cpu}, {os.cpu_count()} cores, torch CPU capability "
-          f"{torch.backends.cpu.get_cpu_capability()}, load {os.getloadavg()[0]:.1f}")
-    print(f"model {a.model} ({a.dtype}), {a.questions} prompts x n={a.n}, "
-          f"max_new_tokens {a.max_new_tokens}, {a.threads} threads, vanilla sampling, "
-          f"vLLM enforce_eager={a.enforce_eager}, KV cache {a.kv_cache_gib} GiB")
-    print(f"{'backend':<8s} {'version':<20s} {'total s':>7s} {'start s':>7s} {'gen s':>6s} "
-          f"{'tokens':>6s} {'tok/s':>6s} {'peak RSS GiB':>12s} {'peak PSS GiB':>12s}")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": str(a.kv_cache_gib),
-           "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1", "OMP_NUM_THREADS": str(a.threads)}
+        raise SystemExit(
+            f"no vLLM test env at {VLLM_PYTHON.parent.parent}: bash scripts/vllm_cpu_env.sh"
+        )
+    cpu = next(
+        (
+            ln.split(":", 1)[1].strip()
+            for ln in Path("/proc/cpuinfo").read_text().splitlines()
+            if ln.startswith("model name")
+        ),
+        "?",
+    )
+    print(
+        f"CPU {cpu}, {os.cpu_count()} cores, torch CPU capability "
+        f"{torch.backends.cpu.get_cpu_capability()}, load {os.getloadavg()[0]:.1f}"
+    )
+    print(
+        f"model {a.model} ({a.dtype}), {a.questions} prompts x n={a.n}, "
+        f"max_new_tokens {a.max_new_tokens}, {a.threads} threads, vanilla sampling, "
+        f"vLLM enforce_eager={a.enforce_eager}, KV cache {a.kv_cache_gib} GiB"
+    )
+    print(
+        f"{'backend':<8s} {'version':<20s} {'total s':>7s} {'start s':>7s} {'gen s':>6s} "
+        f"{'tokens':>6s} {'tok/s':>6s} {'peak RSS GiB':>12s} {'peak PSS GiB':>12s}"
+    )
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "VLLM_CPU_KVCACHE_SPACE": str(a.kv_cache_gib),
+        "VLLM_NO_USAGE_STATS": "1",
+        "DO_NOT_TRACK": "1",
+        "OMP_NUM_THREADS": str(a.threads),
+    }
     for b in a.backends:
         python = str(VLLM_PYTHON) if b == "vllm" else sys.executable
-        cmd = [python, __file__, "--worker", b, "--model", a.model, "--questions", str(a.questions),
-               "--n", str(a.n), "--max-new-tokens", str(a.max_new_tokens), "--dtype", a.dtype,
-               "--threads", str(a.threads),
-               "--enforce-eager" if a.enforce_eager else "--no-enforce-eager"]
+        cmd = [
+            python,
+            __file__,
+            "--worker",
+            b,
+            "--model",
+            a.model,
+            "--questions",
+            str(a.questions),
+            "--n",
+            str(a.n),
+            "--max-new-tokens",
+            str(a.max_new_tokens),
+            "--dtype",
+            a.dtype,
+            "--threads",
+            str(a.threads),
+            "--enforce-eager" if a.enforce_eager else "--no-enforce-eager",
+        ]
         rec, wall, rss, pss = run_measured(cmd, env)
-        print(f"{b:<8s} {rec['version']:<20s} {wall:7.1f} {rec['start']:7.1f} {rec['gen']:6.1f} "
-              f"{rec['tokens']:6d} {rec['tokens'] / rec['gen']:6.1f} {rss:12.2f} {pss:12.2f}",
-              flush=True)
+        print(
+            f"{b:<8s} {rec['version']:<20s} {wall:7.1f} {rec['start']:7.1f} {rec['gen']:6.1f} "
+            f"{rec['tokens']:6d} {rec['tokens'] / rec['gen']:6.1f} {rss:12.2f} {pss:12.2f}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

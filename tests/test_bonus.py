@@ -18,7 +18,9 @@ def brute_force_bonus(phi, lam, center=True):
     return np.array([f @ inv @ f for f in phi])
 
 
-@pytest.mark.parametrize("g,d,lam", [(8, 32, 0.01), (8, 4, 0.01), (3, 16, 1.0), (16, 128, 0.1), (1, 5, 0.01)])
+@pytest.mark.parametrize(
+    "g,d,lam", [(8, 32, 0.01), (8, 4, 0.01), (3, 16, 1.0), (16, 128, 0.1), (1, 5, 0.01)]
+)
 def test_bonus_equals_brute_force_inverse(g, d, lam):
     rng = np.random.default_rng(g * 1000 + d)
     for _ in range(5):
@@ -33,8 +35,11 @@ def test_bonus_equals_brute_force_inverse(g, d, lam):
 def test_bonus_uncentred_and_leverage_sum():
     rng = np.random.default_rng(1)
     phi = rng.normal(size=(8, 32))
-    np.testing.assert_allclose(elliptical_bonus(phi, 0.01, center=False), brute_force_bonus(phi, 0.01, center=False),
-                               rtol=1e-9)
+    np.testing.assert_allclose(
+        elliptical_bonus(phi, 0.01, center=False),
+        brute_force_bonus(phi, 0.01, center=False),
+        rtol=1e-9,
+    )
     # leverages sum to the trace of the hat matrix: rank(Φ) = 7 after centring (8 points, 32 dims),
     # up to the λ shrinkage, which is tiny next to these norms
     assert elliptical_bonus(phi, 1e-8).sum() == pytest.approx(7.0, rel=1e-6)
@@ -44,7 +49,9 @@ def test_bonus_is_invariant_to_a_shift_of_all_rows():
     rng = np.random.default_rng(2)
     phi = rng.normal(size=(8, 16))
     shift = rng.normal(size=16) * 100
-    np.testing.assert_allclose(elliptical_bonus(phi + shift, 0.01), elliptical_bonus(phi, 0.01), rtol=1e-7)
+    np.testing.assert_allclose(
+        elliptical_bonus(phi + shift, 0.01), elliptical_bonus(phi, 0.01), rtol=1e-7
+    )
 
 
 def test_bonus_of_identical_rows_is_zero_and_an_outlier_gets_the_most():
@@ -79,19 +86,27 @@ def test_group_bonuses_project_centre_per_group_and_gate():
     for gi in range(2):
         rows = slice(gi * G, (gi + 1) * G)
         np.testing.assert_allclose(got[rows], brute_force_bonus(phi[rows], 0.01), rtol=1e-9)
-    np.testing.assert_array_equal(got[2 * G:], 0.0)
-    ungated = group_bonuses(feats, groups, correct, lam=0.01, proj_matrix=R, zero_if_none_correct=False)
-    np.testing.assert_allclose(ungated[2 * G:], brute_force_bonus(phi[2 * G:], 0.01), rtol=1e-9)
-    assert (ungated[2 * G:] > 0).all()
+    np.testing.assert_array_equal(got[2 * G :], 0.0)
+    ungated = group_bonuses(
+        feats, groups, correct, lam=0.01, proj_matrix=R, zero_if_none_correct=False
+    )
+    np.testing.assert_allclose(ungated[2 * G :], brute_force_bonus(phi[2 * G :], 0.01), rtol=1e-9)
+    assert (ungated[2 * G :] > 0).all()
     # a constant added to every row of one group changes nothing (per-group centring)
     shifted = feats.copy()
-    shifted[G:2 * G] += 5.0
-    np.testing.assert_allclose(group_bonuses(shifted, groups, correct, lam=0.01, proj_matrix=R)[G:2 * G],
-                               got[G:2 * G], rtol=1e-4)
+    shifted[G : 2 * G] += 5.0
+    np.testing.assert_allclose(
+        group_bonuses(shifted, groups, correct, lam=0.01, proj_matrix=R)[G : 2 * G],
+        got[G : 2 * G],
+        rtol=1e-4,
+    )
     # rows of a group need not be adjacent
     perm = rng.permutation(3 * G)
-    np.testing.assert_allclose(group_bonuses(feats[perm], groups[perm], correct[perm], lam=0.01, proj_matrix=R),
-                               got[perm], rtol=1e-9)  # row order changes float sums only
+    np.testing.assert_allclose(
+        group_bonuses(feats[perm], groups[perm], correct[perm], lam=0.01, proj_matrix=R),
+        got[perm],
+        rtol=1e-9,
+    )  # row order changes float sums only
 
 
 def test_sparse_projection_is_li_very_sparse_and_seeded():
@@ -106,8 +121,10 @@ def test_sparse_projection_is_li_very_sparse_and_seeded():
     assert not np.array_equal(R, sparse_projection(D, k, 124))
     assert sparse_projection(64, 64, 0) is None and sparse_projection(64, 128, 0) is None
     # a numpy Generator is accepted and is deterministic too
-    np.testing.assert_array_equal(sparse_projection(D, k, np.random.default_rng(5)),
-                                  sparse_projection(D, k, np.random.default_rng(5)))
+    np.testing.assert_array_equal(
+        sparse_projection(D, k, np.random.default_rng(5)),
+        sparse_projection(D, k, np.random.default_rng(5)),
+    )
 
 
 def test_projection_seed_depends_on_seed_and_step():
@@ -129,12 +146,15 @@ def test_unlikeliness_scale_hand_made_groups():
     G, beta = 4, 0.25
     r = np.array([1.0, 0.0, 1.0, 1.0])
     lp = np.array([-0.3, -0.9, -1.2, -0.1])  # ranks 2, 1, 0, 3
-    np.testing.assert_allclose(unlikeliness_scale(r, lp, beta),
-                               [1 - beta * 2 / G, 0.0, 1.0, 1 - beta * 3 / G])
+    np.testing.assert_allclose(
+        unlikeliness_scale(r, lp, beta), [1 - beta * 2 / G, 0.0, 1.0, 1 - beta * 3 / G]
+    )
     # all incorrect: stays zero
     np.testing.assert_array_equal(unlikeliness_scale(np.zeros(G), lp, beta), np.zeros(G))
     # all correct: 1 - beta*rank/G, the least likely keeps 1, the most likely (G-1)/G of the penalty
-    np.testing.assert_allclose(unlikeliness_scale(np.ones(G), lp, beta), 1 - beta * np.array([2, 1, 0, 3]) / G)
+    np.testing.assert_allclose(
+        unlikeliness_scale(np.ones(G), lp, beta), 1 - beta * np.array([2, 1, 0, 3]) / G
+    )
     # ties: equal log-probs are ranked by position (0 first)
     np.testing.assert_allclose(unlikeliness_scale(np.ones(3), np.zeros(3), 0.3), [1.0, 0.9, 0.8])
     # beta_rank = 0 is plain GRPO

@@ -28,16 +28,33 @@ def test_shipped_configs_are_valid(extra):
 
 
 def test_defaults_are_filled():
-    cfg = {"models": {"m": {"source": "hub", "repo_id": "Qwen/Qwen2.5-7B-Instruct"}},
-           "tasks": {"game24": {}}}
+    cfg = {
+        "models": {"m": {"source": "hub", "repo_id": "Qwen/Qwen2.5-7B-Instruct"}},
+        "tasks": {"game24": {}},
+    }
     check_config(cfg, SCHEMA)
-    assert cfg["tasks"]["game24"] == {"source": "offline", "n_questions": None, "subset_seed": 0,
-                                      "qids": None, "splits": ["test"], "template": None, "pool_n": None,
-                                      "max_new_tokens": None, "top_p": None, "chain_sum": None}
+    assert cfg["tasks"]["game24"] == {
+        "source": "offline",
+        "n_questions": None,
+        "subset_seed": 0,
+        "qids": None,
+        "splits": ["test"],
+        "template": None,
+        "pool_n": None,
+        "max_new_tokens": None,
+        "top_p": None,
+        "chain_sum": None,
+    }
     assert cfg["inference"]["selection"]["lam"] == 1.0
     assert cfg["inference"]["selection"]["proj_dim"] == 512
-    assert cfg["rl"]["repexp"] == {"beta": 0.01, "lam": 0.01, "proj_dim": 32, "zero_if_none_correct": True,
-                                   "feature_dtype": "auto", "offload_base": True}
+    assert cfg["rl"]["repexp"] == {
+        "beta": 0.01,
+        "lam": 0.01,
+        "proj_dim": 32,
+        "zero_if_none_correct": True,
+        "feature_dtype": "auto",
+        "offload_base": True,
+    }
     assert cfg["models"]["m"]["revision"] == "main"
 
 
@@ -56,17 +73,41 @@ def test_task_from_config_carries_the_verifier_switches():
 def test_paper_grid_matches_the_paper():
     cfg = check_config(load("paper.yaml"), SCHEMA)
     inf = cfg["inference"]
-    assert len(inf["models"]) == 10 and set(inf["tasks"]) == {"math", "gsm8k", "mbppplus", "game24", "aime"}
+    assert len(inf["models"]) == 10 and set(inf["tasks"]) == {
+        "math",
+        "gsm8k",
+        "mbppplus",
+        "game24",
+        "aime",
+    }
     assert {t: cfg["tasks"][t]["pool_n"] for t in inf["tasks"]} == {
-        "math": 6400, "gsm8k": 6400, "mbppplus": 6400, "game24": 6400, "aime": 8192}
-    assert cfg["tasks"]["mbppplus"]["top_p"] == 0.95 and cfg["tasks"]["mbppplus"]["max_new_tokens"] == 768
+        "math": 6400,
+        "gsm8k": 6400,
+        "mbppplus": 6400,
+        "game24": 6400,
+        "aime": 8192,
+    }
+    assert (
+        cfg["tasks"]["mbppplus"]["top_p"] == 0.95
+        and cfg["tasks"]["mbppplus"]["max_new_tokens"] == 768
+    )
     # nothing of the embedded default's subsets leaks into the paper grid through the merge
     # (arith, the CPU default's RL stand-in, exists offline only and is not in the paper grid)
-    assert all(cfg["tasks"][t]["qids"] is None and cfg["tasks"][t]["source"] == "hub" for t in cfg["tasks"]
-               if t != "arith")
+    assert all(
+        cfg["tasks"][t]["qids"] is None and cfg["tasks"][t]["source"] == "hub"
+        for t in cfg["tasks"]
+        if t != "arith"
+    )
     assert "arith" not in cfg["rl"]["tasks"] and "arith" not in inf["tasks"]
-    assert all(cfg["tasks"][t]["n_questions"] is None for t in cfg["tasks"] if t not in ("dapo", "arith"))
-    assert inf["samplers"]["minp0.05"] == {"temperature": 1.5, "top_p": 1.0, "min_p": 0.05, "top_k": 0}
+    assert all(
+        cfg["tasks"][t]["n_questions"] is None for t in cfg["tasks"] if t not in ("dapo", "arith")
+    )
+    assert inf["samplers"]["minp0.05"] == {
+        "temperature": 1.5,
+        "top_p": 1.0,
+        "min_p": 0.05,
+        "top_k": 0,
+    }
     assert inf["selection"]["proj_dim"] == 512 and inf["selection"]["lam"] == 1.0
     assert cfg["token_level"]["lam"] == 0.1 and cfg["token_level"]["betas"] == [0.5, 1.0]
     # the hardest questions are ranked on 1,024 reference samples per question, as the paper's
@@ -81,38 +122,89 @@ def test_paper_grid_matches_the_paper():
 
 BAD = [
     # (what, edit, the text that must appear in the message)
-    ("unknown task", lambda c: c["tasks"].update({"gsm8kk": {}}),
-     ["'gsm8kk'", "under `tasks`", "allowed:", "gsm8k", "mbppplus"]),
-    ("unknown model", lambda c: c["inference"].update({"models": ["qwen-9000"]}),
-     ["`inference.models.0`", "'qwen-9000'", "smollm2-135m-instruct"]),
-    ("unknown model source", lambda c: c["models"]["smollm2-135m-instruct"].update({"source": "ollama"}),
-     ["`models.smollm2-135m-instruct.source`", "'ollama'", "'gguf_wheel'", "'hub'"]),
-    ("N <= 0", lambda c: c["inference"]["pool"].update({"n": 0}),
-     ["`inference.pool.n`", "value 0", "> 0"]),
-    ("negative subset", lambda c: c["tasks"]["game24"].update({"n_questions": -3}),
-     ["`tasks.game24.n_questions`", "-3", "null", "> 0"]),
-    ("lambda <= 0", lambda c: c["inference"]["selection"].update({"lam": 0}),
-     ["`inference.selection.lam`", "value 0", "> 0"]),
-    ("rl lambda <= 0", lambda c: c["rl"].update({"repexp": {"lam": -1.0}}),
-     ["`rl.repexp.lam`", "-1.0", "> 0"]),
-    ("typo in a key", lambda c: c["inference"]["selection"].update({"lamda": 1.0}),
-     ["'lamda'", "`inference.selection`", "lam", "proj_dim"]),
-    ("typo at the top", lambda c: c.update({"infrence": {}}), ["'infrence'", "top level", "inference"]),
-    ("split a task lacks", lambda c: c["tasks"]["game24"].update({"splits": ["train"]}),
-     ["`tasks.game24.splits`", "'train'", "test"]),
-    ("hub model without id", lambda c: c["models"].update({"q": {"source": "hub"}}),
-     ["`models.q`", "repo_id"]),
-    ("token level without reference", lambda c: c["token_level"].update({"reference_model": None}),
-     ["`token_level.model`", "`token_level.reference_model`", "token_level.model: null"]),
-    ("token level task without test split", lambda c: c.update({"token_level": {**c["token_level"], "task": "gsm8k"}})
-     or c["tasks"]["gsm8k"].update({"splits": ["train"]}),
-     ["`tasks.gsm8k.splits`", "'test'", "token_level.task"]),
-    ("repeated beta", lambda c: c["token_level"].update({"betas": [1.0, 1.0]}),
-     ["`token_level.betas`", "without repeated items"]),
-    ("unknown math reward", lambda c: c["verifiers"].update({"math_reward": "lighteval"}),
-     ["`verifiers.math_reward`", "'lighteval'", "'recipe'", "'math_verify'"]),
-    ("reference subsample of 0", lambda c: c["token_level"].update({"reference_samples": 0}),
-     ["`token_level.reference_samples`", "null", "> 0"]),
+    (
+        "unknown task",
+        lambda c: c["tasks"].update({"gsm8kk": {}}),
+        ["'gsm8kk'", "under `tasks`", "allowed:", "gsm8k", "mbppplus"],
+    ),
+    (
+        "unknown model",
+        lambda c: c["inference"].update({"models": ["qwen-9000"]}),
+        ["`inference.models.0`", "'qwen-9000'", "smollm2-135m-instruct"],
+    ),
+    (
+        "unknown model source",
+        lambda c: c["models"]["smollm2-135m-instruct"].update({"source": "ollama"}),
+        ["`models.smollm2-135m-instruct.source`", "'ollama'", "'gguf_wheel'", "'hub'"],
+    ),
+    (
+        "N <= 0",
+        lambda c: c["inference"]["pool"].update({"n": 0}),
+        ["`inference.pool.n`", "value 0", "> 0"],
+    ),
+    (
+        "negative subset",
+        lambda c: c["tasks"]["game24"].update({"n_questions": -3}),
+        ["`tasks.game24.n_questions`", "-3", "null", "> 0"],
+    ),
+    (
+        "lambda <= 0",
+        lambda c: c["inference"]["selection"].update({"lam": 0}),
+        ["`inference.selection.lam`", "value 0", "> 0"],
+    ),
+    (
+        "rl lambda <= 0",
+        lambda c: c["rl"].update({"repexp": {"lam": -1.0}}),
+        ["`rl.repexp.lam`", "-1.0", "> 0"],
+    ),
+    (
+        "typo in a key",
+        lambda c: c["inference"]["selection"].update({"lamda": 1.0}),
+        ["'lamda'", "`inference.selection`", "lam", "proj_dim"],
+    ),
+    (
+        "typo at the top",
+        lambda c: c.update({"infrence": {}}),
+        ["'infrence'", "top level", "inference"],
+    ),
+    (
+        "split a task lacks",
+        lambda c: c["tasks"]["game24"].update({"splits": ["train"]}),
+        ["`tasks.game24.splits`", "'train'", "test"],
+    ),
+    (
+        "hub model without id",
+        lambda c: c["models"].update({"q": {"source": "hub"}}),
+        ["`models.q`", "repo_id"],
+    ),
+    (
+        "token level without reference",
+        lambda c: c["token_level"].update({"reference_model": None}),
+        ["`token_level.model`", "`token_level.reference_model`", "token_level.model: null"],
+    ),
+    (
+        "token level task without test split",
+        lambda c: (
+            c.update({"token_level": {**c["token_level"], "task": "gsm8k"}})
+            or c["tasks"]["gsm8k"].update({"splits": ["train"]})
+        ),
+        ["`tasks.gsm8k.splits`", "'test'", "token_level.task"],
+    ),
+    (
+        "repeated beta",
+        lambda c: c["token_level"].update({"betas": [1.0, 1.0]}),
+        ["`token_level.betas`", "without repeated items"],
+    ),
+    (
+        "unknown math reward",
+        lambda c: c["verifiers"].update({"math_reward": "lighteval"}),
+        ["`verifiers.math_reward`", "'lighteval'", "'recipe'", "'math_verify'"],
+    ),
+    (
+        "reference subsample of 0",
+        lambda c: c["token_level"].update({"reference_samples": 0}),
+        ["`token_level.reference_samples`", "null", "> 0"],
+    ),
 ]
 
 

@@ -74,7 +74,11 @@ def test_env_pins_match_constraints_and_pyproject(name):
     env = _env(name)
     assert "python=3.11" in env["dependencies"]
     pins = _env_pins(name)
-    wanted = {canonicalize_name(r.name): r for r in runtime if canonicalize_name(r.name) not in LAUNCHER_ONLY}
+    wanted = {
+        canonicalize_name(r.name): r
+        for r in runtime
+        if canonicalize_name(r.name) not in LAUNCHER_ONLY
+    }
     if name in GPU_ENVS:
         wanted.update({canonicalize_name(r.name): r for r in extras["gpu"]})
     assert set(pins) == set(wanted), f"envs/{name}.yaml differs from pyproject.toml"
@@ -83,12 +87,18 @@ def test_env_pins_match_constraints_and_pyproject(name):
         if name in GPU_ENVS:
             expected = GPU_OVERRIDES.get(key, expected)
         assert _version(req) == expected, f"envs/{name}.yaml: {req} but constraints say {expected}"
-        assert wanted[key].specifier.contains(_version(req)), f"envs/{name}.yaml: {req} outside pyproject"
-        assert req.extras == wanted[key].extras, f"envs/{name}.yaml: {req} lost the extras of {wanted[key]}"
+        assert wanted[key].specifier.contains(_version(req)), (
+            f"envs/{name}.yaml: {req} outside pyproject"
+        )
+        assert req.extras == wanted[key].extras, (
+            f"envs/{name}.yaml: {req} lost the extras of {wanted[key]}"
+        )
     # the package itself comes from the post-deploy script, never from a path in the env file
     # (Snakemake copies the env file to .snakemake/conda/, where a relative path points elsewhere)
     assert not any("-e" in str(d) or "../" in str(d) for d in env["dependencies"])
-    assert (ENVS / f"{name}.post-deploy.sh").resolve() == (ENVS / "analysis.post-deploy.sh").resolve()
+    assert (ENVS / f"{name}.post-deploy.sh").resolve() == (
+        ENVS / "analysis.post-deploy.sh"
+    ).resolve()
 
 
 def test_test_environment_has_exactly_the_constrained_versions():
@@ -99,7 +109,9 @@ def test_test_environment_has_exactly_the_constrained_versions():
         except importlib.metadata.PackageNotFoundError:
             assert key == "vllm", f"{req.name} is not installed"
             continue
-        assert installed.split("+")[0] == _version(req), f"{req.name} {installed} installed, {req} pinned"
+        assert installed.split("+")[0] == _version(req), (
+            f"{req.name} {installed} installed, {req} pinned"
+        )
 
 
 def test_every_rule_uses_an_existing_env():
@@ -109,7 +121,9 @@ def test_every_rule_uses_an_existing_env():
         for path in re.findall(r"conda:\s*\n\s*\"([^\"]+)\"", text):
             assert (smk.parent / path).resolve().parent == ENVS, f"{smk.name}: {path}"
             used.add((smk.parent / path).resolve().stem)
-        assert text.count("conda:") == len(re.findall(r"^rule ", text, re.M)), f"{smk.name}: a rule without conda:"
+        assert text.count("conda:") == len(re.findall(r"^rule ", text, re.M)), (
+            f"{smk.name}: a rule without conda:"
+        )
     assert used == set(ENV_NAMES)
 
 
@@ -121,8 +135,13 @@ def _post_deploy(cwd, tmp_path, env=None):
     (fake / "python").chmod(0o755)
     environ = {k: v for k, v in os.environ.items() if k != "REPEXP_ROOT"}
     environ.update(PATH=f"{fake}:{os.environ['PATH']}", **(env or {}))
-    return subprocess.run(["bash", str(ENVS / "generation.post-deploy.sh")], cwd=cwd, env=environ,
-                          capture_output=True, text=True)
+    return subprocess.run(
+        ["bash", str(ENVS / "generation.post-deploy.sh")],
+        cwd=cwd,
+        env=environ,
+        capture_output=True,
+        text=True,
+    )
 
 
 def test_post_deploy_installs_the_checkout_it_runs_in(tmp_path):

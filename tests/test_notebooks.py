@@ -20,7 +20,15 @@ import papermill
 import pytest
 from conftest import REPO
 
-NOTEBOOKS = ["overview", "stc", "features", "model_rank_difficulty", "samplers", "tokenlevel", "tokenlevel_se"]
+NOTEBOOKS = [
+    "overview",
+    "stc",
+    "features",
+    "model_rank_difficulty",
+    "samplers",
+    "tokenlevel",
+    "tokenlevel_se",
+]
 VARIANTS = ["rich", "degenerate", "unsolved"]
 N = 64  # pool size of the synthetic pools
 KS = [1, 2, 4, 8, 16, 32, 64]
@@ -29,13 +37,23 @@ KS = [1, 2, 4, 8, 16, 32, 64]
 def _questions(rng, variant: str) -> pd.DataFrame:
     """questions.parquet: one row per (model, task, sampler, pooling, question)."""
     if variant == "rich":
-        models = {"qwen2.5-0.5b-instruct": 0.05, "mistral-7b-instruct": 0.2,
-                  "qwen2.5-7b-instruct": 0.45, "qwen2.5-14b-instruct": 0.6}
+        models = {
+            "qwen2.5-0.5b-instruct": 0.05,
+            "mistral-7b-instruct": 0.2,
+            "qwen2.5-7b-instruct": 0.45,
+            "qwen2.5-14b-instruct": 0.6,
+        }
         tasks = {"math": 1.0, "gsm8k": 1.4, "game24": 0.5}
-        pools = [(m, t, "vanilla", p) for m in models for t in tasks
-                 for p in ("mean", "last", "penultimate")]
-        pools += [("qwen2.5-7b-instruct", "math", s, "mean")
-                  for s in ("temp0.6", "temp1.5", "minp0.05", "topp0.9")]
+        pools = [
+            (m, t, "vanilla", p)
+            for m in models
+            for t in tasks
+            for p in ("mean", "last", "penultimate")
+        ]
+        pools += [
+            ("qwen2.5-7b-instruct", "math", s, "mean")
+            for s in ("temp0.6", "temp1.5", "minp0.05", "topp0.9")
+        ]
         n_q = 40
     else:
         models, tasks = {"smollm2-135m-instruct": 0.1}, {"gsm8k": 1.0}
@@ -43,7 +61,9 @@ def _questions(rng, variant: str) -> pd.DataFrame:
     rows = []
     for model, task, sampler, pooling in pools:
         strength = min(models[model] * tasks[task], 0.95)
-        gain = {"mean": 0.35, "last": 0.7, "penultimate": 0.75}[pooling] * (1.6 if sampler == "temp1.5" else 1)
+        gain = {"mean": 0.35, "last": 0.7, "penultimate": 0.75}[pooling] * (
+            1.6 if sampler == "temp1.5" else 1
+        )
         for q in range(n_q):
             p = rng.beta(1 + 4 * strength, 1 + 4 * (1 - strength)) ** 2
             c = int(rng.binomial(N, p))
@@ -53,8 +73,20 @@ def _questions(rng, variant: str) -> pd.DataFrame:
                 c = 3 if q == 0 else 0
             stc_r = (N + 1) / (c + 1)
             stc_e = max(1.0, stc_r * gain * rng.uniform(0.5, 1.5)) if c > 0 else np.nan
-            rows.append(dict(model=model, task=task, sampler=sampler, pooling=pooling, qid=f"q{q:03d}",
-                             n=N, c=c, pass1=c / N, stc_random=stc_r, stc_repexp=stc_e))
+            rows.append(
+                dict(
+                    model=model,
+                    task=task,
+                    sampler=sampler,
+                    pooling=pooling,
+                    qid=f"q{q:03d}",
+                    n=N,
+                    c=c,
+                    pass1=c / N,
+                    stc_random=stc_r,
+                    stc_repexp=stc_e,
+                )
+            )
     return pd.DataFrame(rows)
 
 
@@ -62,33 +94,74 @@ def _stc(questions: pd.DataFrame) -> pd.DataFrame:
     """stc.csv: means over the solved questions of each (model, task, sampler, pooling)."""
     keys = ["model", "task", "sampler", "pooling"]
     solved = questions[questions.c > 0]
-    stc = questions.groupby(keys).agg(questions=("qid", "size"), unsolved=("c", lambda c: int((c == 0).sum())),
-                                      pool_n=("n", "max"), pass1=("pass1", "mean")).reset_index()
+    stc = (
+        questions.groupby(keys)
+        .agg(
+            questions=("qid", "size"),
+            unsolved=("c", lambda c: int((c == 0).sum())),
+            pool_n=("n", "max"),
+            pass1=("pass1", "mean"),
+        )
+        .reset_index()
+    )
     means = solved.groupby(keys)[["stc_random", "stc_repexp"]].mean().reset_index()
     stc = stc.merge(means, on=keys, how="left")
     stc["used"] = stc.questions - stc.unsolved
     stc["reduction"] = (stc.stc_random - stc.stc_repexp) / stc.stc_random
     stc["speedup"] = stc.stc_random / stc.stc_repexp - 1
-    stc["model_rank"] = stc.groupby(["task", "sampler", "pooling"]).pass1.rank(ascending=False, method="first")
+    stc["model_rank"] = stc.groupby(["task", "sampler", "pooling"]).pass1.rank(
+        ascending=False, method="first"
+    )
     # answer-format misses: more for weak models (one pool without stats: NaN)
     stc["format_miss"] = (0.6 * (1 - stc["pass1"]) ** 2).round(3)
     no_stats = stc["model"].str.startswith("mistral") & (stc["task"] == "game24")
     stc.loc[no_stats, "format_miss"] = np.nan
-    return stc[["model", "task", "sampler", "pooling", "questions", "unsolved", "used", "pool_n",
-                "pass1", "stc_random", "stc_repexp", "reduction", "speedup", "model_rank",
-                "format_miss"]]
+    return stc[
+        [
+            "model",
+            "task",
+            "sampler",
+            "pooling",
+            "questions",
+            "unsolved",
+            "used",
+            "pool_n",
+            "pass1",
+            "stc_random",
+            "stc_repexp",
+            "reduction",
+            "speedup",
+            "model_rank",
+            "format_miss",
+        ]
+    ]
 
 
 def _passk(questions: pd.DataFrame) -> pd.DataFrame:
     """passk.csv: random = the exact without-replacement pass@k; RepExp = a better synthetic curve."""
     rows = []
-    for (model, task, sampler, pooling), g in questions.groupby(["model", "task", "sampler", "pooling"]):
+    for (model, task, sampler, pooling), g in questions.groupby(
+        ["model", "task", "sampler", "pooling"]
+    ):
         for k in KS:
-            miss = [np.prod([1 - k / i for i in range(N - c + 1, N + 1)]) if N - c >= k else 0.0 for c in g.c]
+            miss = [
+                np.prod([1 - k / i for i in range(N - c + 1, N + 1)]) if N - c >= k else 0.0
+                for c in g.c
+            ]
             rand = 1 - float(np.mean(miss))
             boost = {"mean": 1.8, "last": 1.3, "penultimate": 1.25}[pooling]
-            rows.append(dict(model=model, task=task, sampler=sampler, pooling=pooling, k=k, random=rand,
-                             repexp=1 - (1 - rand) ** boost if rand > 0 else np.nan, questions=len(g)))
+            rows.append(
+                dict(
+                    model=model,
+                    task=task,
+                    sampler=sampler,
+                    pooling=pooling,
+                    k=k,
+                    random=rand,
+                    repexp=1 - (1 - rand) ** boost if rand > 0 else np.nan,
+                    questions=len(g),
+                )
+            )
     return pd.DataFrame(rows)
 
 
@@ -104,10 +177,18 @@ def _deciles(questions: pd.DataFrame) -> pd.DataFrame:
         for d, idx in enumerate(np.array_split(np.arange(len(g)), 10)):
             part = g.iloc[idx]
             s = part[part.c > 0]
-            rows.append(dict(model=model, task=task, decile=d, questions=len(part),
-                             stc_random=s.stc_random.mean() if len(s) else np.nan,
-                             stc_repexp=s.stc_repexp.mean() if len(s) else np.nan,
-                             reference=ref, self_referenced=model == ref))
+            rows.append(
+                dict(
+                    model=model,
+                    task=task,
+                    decile=d,
+                    questions=len(part),
+                    stc_random=s.stc_random.mean() if len(s) else np.nan,
+                    stc_repexp=s.stc_repexp.mean() if len(s) else np.nan,
+                    reference=ref,
+                    self_referenced=model == ref,
+                )
+            )
     return pd.DataFrame(rows)
 
 
@@ -126,9 +207,22 @@ def _overview(rng, variant: str) -> pd.DataFrame:
     if variant != "unsolved":
         random_pick[rng.choice(N, size=K, replace=False)] = np.arange(1, K + 1)
     xy[-1] = np.nan  # a response whose 2-D view is missing
-    model, task = ("qwen2.5-7b-instruct", "math") if variant == "rich" else ("smollm2-135m-instruct", "gsm8k")
-    return pd.DataFrame(dict(qid="q007", sample=np.arange(N), x=xy[:, 0], y=xy[:, 1], correct=correct,
-                             repexp_pick=repexp_pick, random_pick=random_pick, model=model, task=task))
+    model, task = (
+        ("qwen2.5-7b-instruct", "math") if variant == "rich" else ("smollm2-135m-instruct", "gsm8k")
+    )
+    return pd.DataFrame(
+        dict(
+            qid="q007",
+            sample=np.arange(N),
+            x=xy[:, 0],
+            y=xy[:, 1],
+            correct=correct,
+            repexp_pick=repexp_pick,
+            random_pick=random_pick,
+            model=model,
+            task=task,
+        )
+    )
 
 
 def make_tables(root: Path, variant: str) -> Path:
@@ -170,20 +264,41 @@ def _token_level(rng, variant: str, root: Path) -> None:
     from repexp import tokenlevel as tl
 
     k_max = 64
-    n_q, seeds, methods = {"rich": (30, 3, [("vanilla", np.nan), ("beta0.5", 0.5), ("beta1", 1.0)]),
-                           "degenerate": (1, 1, [("vanilla", np.nan), ("beta1", 1.0)]),
-                           "unsolved": (0, 0, [])}[variant]
-    questions = pd.DataFrame({"qid": [f"q{i:03d}" for i in range(n_q)], "ref_pass1": rng.uniform(0.001, 0.2, n_q)})
+    n_q, seeds, methods = {
+        "rich": (30, 3, [("vanilla", np.nan), ("beta0.5", 0.5), ("beta1", 1.0)]),
+        "degenerate": (1, 1, [("vanilla", np.nan), ("beta1", 1.0)]),
+        "unsolved": (0, 0, []),
+    }[variant]
+    questions = pd.DataFrame(
+        {"qid": [f"q{i:03d}" for i in range(n_q)], "ref_pass1": rng.uniform(0.001, 0.2, n_q)}
+    )
     rows = []
     for method, beta in methods:
         for q, p in zip(questions["qid"], questions["ref_pass1"], strict=True):
             for s in range(seeds):
                 at = int(rng.geometric(min(1.0, p * (1.5 if beta == 1.0 else 1.0))))
-                rows += [{"qid": q, "rank": 0, "seed_index": s, "method": method, "beta": beta, "response": i,
-                          "correct": i == at} for i in range(1, min(at, k_max) + 1)]
-    runs = pd.DataFrame(rows, columns=["qid", "rank", "seed_index", "method", "beta", "response", "correct"])
-    per_run = tl.solved_at(runs) if len(runs) else pd.DataFrame(
-        columns=["qid", "rank", "seed_index", "method", "beta", "solved_at", "generations"])
+                rows += [
+                    {
+                        "qid": q,
+                        "rank": 0,
+                        "seed_index": s,
+                        "method": method,
+                        "beta": beta,
+                        "response": i,
+                        "correct": i == at,
+                    }
+                    for i in range(1, min(at, k_max) + 1)
+                ]
+    runs = pd.DataFrame(
+        rows, columns=["qid", "rank", "seed_index", "method", "beta", "response", "correct"]
+    )
+    per_run = (
+        tl.solved_at(runs)
+        if len(runs)
+        else pd.DataFrame(
+            columns=["qid", "rank", "seed_index", "method", "beta", "solved_at", "generations"]
+        )
+    )
     passk = tl.passk_table(per_run, k_max)
     difficulty = tl.difficulty_table(per_run, questions, k=k_max, bins=5)
     for df, name in ((passk, "tokenlevel_passk.csv"), (difficulty, "tokenlevel_difficulty.csv")):
@@ -198,10 +313,17 @@ def _execute(notebook: str, out_dir: str, tables_dir: str) -> str | None:
     name = Path(notebook).stem
     try:
         papermill.execute_notebook(
-            notebook, str(Path(out_dir).parent / f"{name}.ipynb"),
-            parameters={"tables_dir": tables_dir, "out_pdf": str(Path(out_dir) / f"{name}.pdf"),
-                        "out_png": str(Path(out_dir) / f"{name}.png")},
-            kernel_name="python3", cwd=str(REPO), progress_bar=False)
+            notebook,
+            str(Path(out_dir).parent / f"{name}.ipynb"),
+            parameters={
+                "tables_dir": tables_dir,
+                "out_pdf": str(Path(out_dir) / f"{name}.pdf"),
+                "out_png": str(Path(out_dir) / f"{name}.png"),
+            },
+            kernel_name="python3",
+            cwd=str(REPO),
+            progress_bar=False,
+        )
     except Exception as err:  # noqa: BLE001 -- reported by the test of this notebook
         return f"{type(err).__name__}: {err}"
     return None
@@ -218,8 +340,12 @@ def executed(tmp_path_factory) -> dict[tuple[str, str], tuple[Path, str | None]]
             tables = make_tables(root / variant / "tables", variant)
             for name in NOTEBOOKS:
                 out = root / variant / "figures"
-                jobs[variant, name] = (out, pool.submit(_execute, str(REPO / "notebooks" / f"{name}.ipynb"),
-                                                        str(out), str(tables)))
+                jobs[variant, name] = (
+                    out,
+                    pool.submit(
+                        _execute, str(REPO / "notebooks" / f"{name}.ipynb"), str(out), str(tables)
+                    ),
+                )
         return {key: (out, future.result()) for key, (out, future) in jobs.items()}
 
 

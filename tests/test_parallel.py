@@ -221,7 +221,9 @@ print(json.dumps({"pools": {f"{i['internal_api']}:{i['filepath']}": i["num_threa
 """
 
 
-@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="one core: every library defaults to 1 thread")
+@pytest.mark.skipif(
+    (os.cpu_count() or 1) < 2, reason="one core: every library defaults to 1 thread"
+)
 @pytest.mark.parametrize("order", ["torch-before", "torch-after"])
 def test_cap_threads_caps_blas_openmp_and_torch(order):
     """1 thread on a machine of 2 or more cores (each library's default: one per core): every BLAS
@@ -235,14 +237,26 @@ def test_cap_threads_caps_blas_openmp_and_torch(order):
     from repexp.parallel import THREAD_ENV
 
     env = {k: v for k, v in os.environ.items() if k not in THREAD_ENV}
-    out = subprocess.run([sys.executable, "-c", CAP_SCRIPT, order], check=True, capture_output=True, text=True,
-                         env=env)
+    out = subprocess.run(
+        [sys.executable, "-c", CAP_SCRIPT, order],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     got = json.loads(out.stdout)
     assert got["torch"] == 1 and got["env"] == "1"
-    assert any(k.startswith("openblas") for k in got["pools"]), got  # numpy's / scipy's BLAS was seen
+    assert any(k.startswith("openblas") for k in got["pools"]), (
+        got
+    )  # numpy's / scipy's BLAS was seen
     assert set(got["pools"].values()) == {1}, got
-    uncapped = subprocess.run([sys.executable, "-c", CAP_SCRIPT.replace("cap_threads(1)", "pass"), order],
-                              check=True, capture_output=True, text=True, env=env)
+    uncapped = subprocess.run(
+        [sys.executable, "-c", CAP_SCRIPT.replace("cap_threads(1)", "pass"), order],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert json.loads(uncapped.stdout)["torch"] > 1  # the check can fail: the default is more
 
 
@@ -256,9 +270,15 @@ def test_cap_threads_arguments():
 
 
 # CLIs that compute with torch, BLAS or worker processes: their rules pass the job's threads
-THREADED_CLIS = {("repexp.pools", ""), ("repexp.features", ""), ("repexp.inference", "select"),
-                 ("repexp.inference", "overview"), ("repexp.tokenlevel", "run"), ("repexp.score", ""),
-                 ("repexp.rl.evaluate", "questions")}
+THREADED_CLIS = {
+    ("repexp.pools", ""),
+    ("repexp.features", ""),
+    ("repexp.inference", "select"),
+    ("repexp.inference", "overview"),
+    ("repexp.tokenlevel", "run"),
+    ("repexp.score", ""),
+    ("repexp.rl.evaluate", "questions"),
+}
 
 
 def test_every_compute_rule_passes_its_threads():
@@ -272,6 +292,8 @@ def test_every_compute_rule_passes_its_threads():
             name = block.split(":")[0]
             clis = set(re.findall(r"-m (repexp[\w.]*)(?: (\w+))?", block)) & THREADED_CLIS
             if clis or name == "rl_train":  # rl_train: `accelerate launch ... -m repexp.rl.train`
-                assert re.search(r"--(threads|workers) \{threads\}", block), f"{smk.name}: rule {name}"
+                assert re.search(r"--(threads|workers) \{threads\}", block), (
+                    f"{smk.name}: rule {name}"
+                )
                 seen |= clis | {name}
     assert THREADED_CLIS | {"rl_train"} <= seen

@@ -45,8 +45,13 @@ from repexp.pools import (
 @pytest.fixture(scope="module")
 def questions():
     msgs = [[{"role": "user", "content": f"What is {i} + {i}?"}] for i in range(3)]
-    return pd.DataFrame({"qid": [f"q{i}" for i in range(3)], "prompt": [json.dumps(m) for m in msgs],
-                         "task": "gsm8k"})
+    return pd.DataFrame(
+        {
+            "qid": [f"q{i}" for i in range(3)],
+            "prompt": [json.dumps(m) for m in msgs],
+            "task": "gsm8k",
+        }
+    )
 
 
 def test_shards_cover_the_questions_once():
@@ -72,16 +77,31 @@ def test_sampler_validates():
 
 
 def test_pool_is_reproducible_and_independent_of_sharding(tiny, questions):
-    kw = dict(n=6, sampler=Sampler(), max_new_tokens=12, seed=3, seed_parts=("tiny", "gsm8k", "vanilla"),
-              batch_size=4, dtype="float32")
+    kw = dict(
+        n=6,
+        sampler=Sampler(),
+        max_new_tokens=12,
+        seed=3,
+        seed_parts=("tiny", "gsm8k", "vanilla"),
+        batch_size=4,
+        dtype="float32",
+    )
     a = generate_shard(tiny, questions, **kw)
     b = generate_shard(tiny, questions, **kw)
     pd.testing.assert_frame_equal(a, b)
     # a question's responses do not depend on the other questions of its shard
     c = generate_shard(tiny, questions.iloc[2:], **kw)
     pd.testing.assert_frame_equal(c.reset_index(drop=True), a[a.qid == "q2"].reset_index(drop=True))
-    assert list(a.columns) == ["qid", "sample", "prompt_ids", "response_ids", "text", "finish_reason",
-                               "logprob", "n_tokens"]
+    assert list(a.columns) == [
+        "qid",
+        "sample",
+        "prompt_ids",
+        "response_ids",
+        "text",
+        "finish_reason",
+        "logprob",
+        "n_tokens",
+    ]
     assert (a.groupby("qid")["sample"].apply(list) == [list(range(6))] * 3).all()
     assert set(a["finish_reason"]) <= {"stop", "length"}
     assert (a.loc[a.finish_reason == "length", "n_tokens"] == 12).all()
@@ -91,13 +111,23 @@ def test_logprob_and_finish_reason_match_a_forward_pass(tiny, questions):
     """The recorded log-prob is the raw model's, whatever the sampler; checked by a forward pass."""
     model, tok = load_model(tiny, dtype="float32"), load_tokenizer(tiny)
     prompt = prompt_ids_of(tok, json.loads(questions["prompt"][0]))
-    rows = generate_hf(model, tok, prompt, n=4, sampler=Sampler(temperature=1.5, min_p=0.05), max_new_tokens=10,
-                       seed=11, batch_size=4)
+    rows = generate_hf(
+        model,
+        tok,
+        prompt,
+        n=4,
+        sampler=Sampler(temperature=1.5, min_p=0.05),
+        max_new_tokens=10,
+        seed=11,
+        batch_size=4,
+    )
     for r in rows:
         ids = torch.tensor([prompt + r["response_ids"]])
         with torch.no_grad():
             logp = torch.log_softmax(model(ids).logits[0].double(), -1)
-        want = sum(float(logp[len(prompt) - 1 + t, tok_id]) for t, tok_id in enumerate(r["response_ids"]))
+        want = sum(
+            float(logp[len(prompt) - 1 + t, tok_id]) for t, tok_id in enumerate(r["response_ids"])
+        )
         assert r["logprob"] == pytest.approx(want, rel=1e-4, abs=1e-3)
         eos = r["response_ids"][-1] == tok.eos_token_id
         assert (r["finish_reason"] == "stop") == eos
@@ -112,7 +142,9 @@ def test_samplers_change_the_distribution(tiny, questions):
     nucleus = generate_hf(model, tok, prompt, sampler=Sampler(top_p=1e-9), **kw)
     # a tiny top-p keeps only the arg-max token (the random model is nearly uniform, so 0.01 would
     # keep ~1,500 tokens): every response is the greedy continuation
-    greedy = model.generate(torch.tensor([prompt]), max_new_tokens=6, do_sample=False)[0, len(prompt):].tolist()
+    greedy = model.generate(torch.tensor([prompt]), max_new_tokens=6, do_sample=False)[
+        0, len(prompt) :
+    ].tolist()
     for r in nucleus:
         assert r["response_ids"] == greedy[: len(r["response_ids"])]
     assert len({tuple(r["response_ids"]) for r in hot}) > 1
@@ -137,7 +169,12 @@ def test_vllm_sampling_params_set_every_field(monkeypatch):
     monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(SamplingParams=FakeParams))
     vllm_sampling_params(Sampler(temperature=1.5, min_p=0.05), n=64, max_new_tokens=512, seed=9)
     assert captured["n"] == 64 and captured["max_tokens"] == 512 and captured["seed"] == 9
-    assert (captured["temperature"], captured["top_p"], captured["min_p"], captured["top_k"]) == (1.5, 1.0, 0.05, 0)
+    assert (captured["temperature"], captured["top_p"], captured["min_p"], captured["top_k"]) == (
+        1.5,
+        1.0,
+        0.05,
+        0,
+    )
     assert captured["logprobs"] == 0 and captured["repetition_penalty"] == 1.0
     # the sum needs logprobs=0; the per-token entries as flat lists and without decoded strings
     assert captured["flat_logprobs"] is True and captured["detokenize"] is False
@@ -160,14 +197,18 @@ def test_pooled_states_match_a_hand_computation(tiny):
     rng = np.random.default_rng(0)
     prompts = [rng.integers(0, 1000, size=p).tolist() for p in (5, 9, 3, 7)]
     responses = [rng.integers(0, 1000, size=t).tolist() for t in (4, 1, 12, 6)]
-    feats = pooled_states(base, prompts, responses, batch_tokens=24)  # forces several padded batches
+    feats = pooled_states(
+        base, prompts, responses, batch_tokens=24
+    )  # forces several padded batches
     for i, (p, r) in enumerate(zip(prompts, responses, strict=True)):
         with torch.no_grad():
             h = base(torch.tensor([p + r])).last_hidden_state[0].numpy()  # alone, no padding
-        resp = h[len(p):]
+        resp = h[len(p) :]
         np.testing.assert_allclose(feats["mean"][i], resp.mean(0), rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(feats["last"][i], resp[-1], rtol=1e-5, atol=1e-5)
-        np.testing.assert_allclose(feats["penultimate"][i], resp[-2 if len(r) > 1 else -1], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(
+            feats["penultimate"][i], resp[-2 if len(r) > 1 else -1], rtol=1e-5, atol=1e-5
+        )
         assert not np.allclose(feats["mean"][i], h.mean(0))  # prompt positions are not pooled
 
 
@@ -182,15 +223,26 @@ def test_shared_prompt_kv_cache_path_matches_full_forward_passes(tiny):
     plain = pooled_states(base, prompts, responses, batch_tokens=20, share_prompts=False)
     for i, (p, r) in enumerate(zip(prompts, responses, strict=True)):
         with torch.no_grad():
-            resp = base(torch.tensor([p + r])).last_hidden_state[0, len(p):].numpy()
-        for name, want in (("mean", resp.mean(0)), ("last", resp[-1]), ("penultimate", resp[max(len(r) - 2, 0)])):
-            np.testing.assert_allclose(feats[name][i], want, rtol=1e-5, atol=1e-5, err_msg=f"{name} {i}")
-            np.testing.assert_allclose(plain[name][i], want, rtol=1e-5, atol=1e-5, err_msg=f"{name} {i}")
+            resp = base(torch.tensor([p + r])).last_hidden_state[0, len(p) :].numpy()
+        for name, want in (
+            ("mean", resp.mean(0)),
+            ("last", resp[-1]),
+            ("penultimate", resp[max(len(r) - 2, 0)]),
+        ):
+            np.testing.assert_allclose(
+                feats[name][i], want, rtol=1e-5, atol=1e-5, err_msg=f"{name} {i}"
+            )
+            np.testing.assert_allclose(
+                plain[name][i], want, rtol=1e-5, atol=1e-5, err_msg=f"{name} {i}"
+            )
 
 
 def test_cache_roundtrip_checksum_and_nan(tmp_path):
     rows = pd.DataFrame({"qid": ["a", "a", "b"], "sample": [0, 1, 0]})
-    feats = {"mean": np.arange(12, dtype=np.float32).reshape(3, 4), "last": np.ones((3, 4), np.float32)}
+    feats = {
+        "mean": np.arange(12, dtype=np.float32).reshape(3, 4),
+        "last": np.ones((3, 4), np.float32),
+    }
     write_cache(tmp_path / "s.json", feats, rows, model="m", dtype="float32", shard_name="s")
     got, got_rows = read_cache(tmp_path / "s.json", "mean")
     np.testing.assert_array_equal(got, feats["mean"])
@@ -208,7 +260,9 @@ def test_cache_roundtrip_checksum_and_nan(tmp_path):
     bad = {"mean": feats["mean"].copy()}
     bad["mean"][2, 1] = np.nan
     with pytest.raises(FeatureError, match="shard-7.*question b sample 0"):
-        write_cache(tmp_path / "t.json", bad, rows, model="m", dtype="float32", shard_name="shard-7")
+        write_cache(
+            tmp_path / "t.json", bad, rows, model="m", dtype="float32", shard_name="shard-7"
+        )
     assert not (tmp_path / "t.json").exists()
 
 
@@ -229,8 +283,16 @@ def test_length_batches_count_the_prompt_per_row():
 
 def _memory():
     # H = 8, 2 layers, 4 heads over 2 key/value heads of dim 2, I = 16, 2-byte dtype, 1000 B weights
-    return ForwardMemory(hidden=8, layers=2, heads=4, kv_heads=2, head_dim=2, intermediate=16,
-                         dtype_bytes=2, weight_bytes=1000)
+    return ForwardMemory(
+        hidden=8,
+        layers=2,
+        heads=4,
+        kv_heads=2,
+        head_dim=2,
+        intermediate=16,
+        dtype_bytes=2,
+        weight_bytes=1000,
+    )
 
 
 def test_forward_memory_by_hand():
@@ -254,10 +316,18 @@ def test_memory_budget_picks_the_rows_and_counts_the_prompt():
     lengths = np.array([12, 10, 9, 4])
     budget = m.batch(2, 12, 5)  # exactly two rows of width 12 after a 5-token prompt
     fits = lambda rows, width: m.batch(rows, width, 5) <= budget  # noqa: E731
-    assert [b.tolist() for b in length_batches(lengths, None, prefix=5, fits=fits)] == [[0, 1], [2, 3]]
+    assert [b.tolist() for b in length_batches(lengths, None, prefix=5, fits=fits)] == [
+        [0, 1],
+        [2, 3],
+    ]
     # a longer prompt (its cache and every row's attention to it) leaves room for fewer rows
     long = lambda rows, width: m.batch(rows, width, 20) <= budget  # noqa: E731
-    assert [b.tolist() for b in length_batches(lengths, None, prefix=20, fits=long)] == [[0], [1], [2], [3]]
+    assert [b.tolist() for b in length_batches(lengths, None, prefix=20, fits=long)] == [
+        [0],
+        [1],
+        [2],
+        [3],
+    ]
     # and a still longer one not even for one row: an error naming the key
     assert m.batch(1, 12, 20) <= budget < m.batch(1, 12, 60)
     check_fits(m, budget, 12, 20)
@@ -270,10 +340,17 @@ def test_forward_memory_reads_the_model(tiny):
     m = ForwardMemory.of_model(base)
     cfg = base.config
     assert (m.hidden, m.layers, m.heads, m.kv_heads, m.head_dim, m.intermediate, m.dtype_bytes) == (
-        cfg.hidden_size, cfg.num_hidden_layers, cfg.num_attention_heads, cfg.num_key_value_heads,
-        cfg.hidden_size // cfg.num_attention_heads, cfg.intermediate_size, 4)
+        cfg.hidden_size,
+        cfg.num_hidden_layers,
+        cfg.num_attention_heads,
+        cfg.num_key_value_heads,
+        cfg.hidden_size // cfg.num_attention_heads,
+        cfg.intermediate_size,
+        4,
+    )
     assert m.weight_bytes == 4 * sum(p.numel() for p in base.parameters()) + sum(
-        b.numel() * b.element_size() for b in base.buffers())
+        b.numel() * b.element_size() for b in base.buffers()
+    )
 
 
 def test_memory_planned_batches_give_the_same_features(tiny):
@@ -285,7 +362,9 @@ def test_memory_planned_batches_give_the_same_features(tiny):
     responses = [rng.integers(0, 1000, size=t).tolist() for t in (7, 3, 12, 5, 1, 4)]
     m = ForwardMemory.of_model(base)
     budget = m.batch(2, 12, 9)  # two rows per batch at most
-    planned = pooled_states(base, prompts, responses, batch_tokens=None, memory=m, memory_budget=budget)
+    planned = pooled_states(
+        base, prompts, responses, batch_tokens=None, memory=m, memory_budget=budget
+    )
     whole = pooled_states(base, prompts, responses, batch_tokens=None)
     for name in POOLINGS:
         np.testing.assert_allclose(planned[name], whole[name], rtol=1e-5, atol=1e-5)
@@ -305,11 +384,16 @@ def test_shared_prompt_cache_is_neither_copied_per_row_nor_grown(tiny):
         shared = shared_prefix_cache(cache)
         ids = torch.tensor([[1, 2, 3], [4, 5, 0]])
         mask = torch.tensor([[1] * 5 + [1, 1, 1], [1] * 5 + [1, 1, 0]])
-        h = base(input_ids=ids, attention_mask=mask, past_key_values=shared, use_cache=True).last_hidden_state
+        h = base(
+            input_ids=ids, attention_mask=mask, past_key_values=shared, use_cache=True
+        ).last_hidden_state
         full = base(torch.tensor([[11, 12, 13, 14, 15, 1, 2, 3]])).last_hidden_state
     torch.testing.assert_close(h[0], full[0, 5:], rtol=1e-5, atol=1e-5)
     for layer in shared.layers:
-        assert tuple(layer.keys.shape[:1]) + tuple(layer.keys.shape[2:3]) == (1, 5)  # batch 1, 5 tokens
+        assert tuple(layer.keys.shape[:1]) + tuple(layer.keys.shape[2:3]) == (
+            1,
+            5,
+        )  # batch 1, 5 tokens
     assert shared.get_seq_length() == 5
 
 
@@ -324,7 +408,9 @@ def test_load_model_puts_weights_straight_on_the_accelerator(monkeypatch):
             return self
 
         def to(self, *a, **k):
-            raise AssertionError("the model was moved after loading: it was materialised on the host first")
+            raise AssertionError(
+                "the model was moved after loading: it was materialised on the host first"
+            )
 
     def fake(path, **kw):
         calls.append(kw)
@@ -347,20 +433,28 @@ def test_quantize_groups_by_hand():
     q, lo, step = quantize_groups(x, groups)
     np.testing.assert_array_equal(lo, [[0, 1], [10, -4]])
     np.testing.assert_allclose(step, [[2 / 255, 2 / 255], [1, 1]])  # a constant column: step 1
-    np.testing.assert_array_equal(q, [[0, 0], [255, 255], [64, 64], [0, 0]])  # 0.5 / (2/255) = 63.75
+    np.testing.assert_array_equal(
+        q, [[0, 0], [255, 255], [64, 64], [0, 0]]
+    )  # 0.5 / (2/255) = 63.75
     back = dequantize_groups(q, lo, step, groups)
     np.testing.assert_allclose(back[[0, 1, 3]], x[[0, 1, 3]], atol=1e-6)
-    np.testing.assert_allclose(back[2], [64 * 2 / 255, 1 + 64 * 2 / 255], rtol=1e-6)  # within a half step
+    np.testing.assert_allclose(
+        back[2], [64 * 2 / 255, 1 + 64 * 2 / 255], rtol=1e-6
+    )  # within a half step
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16", "uint8"])
 def test_cache_dtypes_roundtrip_to_float64_within_their_precision(tmp_path, dtype):
     rng = np.random.default_rng(0)
     qids = ["a"] * 40 + ["b"] * 25 + ["c"] * 35
-    rows = pd.DataFrame({"qid": qids, "sample": list(range(40)) + list(range(25)) + list(range(35))})
+    rows = pd.DataFrame(
+        {"qid": qids, "sample": list(range(40)) + list(range(25)) + list(range(35))}
+    )
     x = (rng.normal(size=(100, 16)) * rng.uniform(0.1, 30, size=16)).astype(np.float32)
     x[:, 3] += 500.0  # an outlier dimension, as in LM hidden states
-    write_cache(tmp_path / "s.json", {"mean": x, "last": -x}, rows, model="m", dtype=dtype, shard_name="s")
+    write_cache(
+        tmp_path / "s.json", {"mean": x, "last": -x}, rows, model="m", dtype=dtype, shard_name="s"
+    )
     got, got_rows = read_cache(tmp_path / "s.json", "mean")
     assert got.dtype == np.float64 and got.shape == x.shape
     assert got_rows.values.tolist() == rows.values.tolist()
@@ -375,7 +469,9 @@ def test_cache_dtypes_roundtrip_to_float64_within_their_precision(tmp_path, dtyp
             half_step = (x[sel].max(0) - x[sel].min(0)) / 255 / 2
             assert np.all(np.abs(got[sel] - x[sel]) <= half_step * (1 + 1e-4) + 1e-4)
     size = (tmp_path / "s.safetensors").stat().st_size
-    assert cache_bytes(100, 3, 16, 2, dtype) <= size <= cache_bytes(100, 3, 16, 2, dtype) + 2048  # + header
+    assert (
+        cache_bytes(100, 3, 16, 2, dtype) <= size <= cache_bytes(100, 3, 16, 2, dtype) + 2048
+    )  # + header
     assert json.loads((tmp_path / "s.json").read_text())["dtype"] == dtype
 
 
@@ -389,7 +485,11 @@ class _FakeParams:
 
 class _Completion:
     def __init__(self, token_ids, finish_reason, cumulative_logprob):
-        self.token_ids, self.finish_reason, self.cumulative_logprob = token_ids, finish_reason, cumulative_logprob
+        self.token_ids, self.finish_reason, self.cumulative_logprob = (
+            token_ids,
+            finish_reason,
+            cumulative_logprob,
+        )
 
 
 class _Output:  # weak-referenceable, so the test can see whether a call's outputs are still held
@@ -409,8 +509,14 @@ class _FakeLLM:
 
     def generate(self, prompts, params, use_tqdm=True):
         gc.collect()
-        self.calls.append({"prompts": [p["prompt_token_ids"] for p in prompts], "seeds": [p.seed for p in params],
-                           "responses": sum(p.n for p in params), "held_before": len(self.alive)})
+        self.calls.append(
+            {
+                "prompts": [p["prompt_token_ids"] for p in prompts],
+                "seeds": [p.seed for p in params],
+                "responses": sum(p.n for p in params),
+                "held_before": len(self.alive),
+            }
+        )
         outs = []
         for prompt, sp in zip(prompts, params, strict=True):
             assert sp.logprobs == 0 and sp.flat_logprobs and not sp.detokenize
@@ -418,7 +524,9 @@ class _FakeLLM:
             for j in range(sp.n):
                 rng = np.random.default_rng([sp.seed, j, len(prompt["prompt_token_ids"])])
                 ids = rng.integers(100, 5000, size=int(rng.integers(1, 9))).tolist()
-                comps.append(_Completion(ids, "stop" if j % 2 else "length", float(-rng.random() * len(ids))))
+                comps.append(
+                    _Completion(ids, "stop" if j % 2 else "length", float(-rng.random() * len(ids)))
+                )
             out = _Output(comps)
             self.alive.add(out)
             outs.append(out)
@@ -428,7 +536,9 @@ class _FakeLLM:
 @pytest.fixture()
 def fake_vllm(monkeypatch):
     _FakeLLM.made = []
-    monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(LLM=_FakeLLM, SamplingParams=_FakeParams))
+    monkeypatch.setitem(
+        sys.modules, "vllm", types.SimpleNamespace(LLM=_FakeLLM, SamplingParams=_FakeParams)
+    )
     return _FakeLLM
 
 
@@ -441,8 +551,14 @@ def test_vllm_calls_split_questions_by_responses():
 def test_vllm_pool_is_generated_in_bounded_calls_with_the_same_seeds(tiny, questions, fake_vllm):
     """Calls of at most max(n, responses_per_call) responses; each question keeps its seed; the pool
     equals the one-call pool; a call's outputs are released before the next call."""
-    kw = dict(n=6, sampler=Sampler(), max_new_tokens=8, seed=3, seed_parts=("tiny", "gsm8k", "vanilla"),
-              backend="vllm")
+    kw = dict(
+        n=6,
+        sampler=Sampler(),
+        max_new_tokens=8,
+        seed=3,
+        seed_parts=("tiny", "gsm8k", "vanilla"),
+        backend="vllm",
+    )
     one_call = generate_shard(tiny, questions, responses_per_call=10**6, **kw)
     per_question = generate_shard(tiny, questions, responses_per_call=6, **kw)
     pairs = generate_shard(tiny, questions, responses_per_call=12, **kw)

@@ -35,7 +35,15 @@ rl:
 """
 INFERENCE = ("results/tables/stc.csv", "results/tables/questions.parquet")
 RL = ("results/tables/rl_passk.csv",)
-OPTIONS = ("-s", str(REPO / "Snakefile"), "--cores", "2", "--configfile", "config/test.yaml", "resume.yaml")
+OPTIONS = (
+    "-s",
+    str(REPO / "Snakefile"),
+    "--cores",
+    "2",
+    "--configfile",
+    "config/test.yaml",
+    "resume.yaml",
+)
 POOLS = Path("results/inference/pools/tiny-random/game24/vanilla")
 FEATURES = Path("results/inference/features/tiny-random/game24/vanilla")
 RUN = Path("results/rl/tiny-random/gsm8k/grpo/seed41")
@@ -52,9 +60,14 @@ def _run_dir(tmp_path: Path, name: str, wheel_dir: Path) -> Path:
 def _kill_when(cwd: Path, targets, ready, what: str, timeout: float = 600) -> None:
     """Start the workflow on ``targets``, SIGKILL its whole process group as soon as ``ready()``."""
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    proc = subprocess.Popen([sys.executable, "-m", "snakemake", *targets, *OPTIONS, "--rerun-incomplete"],
-                            cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "snakemake", *targets, *OPTIONS, "--rerun-incomplete"],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.time() + timeout
     while proc.poll() is None and time.time() < deadline and not ready():
         time.sleep(0.1)
@@ -92,15 +105,27 @@ def test_sigkill_in_pools_features_and_training_resumes_to_the_same_tables(tmp_p
     run = _run_dir(tmp_path, "killed", wheel_dir)
     pools, features, rl = run / POOLS, run / FEATURES, run / RUN
     # 1. in the middle of pool generation
-    _kill_when(run, INFERENCE, lambda: len(list(pools.glob("shard-*[0-9].parquet"))) >= 2, "pool generation")
+    _kill_when(
+        run,
+        INFERENCE,
+        lambda: len(list(pools.glob("shard-*[0-9].parquet"))) >= 2,
+        "pool generation",
+    )
     pools_done = _finished(pools, "shard-*[0-9].parquet")
     assert 1 <= len(pools_done) < 3 and not (run / INFERENCE[0]).exists()
     # 2. in the middle of feature caching
-    _kill_when(run, INFERENCE, lambda: len(list(features.glob("shard-*.json"))) >= 2, "feature caching")
+    _kill_when(
+        run, INFERENCE, lambda: len(list(features.glob("shard-*.json"))) >= 2, "feature caching"
+    )
     features_done = _finished(features, "shard-*.json")
     assert 1 <= len(features_done) < 3 and not (run / INFERENCE[0]).exists()
     # 3. in the middle of training: after the step-1 checkpoint, before the run is done
-    _kill_when(run, RL, lambda: any((rl / "checkpoints").glob("checkpoint-*/trainer_state.json")), "training")
+    _kill_when(
+        run,
+        RL,
+        lambda: any((rl / "checkpoints").glob("checkpoint-*/trainer_state.json")),
+        "training",
+    )
     assert not (rl / "done.json").exists() and (rl / "state" / "dev.csv").is_file()
     # 4. the rerun
     snakemake(*INFERENCE, *RL, *OPTIONS, "--rerun-incomplete", cwd=run, timeout=1800)
@@ -108,8 +133,14 @@ def test_sigkill_in_pools_features_and_training_resumes_to_the_same_tables(tmp_p
     _assert_kept(features, features_done)
     log = (run / "logs/rl_train/tiny-random/gsm8k/grpo/seed41.log").read_text()
     assert "resuming from" in log and "checkpoint-" in log
-    for table in (*INFERENCE, *RL, "results/tables/rl_dev.csv", "results/tables/rl_train.csv",
-                  "results/tables/rl_best.csv", "results/tables/rl_loglik.parquet"):
+    for table in (
+        *INFERENCE,
+        *RL,
+        "results/tables/rl_dev.csv",
+        "results/tables/rl_train.csv",
+        "results/tables/rl_best.csv",
+        "results/tables/rl_loglik.parquet",
+    ):
         pd.testing.assert_frame_equal(_table(run / table), _table(ref / table), obj=table)
     a = pd.concat(pd.read_parquet(p) for p in sorted(pools.glob("shard-*[0-9].parquet")))
     b = pd.concat(pd.read_parquet(p) for p in sorted((ref / POOLS).glob("shard-*[0-9].parquet")))

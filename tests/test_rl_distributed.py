@@ -347,13 +347,24 @@ def _check_repexp_step(launched):
         assert len(c["completion_ids"]) == SETTINGS["group_size"] and len(set(c["qid"])) == 1
         assert np.abs(c["features"]).sum(axis=1).min() > 0, f"rank {rank}: zero features"
         assert (c["bonus"] > 0).all(), f"rank {rank}: bonuses {c['bonus']}"
-        one = RepExpReward(launched.tiny, task="arith", group_size=SETTINGS["group_size"],
-                           beta=rs["beta"], proj_dim=rs["proj_dim"], seed=41,
-                           dtype=rs["feature_dtype"])
-        total = one(prompts=c["prompts"], completions=c["completions"],
-                    completion_ids=c["completion_ids"], answer=c["answer"],
-                    prompt_ids=c["prompt_ids"], qid=c["qid"],
-                    trainer_state=SimpleNamespace(global_step=c["step"]))
+        one = RepExpReward(
+            launched.tiny,
+            task="arith",
+            group_size=SETTINGS["group_size"],
+            beta=rs["beta"],
+            proj_dim=rs["proj_dim"],
+            seed=41,
+            dtype=rs["feature_dtype"],
+        )
+        total = one(
+            prompts=c["prompts"],
+            completions=c["completions"],
+            completion_ids=c["completion_ids"],
+            answer=c["answer"],
+            prompt_ids=c["prompt_ids"],
+            qid=c["qid"],
+            trainer_state=SimpleNamespace(global_step=c["step"]),
+        )
         np.testing.assert_allclose(c["features"], one.last["features"], rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(c["bonus"], one.last["bonus"], rtol=1e-5, atol=1e-7)
         np.testing.assert_allclose(c["total"], total, rtol=1e-6)

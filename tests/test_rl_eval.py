@@ -34,9 +34,19 @@ PROVENANCE = {"stage": "rl", "config_hash": "abcdef012345", "model": "tiny", "se
 # ------------------------------------------------------------------------------------------------
 def test_splits_of_follow_the_paper():
     assert ev.splits_of("gsm8k", {}) == ("gsm8k", "dev", "gsm8k", "test_rest")
-    assert ev.splits_of("math", ev.task_settings(PAPER_RL, "math")) == ("math", "dev", "math", "test_rest")
+    assert ev.splits_of("math", ev.task_settings(PAPER_RL, "math")) == (
+        "math",
+        "dev",
+        "math",
+        "test_rest",
+    )
     # DAPO: AIME 2024 is both the dev and the test set (paper.md 3.5)
-    assert ev.splits_of("dapo", ev.task_settings(PAPER_RL, "dapo")) == ("aime2024", "test", "aime2024", "test")
+    assert ev.splits_of("dapo", ev.task_settings(PAPER_RL, "dapo")) == (
+        "aime2024",
+        "test",
+        "aime2024",
+        "test",
+    )
     # a dev task with its own dev split gives dev + test_rest
     assert ev.splits_of("dapo", {"dev_task": "math"}) == ("math", "dev", "math", "test_rest")
     with pytest.raises(ValueError, match="no dev split"):
@@ -51,11 +61,18 @@ def test_task_settings_apply_overrides_and_train_settings_drop_the_grid():
     before = json.dumps(PAPER_RL, sort_keys=True)
     dapo = ev.task_settings(PAPER_RL, "dapo")
     assert "task_overrides" not in dapo
-    assert (dapo["max_response_length"], dapo["train_batch_prompts"], dapo["eval_every"]) == (8192, 512, 10)
+    assert (dapo["max_response_length"], dapo["train_batch_prompts"], dapo["eval_every"]) == (
+        8192,
+        512,
+        10,
+    )
     assert dapo["repexp"]["proj_dim"] == 128 and "proj_dim" not in dapo  # into the RepExp section
     assert dapo["dev_task"] == "aime2024"
     math_ = ev.task_settings(PAPER_RL, "math")
-    assert (math_["max_response_length"], math_["repexp"]["proj_dim"]) == (1024, 32) and "dev_task" not in math_
+    assert (math_["max_response_length"], math_["repexp"]["proj_dim"]) == (
+        1024,
+        32,
+    ) and "dev_task" not in math_
     assert json.dumps(PAPER_RL, sort_keys=True) == before  # the config is not mutated
     train = ev.train_settings(PAPER_RL, "dapo")
     assert not set(ev.GRID_KEYS) & set(train)
@@ -73,7 +90,10 @@ def test_run_names_round_trip():
 def test_pick_best_is_strictly_greater_with_step0_the_base_model():
     dev = pd.DataFrame({"step": [20, 0, 10, 30, 40], "dev_pass1": [0.6, 0.5, 0.6, np.nan, 0.55]})
     assert ev.pick_best(dev) == (10, 0.6)  # unsorted input; tie 10/20 -> the earlier; NaN skipped
-    assert ev.pick_best(pd.DataFrame({"step": [0, 5, 10], "dev_pass1": [0.3, 0.3, 0.1]})) == (0, 0.3)
+    assert ev.pick_best(pd.DataFrame({"step": [0, 5, 10], "dev_pass1": [0.3, 0.3, 0.1]})) == (
+        0,
+        0.3,
+    )
     assert ev.pick_best(pd.DataFrame({"step": [0, 5], "dev_pass1": [0.0, 0.0]})) == (0, 0.0)
     with pytest.raises(ValueError):
         ev.pick_best(pd.DataFrame({"step": [0], "dev_pass1": [np.nan]}))
@@ -91,13 +111,25 @@ def _questions(rows):
 def test_passk_table_by_hand():
     # n = 4 everywhere. pass@k = 1 - C(4-c, k)/C(4, k): c=0 -> 0,0,0; c=1 -> 1/4, 1/2, 1;
     # c=2 -> 1/2, 5/6, 1; c=4 -> 1, 1, 1 (k = 1, 2, 4)
-    q = _questions([
-        ("t", "base", None, "a", 4, 1), ("t", "base", None, "b", 4, 0),
-        ("t", "grpo", 1, "a", 4, 2), ("t", "grpo", 1, "b", 4, 0),
-        ("t", "grpo", 2, "a", 4, 4), ("t", "grpo", 2, "b", 4, 1),
-    ])
+    q = _questions(
+        [
+            ("t", "base", None, "a", 4, 1),
+            ("t", "base", None, "b", 4, 0),
+            ("t", "grpo", 1, "a", 4, 2),
+            ("t", "grpo", 1, "b", 4, 0),
+            ("t", "grpo", 2, "a", 4, 4),
+            ("t", "grpo", 2, "b", 4, 1),
+        ]
+    )
     got = ev.passk_table(q).set_index(["method", "k"])
-    assert list(got.index) == [("base", 1), ("base", 2), ("base", 4), ("grpo", 1), ("grpo", 2), ("grpo", 4)]
+    assert list(got.index) == [
+        ("base", 1),
+        ("base", 2),
+        ("base", 4),
+        ("grpo", 1),
+        ("grpo", 2),
+        ("grpo", 4),
+    ]
     base = got.loc["base"]
     np.testing.assert_allclose(base["mean"], [1 / 8, 1 / 4, 1 / 2])
     assert base["se"].isna().all() and (base["seeds"] == 1).all() and (base["questions"] == 2).all()
@@ -125,22 +157,39 @@ def test_efficiency_factor_closed_form():
     assert ev.efficiency_factor(ks, p, 0.5) == pytest.approx((4.0, 4.0))  # exactly on a point
     assert ev.efficiency_factor(ks, p, 0.05) == (1.0, 16.0)  # reached at k = 1: a lower bound
     assert all(math.isnan(v) for v in ev.efficiency_factor(ks, p, 0.8))  # never reached
-    assert ev.efficiency_factor(ks[::-1], p[::-1], 0.4)[0] == pytest.approx(math.sqrt(8))  # unsorted
+    assert ev.efficiency_factor(ks[::-1], p[::-1], 0.4)[0] == pytest.approx(
+        math.sqrt(8)
+    )  # unsorted
     assert ev.efficiency_factor(ks, p, 0.4, k_max=256)[1] == pytest.approx(256 / math.sqrt(8))
 
 
 def test_efficiency_table_rows_per_baseline():
     ks = [1, 2, 4, 8]
-    curves = {"repexp": [0.2, 0.4, 0.5, 0.6], "grpo": [0.3, 0.4, 0.42, 0.45], "base": [0.1, 0.3, 0.5, 0.7]}
-    passk = pd.DataFrame([{"task": "t", "method": m, "k": k, "mean": v}
-                          for m, vals in curves.items() for k, v in zip(ks, vals, strict=True)])
+    curves = {
+        "repexp": [0.2, 0.4, 0.5, 0.6],
+        "grpo": [0.3, 0.4, 0.42, 0.45],
+        "base": [0.1, 0.3, 0.5, 0.7],
+    }
+    passk = pd.DataFrame(
+        [
+            {"task": "t", "method": m, "k": k, "mean": v}
+            for m, vals in curves.items()
+            for k, v in zip(ks, vals, strict=True)
+        ]
+    )
     eff = ev.efficiency_table(passk).set_index("baseline")
     assert list(eff.index) == ["base", "grpo", "unlikeliness"]
     assert eff.loc["grpo", "k_star"] == pytest.approx(math.sqrt(8)) and eff.loc["grpo", "reached"]
-    assert eff.loc["grpo", "factor"] == pytest.approx(8 / math.sqrt(8)) and eff.loc["grpo", "note"] == ""
+    assert (
+        eff.loc["grpo", "factor"] == pytest.approx(8 / math.sqrt(8))
+        and eff.loc["grpo", "note"] == ""
+    )
     assert eff.loc["grpo", "baseline_at_kmax"] == 0.45 and eff.loc["grpo", "repexp_at_kmax"] == 0.6
     assert not eff.loc["base", "reached"] and "not reached" in eff.loc["base", "note"]
-    assert np.isnan(eff.loc["unlikeliness", "factor"]) and "no unlikeliness curve" in eff.loc["unlikeliness", "note"]
+    assert (
+        np.isnan(eff.loc["unlikeliness", "factor"])
+        and "no unlikeliness curve" in eff.loc["unlikeliness", "note"]
+    )
     zero = passk.assign(mean=np.where(passk["method"] == "grpo", 0.0, passk["mean"]))
     row = ev.efficiency_table(zero).set_index("baseline").loc["grpo"]
     assert np.isnan(row["factor"]) and not row["reached"] and "is 0: no factor" in row["note"]
@@ -186,21 +235,46 @@ def test_base_loglik_of_base_samples_is_the_pool_logprob(tiny_lm):
 
     model, tok = tiny_lm
     prompt = prompt_ids_of(tok, [{"role": "user", "content": "2 + 2?"}])
-    rows = generate_hf(model, tok, prompt, n=4, sampler=Sampler(), max_new_tokens=6, seed=3, batch_size=4)
+    rows = generate_hf(
+        model, tok, prompt, n=4, sampler=Sampler(), max_new_tokens=6, seed=3, batch_size=4
+    )
     total, _ = ev.base_loglik(model, [prompt] * 4, [r["response_ids"] for r in rows])
     np.testing.assert_allclose(total, [r["logprob"] for r in rows], atol=1e-3)
 
 
 def test_run_questions_counts_and_sample0():
-    pool = pd.DataFrame({"qid": ["b", "b", "a", "a", "a"], "sample": [1, 0, 0, 1, 2],
-                         "n_tokens": [3, 4, 5, 6, 7], "finish_reason": ["stop"] * 4 + ["length"],
-                         "logprob": [-1.0, -2.0, -3.0, -4.0, -5.0]})
-    scores = pd.DataFrame({"qid": ["a", "a", "a", "b", "b"], "sample": [0, 1, 2, 0, 1],
-                           "correct": [False, True, True, True, False]})
+    pool = pd.DataFrame(
+        {
+            "qid": ["b", "b", "a", "a", "a"],
+            "sample": [1, 0, 0, 1, 2],
+            "n_tokens": [3, 4, 5, 6, 7],
+            "finish_reason": ["stop"] * 4 + ["length"],
+            "logprob": [-1.0, -2.0, -3.0, -4.0, -5.0],
+        }
+    )
+    scores = pd.DataFrame(
+        {
+            "qid": ["a", "a", "a", "b", "b"],
+            "sample": [0, 1, 2, 0, 1],
+            "correct": [False, True, True, True, False],
+        }
+    )
     q = ev.run_questions(pool, scores, task="gsm8k", run="repexp/seed42").set_index("qid")
     assert list(q.index) == ["b", "a"]  # pool order
-    assert q.loc["a", ["n", "c", "n_tokens", "correct", "policy_logprob"]].tolist() == [3, 2, 5, False, -3.0]
-    assert q.loc["b", ["n", "c", "n_tokens", "correct", "policy_logprob"]].tolist() == [2, 1, 4, True, -2.0]
+    assert q.loc["a", ["n", "c", "n_tokens", "correct", "policy_logprob"]].tolist() == [
+        3,
+        2,
+        5,
+        False,
+        -3.0,
+    ]
+    assert q.loc["b", ["n", "c", "n_tokens", "correct", "policy_logprob"]].tolist() == [
+        2,
+        1,
+        4,
+        True,
+        -2.0,
+    ]
     assert set(q["method"]) == {"repexp"} and set(q["seed"]) == {42}
     with pytest.raises(ValueError, match="out of step"):
         ev.run_questions(pool, scores.iloc[:-1], task="gsm8k", run="base")
@@ -217,9 +291,16 @@ def test_hparams_table_renders_the_paper_config():
     spec = {"source": "hub", "repo_id": "Qwen/Qwen2.5-7B-Instruct"}
     t = ev.hparams_table(PAPER_RL, spec).set_index("key")
     assert list(t.columns) == ["section", "parameter", "math", "gsm8k", "dapo"]
-    assert t.loc["max_response_length", ["math", "gsm8k", "dapo"]].tolist() == ["1024", "1024", "8192"]
+    assert t.loc["max_response_length", ["math", "gsm8k", "dapo"]].tolist() == [
+        "1024",
+        "1024",
+        "8192",
+    ]
     assert t.loc["repexp.proj_dim", ["math", "dapo"]].tolist() == ["32", "128"]
-    assert t.loc["learning_rate", "math"] == "1e-06" and t.loc["model", "dapo"] == "Qwen/Qwen2.5-7B-Instruct"
+    assert (
+        t.loc["learning_rate", "math"] == "1e-06"
+        and t.loc["model", "dapo"] == "Qwen/Qwen2.5-7B-Instruct"
+    )
     assert t.loc["@test", ["gsm8k", "dapo"]].tolist() == ["gsm8k/test_rest", "aime2024/test"]
     assert t.loc["unlikeliness.beta_rank", "section"] == "Unlikeliness"
     assert t.loc["repexp.zero_if_none_correct", "math"] == "yes"
@@ -230,7 +311,9 @@ def test_hparams_table_renders_the_paper_config():
         if f.name not in ("repexp", "unlikeliness", "dev_task"):
             assert f.name in t.index, f.name
     assert t.loc["weight_decay", "math"] == "0.01"  # a trainer default the config does not set
-    assert t.loc["adv_eps", "math"] == "1e-06" and t.loc["adv_eps", "section"] == "GRPO (all methods)"  # verl's
+    assert (
+        t.loc["adv_eps", "math"] == "1e-06" and t.loc["adv_eps", "section"] == "GRPO (all methods)"
+    )  # verl's
 
 
 def test_hparams_table_lists_settings_it_has_no_label_for(monkeypatch):
@@ -254,7 +337,13 @@ def make_runs(root: Path, variant: str) -> tuple[list[Path], list[Path]]:
     """
     rng = np.random.default_rng(0)
     if variant == "rich":
-        tasks, methods, seeds, n, n_q = TASKS_RICH, ("grpo", "unlikeliness", "repexp"), (41, 42, 43), 64, 30
+        tasks, methods, seeds, n, n_q = (
+            TASKS_RICH,
+            ("grpo", "unlikeliness", "repexp"),
+            (41, 42, 43),
+            64,
+            30,
+        )
     else:
         tasks, methods, seeds, n, n_q = ("gsm8k",), ("grpo", "repexp"), (41,), 8, 4
     strength = {"base": 0.0, "grpo": 0.8, "unlikeliness": 0.4, "repexp": 0.3}
@@ -271,10 +360,22 @@ def make_runs(root: Path, variant: str) -> tuple[list[Path], list[Path]]:
             shift = {"base": 0.0, "grpo": 8.0, "unlikeliness": -2.0, "repexp": -6.0}[method]
             tokens = rng.integers(20, 120, size=n_q)
             loglik = -tokens * rng.uniform(0.2, 0.6, size=n_q) + shift
-            q = pd.DataFrame({"task": task, "method": method, "seed": seed, "qid": [f"q{i}" for i in range(n_q)],
-                              "n": n, "c": c, "n_tokens": tokens, "finish_reason": "stop",
-                              "correct": rng.random(n_q) < p, "policy_logprob": loglik + rng.normal(0, 1, n_q),
-                              "loglik_sum": loglik, "loglik_mean": loglik / tokens})
+            q = pd.DataFrame(
+                {
+                    "task": task,
+                    "method": method,
+                    "seed": seed,
+                    "qid": [f"q{i}" for i in range(n_q)],
+                    "n": n,
+                    "c": c,
+                    "n_tokens": tokens,
+                    "finish_reason": "stop",
+                    "correct": rng.random(n_q) < p,
+                    "policy_logprob": loglik + rng.normal(0, 1, n_q),
+                    "loglik_sum": loglik,
+                    "loglik_mean": loglik / tokens,
+                }
+            )
             if variant == "degenerate" and method == "repexp":
                 q.loc[0, ["loglik_sum", "loglik_mean"]] = [0.0, np.nan]  # an empty response
             q["seed"] = q["seed"].astype("Int64")
@@ -283,27 +384,49 @@ def make_runs(root: Path, variant: str) -> tuple[list[Path], list[Path]]:
             if method == "base":
                 continue
             steps = [0] if variant == "degenerate" else list(range(0, 60, 10))
-            dev = pd.DataFrame({"step": steps, "dev_pass1": np.round(0.3 + 0.05 * np.sqrt(steps) * strength[method]
-                                                                    + rng.normal(0, 0.01, len(steps)), 3),
-                                "dev_questions": n_q, "dev_samples": 8})
+            dev = pd.DataFrame(
+                {
+                    "step": steps,
+                    "dev_pass1": np.round(
+                        0.3
+                        + 0.05 * np.sqrt(steps) * strength[method]
+                        + rng.normal(0, 0.01, len(steps)),
+                        3,
+                    ),
+                    "dev_questions": n_q,
+                    "dev_samples": 8,
+                }
+            )
             step, pass1 = ev.pick_best(dev)
             dev.to_csv(run / "dev.csv", index=False)
             train_steps = np.arange(1, max(steps) + 1) if max(steps) else np.array([1])
-            log = pd.DataFrame({"step": train_steps, "loss": rng.normal(0, 0.1, len(train_steps)),
-                                "reward_correct": 0.3 + 0.002 * train_steps,
-                                "reward_bonus": 0.005 * (method == "repexp") * np.ones(len(train_steps)),
-                                "reward_total": 0.3 + 0.002 * train_steps, "seconds": 1.0})
+            log = pd.DataFrame(
+                {
+                    "step": train_steps,
+                    "loss": rng.normal(0, 0.1, len(train_steps)),
+                    "reward_correct": 0.3 + 0.002 * train_steps,
+                    "reward_bonus": 0.005 * (method == "repexp") * np.ones(len(train_steps)),
+                    "reward_total": 0.3 + 0.002 * train_steps,
+                    "seconds": 1.0,
+                }
+            )
             if variant == "rich":  # the shaping diagnostics (the degenerate runs predate them)
                 all_correct = np.clip(0.1 + 0.01 * train_steps, 0, 1)
-                log = log.assign(groups_all_correct=all_correct,
-                                 groups_reordered=all_correct * (method != "grpo"),
-                                 shaping_share=0.5 * all_correct * (method != "grpo"), adv_abs=0.8,
-                                 adv_abs_all_correct=0.6 * (method != "grpo"))
+                log = log.assign(
+                    groups_all_correct=all_correct,
+                    groups_reordered=all_correct * (method != "grpo"),
+                    shaping_share=0.5 * all_correct * (method != "grpo"),
+                    adv_abs=0.8,
+                    adv_abs_all_correct=0.6 * (method != "grpo"),
+                )
                 write_rollouts_and_sketch(run, task, method, seed, train_steps)
             log.to_csv(run / "train_log.csv", index=False)
             (run / "best").mkdir()
-            (run / "best.json").write_text(json.dumps({"step": step, "dev_pass1": pass1, "method": method,
-                                                       "seed": seed, "task": task}))
+            (run / "best.json").write_text(
+                json.dumps(
+                    {"step": step, "dev_pass1": pass1, "method": method, "seed": seed, "task": task}
+                )
+            )
             (run / "done.json").write_text("{}")
             done.append(run / "done.json")
     return qfiles, done
@@ -321,27 +444,76 @@ UPDATE = {"grpo": 1.0, "unlikeliness": 2.0, "repexp": 3.0}
 
 
 def write_rollouts_and_sketch(run: Path, task: str, method: str, seed: int, steps) -> None:
-    pd.DataFrame({"step": steps, "update": steps - 1, "rollouts": 4,
-                  "hashes": [" ".join(rollout_hashes(task, method, seed, s)) for s in steps]}).to_csv(
-        run / "rollouts.csv", index=False)
+    pd.DataFrame(
+        {
+            "step": steps,
+            "update": steps - 1,
+            "rollouts": 4,
+            "hashes": [" ".join(rollout_hashes(task, method, seed, s)) for s in steps],
+        }
+    ).to_csv(run / "rollouts.csv", index=False)
     base = np.arange(8, dtype=float)
     final = base.copy()
     final[seed % 8] += UPDATE[method]  # each method moves one coordinate of its own
-    np.savez(run / "weights_sketch.npz", names=np.array(["w"]), size=np.int64(8), seed=np.int64(0), final=final,
-             base=base)
+    np.savez(
+        run / "weights_sketch.npz",
+        names=np.array(["w"]),
+        size=np.int64(8),
+        seed=np.int64(0),
+        final=final,
+        base=base,
+    )
 
 
 def build_tables(root: Path, variant: str) -> Path:
     """The RL tables of ``variant`` written by the ``tables`` and ``hparams`` commands."""
     qfiles, done = make_runs(root / "runs", variant)
     out = root / "tables"
-    prov = ["--provenance", json.dumps(PROVENANCE)]  # as the workflow passes it: the tables carry it
-    assert ev.main(["tables", "--questions", *map(str, qfiles), "--runs", *map(str, done), "--out-dir", str(out),
-                    *prov]) == 0
-    rl = dict(PAPER_RL) if variant == "rich" else {**PAPER_RL, "tasks": ["gsm8k"], "seeds": [41],
-                                                  "methods": ["grpo", "repexp"], "task_overrides": {}}
-    assert ev.main(["hparams", "--rl", json.dumps(rl), "--model-spec", json.dumps({"source": "tiny_random"}),
-                    "--out", str(out / "rl_hparams.csv"), *prov]) == 0
+    prov = [
+        "--provenance",
+        json.dumps(PROVENANCE),
+    ]  # as the workflow passes it: the tables carry it
+    assert (
+        ev.main(
+            [
+                "tables",
+                "--questions",
+                *map(str, qfiles),
+                "--runs",
+                *map(str, done),
+                "--out-dir",
+                str(out),
+                *prov,
+            ]
+        )
+        == 0
+    )
+    rl = (
+        dict(PAPER_RL)
+        if variant == "rich"
+        else {
+            **PAPER_RL,
+            "tasks": ["gsm8k"],
+            "seeds": [41],
+            "methods": ["grpo", "repexp"],
+            "task_overrides": {},
+        }
+    )
+    assert (
+        ev.main(
+            [
+                "hparams",
+                "--rl",
+                json.dumps(rl),
+                "--model-spec",
+                json.dumps({"source": "tiny_random"}),
+                "--out",
+                str(out / "rl_hparams.csv"),
+                *prov,
+            ]
+        )
+        == 0
+    )
     return out
 
 
@@ -351,8 +523,16 @@ def test_tables_command_on_hand_made_runs(tmp_path):
     assert list(passk.columns[:7]) == ["task", "method", "k", "mean", "se", "seeds", "questions"]
     # provenance at the end: what the workflow passed, and the git commit and packages of this process
     assert [c for c in passk.columns if c.startswith("prov_")] == [
-        "prov_stage", "prov_git_commit", "prov_config_hash", "prov_model", "prov_seed", "prov_packages"]
-    assert (passk["prov_config_hash"] == PROVENANCE["config_hash"]).all() and (passk["prov_model"] == "tiny").all()
+        "prov_stage",
+        "prov_git_commit",
+        "prov_config_hash",
+        "prov_model",
+        "prov_seed",
+        "prov_packages",
+    ]
+    assert (passk["prov_config_hash"] == PROVENANCE["config_hash"]).all() and (
+        passk["prov_model"] == "tiny"
+    ).all()
     assert (passk["prov_seed"].astype(str) == "41,42,43").all()
     assert (passk["prov_packages"] == provenance.packages()).all()
     assert passk["prov_git_commit"].nunique() == 1
@@ -361,47 +541,76 @@ def test_tables_command_on_hand_made_runs(tmp_path):
     assert passk.loc[passk["method"] == "base", "se"].isna().all()
     assert (passk.loc[passk["method"] != "base", "seeds"] == 3).all()
     # the table agrees with a direct computation for one cell
-    q = pd.read_parquet(out.parent / "runs" / "rl" / "math" / "grpo" / "seed42" / "test" / "questions.parquet")
+    q = pd.read_parquet(
+        out.parent / "runs" / "rl" / "math" / "grpo" / "seed42" / "test" / "questions.parquet"
+    )
     assert ev.passk_table(q).query("k == 4")["mean"].iloc[0] == pytest.approx(
-        np.mean([1 - math.comb(64 - c, 4) / math.comb(64, 4) for c in q["c"]]))
+        np.mean([1 - math.comb(64 - c, 4) / math.comb(64, 4) for c in q["c"]])
+    )
     eff = pd.read_csv(out / "rl_efficiency.csv")
     assert len(eff) == 9 and set(eff["baseline"]) == {"base", "grpo", "unlikeliness"}
     best = pd.read_csv(out / "rl_best.csv")
     assert len(best) == 27 and best["agrees_with_dev_csv"].all()
     dev = pd.read_csv(out / "rl_dev.csv")
-    assert list(dev.columns[:3]) == ["task", "method", "seed"] and dev.groupby(["task", "method", "seed"])["best"].sum().eq(1).all()
+    assert (
+        list(dev.columns[:3]) == ["task", "method", "seed"]
+        and dev.groupby(["task", "method", "seed"])["best"].sum().eq(1).all()
+    )
     train = pd.read_csv(out / "rl_train.csv")
     assert list(train.columns[:4]) == ["task", "method", "seed", "step"] and len(train) == 27 * 50
     loglik = pd.read_parquet(out / "rl_loglik.parquet")
-    assert len(loglik) == 3 * 10 * 30 and {"loglik_sum", "loglik_mean", "policy_logprob"} <= set(loglik.columns)
+    assert len(loglik) == 3 * 10 * 30 and {"loglik_sum", "loglik_mean", "policy_logprob"} <= set(
+        loglik.columns
+    )
     assert loglik.loc[loglik["method"] == "base", "seed"].isna().all()
-    assert "prov_seed" not in loglik and (loglik["prov_config_hash"] == PROVENANCE["config_hash"]).all()
+    assert (
+        "prov_seed" not in loglik
+        and (loglik["prov_config_hash"] == PROVENANCE["config_hash"]).all()
+    )
     for name in ("rl_efficiency.csv", "rl_best.csv", "rl_dev.csv", "rl_train.csv"):
         table = pd.read_csv(out / name, dtype={"prov_config_hash": str})
         assert (table["prov_config_hash"] == PROVENANCE["config_hash"]).all(), name
     # each method's run against GRPO's of the same seed (hand-made: step 1 agrees, then
     # DIFFERING[method] of 4 rollouts per step differ; the final weights differ in one coordinate)
     div = pd.read_csv(out / "rl_divergence.csv")
-    assert len(div) == 3 * 3 * 2 and set(div["versus"]) == {"grpo"} and set(div["method"]) == {"unlikeliness", "repexp"}
+    assert (
+        len(div) == 3 * 3 * 2
+        and set(div["versus"]) == {"grpo"}
+        and set(div["method"]) == {"unlikeliness", "repexp"}
+    )
     row = div[(div["task"] == "math") & (div["seed"] == 42) & (div["method"] == "repexp")].iloc[0]
     assert (row["steps"], row["steps_differing"], row["first_step_differing"]) == (50, 49, 2)
     assert (row["rollouts"], row["rollouts_differing"]) == (200, 49 * 3)
     assert row["frac_rollouts_differing"] == pytest.approx(49 * 3 / 200)
     # same coordinate (seed % 8): |3 - 1| = 2, GRPO's update 1, GRPO's final weights (0..7, +1 at index 2)
-    assert (row["weights_l2"], row["weights_rel_update"], row["update_l2"], row["versus_update_l2"]) == (2, 2, 3, 1)
-    assert row["weights_rel_weights"] == pytest.approx(2 / np.sqrt(sum(x * x for x in range(8)) + 2 * 2 + 1))
+    assert (
+        row["weights_l2"],
+        row["weights_rel_update"],
+        row["update_l2"],
+        row["versus_update_l2"],
+    ) == (2, 2, 3, 1)
+    assert row["weights_rel_weights"] == pytest.approx(
+        2 / np.sqrt(sum(x * x for x in range(8)) + 2 * 2 + 1)
+    )
     assert (div["prov_config_hash"].astype(str) == PROVENANCE["config_hash"]).all()
     hp = pd.read_csv(out / "rl_hparams.csv")
     assert list(hp.columns) == ["section", "parameter", "key", "math", "gsm8k", "dapo"]
-    rows = hp[hp["section"] == "provenance"].set_index("key")  # a key/value table: provenance as rows
-    assert (rows.loc["prov_config_hash", ["math", "gsm8k", "dapo"]] == PROVENANCE["config_hash"]).all()
+    rows = hp[hp["section"] == "provenance"].set_index(
+        "key"
+    )  # a key/value table: provenance as rows
+    assert (
+        rows.loc["prov_config_hash", ["math", "gsm8k", "dapo"]] == PROVENANCE["config_hash"]
+    ).all()
 
 
 def test_rollout_divergence_by_hand():
     a = pd.DataFrame({"step": [1, 2, 3], "hashes": ["x y z", "p q r", "u v"]})
     b = pd.DataFrame({"step": [1, 2, 4], "hashes": ["x y z", "p Q r", "u v"]})
     r = ev.rollout_divergence(a, b)
-    assert r["per_step"].values.tolist() == [[1, 3, 0], [2, 3, 1]]  # step 3 / 4: only one run has it
+    assert r["per_step"].values.tolist() == [
+        [1, 3, 0],
+        [2, 3, 1],
+    ]  # step 3 / 4: only one run has it
     assert (r["steps"], r["steps_differing"], r["first_step_differing"]) == (2, 1, 2)
     assert (r["rollouts"], r["rollouts_differing"], r["frac_rollouts_differing"]) == (6, 1, 1 / 6)
     same = ev.rollout_divergence(a, a)
@@ -417,19 +626,35 @@ def test_weight_sketch_estimates_the_distance_of_sparse_and_dense_updates(tmp_pa
     from safetensors.numpy import save_file
 
     rng = np.random.default_rng(0)
-    base = {"embed.weight": rng.normal(size=(5000, 64)).astype(np.float32),
-            "layer.weight": rng.normal(size=(256, 256)).astype(np.float32),
-            "layer.bias": rng.normal(size=256).astype(np.float32), "scale": np.float32(rng.normal(size=()))}
+    base = {
+        "embed.weight": rng.normal(size=(5000, 64)).astype(np.float32),
+        "layer.weight": rng.normal(size=(256, 256)).astype(np.float32),
+        "layer.bias": rng.normal(size=256).astype(np.float32),
+        "scale": np.float32(rng.normal(size=())),
+    }
     dense = {k: (rng.normal(size=np.shape(v)) * 1e-3).astype(np.float32) for k, v in base.items()}
-    runs = {"base": base, "a": {k: v + dense[k] for k, v in base.items()}, "b": {k: v + dense[k] for k, v in base.items()}}
+    runs = {
+        "base": base,
+        "a": {k: v + dense[k] for k, v in base.items()},
+        "b": {k: v + dense[k] for k, v in base.items()},
+    }
     runs["b"]["embed.weight"] = runs["b"]["embed.weight"].copy()
     runs["b"]["embed.weight"][[3, 77, 4000]] += 0.05  # sparse: three rows
-    runs["b"]["layer.weight"] = runs["b"]["layer.weight"] + np.float32(2e-4) * rng.normal(size=(256, 256)).astype(np.float32)
+    runs["b"]["layer.weight"] = runs["b"]["layer.weight"] + np.float32(2e-4) * rng.normal(
+        size=(256, 256)
+    ).astype(np.float32)
     for name, tensors in runs.items():
         (tmp_path / name).mkdir()
-        save_file({k: np.asarray(v) for k, v in tensors.items()}, tmp_path / name / "model.safetensors")
-    exact = ev.weight_divergence(*(ev.weight_sketch(tmp_path / r, tmp_path / "base", size=None) for r in "ab"))
-    flat = {r: np.concatenate([np.asarray(runs[r][k], np.float64).ravel() for k in sorted(base)]) for r in runs}
+        save_file(
+            {k: np.asarray(v) for k, v in tensors.items()}, tmp_path / name / "model.safetensors"
+        )
+    exact = ev.weight_divergence(
+        *(ev.weight_sketch(tmp_path / r, tmp_path / "base", size=None) for r in "ab")
+    )
+    flat = {
+        r: np.concatenate([np.asarray(runs[r][k], np.float64).ravel() for k in sorted(base)])
+        for r in runs
+    }
     assert exact["l2"] == pytest.approx(np.linalg.norm(flat["a"] - flat["b"]), rel=1e-12)
     assert exact["update_b"] == pytest.approx(np.linalg.norm(flat["b"] - flat["base"]), rel=1e-12)
     assert exact["rel_weights"] == pytest.approx(exact["l2"] / np.linalg.norm(flat["b"]), rel=1e-12)
@@ -437,7 +662,9 @@ def test_weight_sketch_estimates_the_distance_of_sparse_and_dense_updates(tmp_pa
         paths = []
         for r in "ab":
             paths.append(tmp_path / f"{r}-{seed}.npz")
-            ev.write_weight_sketch(tmp_path / r, tmp_path / "base", paths[-1], size=2**12, seed=seed)
+            ev.write_weight_sketch(
+                tmp_path / r, tmp_path / "base", paths[-1], size=2**12, seed=seed
+            )
         est = ev.weight_divergence(*paths)
         # 2^12 buckets: relative standard deviation of a squared norm <= sqrt(2 / 2^12) = 2.2%
         for key in ("l2", "update_a", "update_b", "rel_update"):
@@ -450,11 +677,24 @@ def test_tables_flag_a_best_json_that_disagrees_with_dev_csv(tmp_path, caplog):
     qfiles, done = make_runs(tmp_path / "runs", "degenerate")
     best = done[0].parent / "best.json"
     info = json.loads(best.read_text())
-    pd.DataFrame({"step": [0, 10], "dev_pass1": [0.5, 0.4], "dev_questions": 4, "dev_samples": 8}).to_csv(
-        done[0].parent / "dev.csv", index=False)
+    pd.DataFrame(
+        {"step": [0, 10], "dev_pass1": [0.5, 0.4], "dev_questions": 4, "dev_samples": 8}
+    ).to_csv(done[0].parent / "dev.csv", index=False)
     best.write_text(json.dumps({**info, "step": 10, "dev_pass1": 0.4}))
-    assert ev.main(["tables", "--questions", *map(str, qfiles), "--runs", *map(str, done),
-                    "--out-dir", str(tmp_path / "t")]) == 0
+    assert (
+        ev.main(
+            [
+                "tables",
+                "--questions",
+                *map(str, qfiles),
+                "--runs",
+                *map(str, done),
+                "--out-dir",
+                str(tmp_path / "t"),
+            ]
+        )
+        == 0
+    )
     rows = pd.read_csv(tmp_path / "t" / "rl_best.csv")
     assert rows["agrees_with_dev_csv"].tolist() == [False, True]
     assert "best.json says step 10" in caplog.text
@@ -463,7 +703,14 @@ def test_tables_flag_a_best_json_that_disagrees_with_dev_csv(tmp_path, caplog):
 # ------------------------------------------------------------------------------------------------
 # the notebooks
 # ------------------------------------------------------------------------------------------------
-NOTEBOOKS = ["rl_passk", "rl_passk_alt", "rl_loglik", "rl_loglik_tasks", "rl_training", "rl_hparams"]
+NOTEBOOKS = [
+    "rl_passk",
+    "rl_passk_alt",
+    "rl_loglik",
+    "rl_loglik_tasks",
+    "rl_training",
+    "rl_hparams",
+]
 VARIANTS = ["rich", "degenerate"]
 
 
@@ -471,10 +718,17 @@ def _execute(notebook: str, out_dir: str, tables_dir: str) -> str | None:
     name = Path(notebook).stem
     try:
         papermill.execute_notebook(
-            notebook, str(Path(out_dir).parent / f"{name}.ipynb"),
-            parameters={"tables_dir": tables_dir, "out_pdf": str(Path(out_dir) / f"{name}.pdf"),
-                        "out_png": str(Path(out_dir) / f"{name}.png")},
-            kernel_name="python3", cwd=str(REPO), progress_bar=False)
+            notebook,
+            str(Path(out_dir).parent / f"{name}.ipynb"),
+            parameters={
+                "tables_dir": tables_dir,
+                "out_pdf": str(Path(out_dir) / f"{name}.pdf"),
+                "out_png": str(Path(out_dir) / f"{name}.png"),
+            },
+            kernel_name="python3",
+            cwd=str(REPO),
+            progress_bar=False,
+        )
     except Exception as err:  # noqa: BLE001 -- reported by the test of this notebook
         return f"{type(err).__name__}: {err}"
     return None
@@ -489,8 +743,12 @@ def executed(tmp_path_factory):
             tables = build_tables(root / variant, variant)
             for name in NOTEBOOKS:
                 out = root / variant / "figures"
-                jobs[variant, name] = (out, pool.submit(_execute, str(REPO / "notebooks" / f"{name}.ipynb"),
-                                                        str(out), str(tables)))
+                jobs[variant, name] = (
+                    out,
+                    pool.submit(
+                        _execute, str(REPO / "notebooks" / f"{name}.ipynb"), str(out), str(tables)
+                    ),
+                )
         return {key: (out, future.result()) for key, (out, future) in jobs.items()}
 
 
@@ -527,4 +785,6 @@ def test_degenerate_notes_are_visible(executed):
     note = plots.rl_method_notes(passk)
     assert "no Unlikeliness" in note and "one seed per method" in note
     nb = nbformat.read(out.parent / "rl_passk.ipynb", as_version=4)
-    assert "plots.rl_method_notes(passk)" in "\n".join(c.source for c in nb.cells)  # the suptitle's note
+    assert "plots.rl_method_notes(passk)" in "\n".join(
+        c.source for c in nb.cells
+    )  # the suptitle's note

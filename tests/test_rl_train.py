@@ -20,9 +20,17 @@ from repexp.tasks import Task, build_table, get_task
 from repexp.tasks.sources import TaskDataError
 
 SETTINGS = {
-    "group_size": 4, "train_batch_prompts": 2, "mini_batch_prompts": 1, "micro_batch_size": 4,
-    "max_prompt_length": 256, "max_response_length": 8, "eval_every": 1, "max_steps": 2, "dev_samples": 2,
-    "learning_rate": 0.01, "repexp": {"proj_dim": 16, "feature_dtype": "float32"},
+    "group_size": 4,
+    "train_batch_prompts": 2,
+    "mini_batch_prompts": 1,
+    "micro_batch_size": 4,
+    "max_prompt_length": 256,
+    "max_response_length": 8,
+    "eval_every": 1,
+    "max_steps": 2,
+    "dev_samples": 2,
+    "learning_rate": 0.01,
+    "repexp": {"proj_dim": 16, "feature_dtype": "float32"},
 }
 
 
@@ -45,10 +53,33 @@ def coin_checker(monkeypatch):
 def cli(tiny, tables, out, method, settings=SETTINGS, extra=()):
     from repexp.rl.train import main
 
-    return main(["--model", str(tiny), "--model-name", "tiny-random", "--task", "arith",
-                 "--train", str(tables / "train.parquet"), "--dev", str(tables / "dev.parquet"),
-                 "--method", method, "--seed", "41", "--settings", json.dumps(settings), "--source", "offline",
-                 "--threads", "1", "--out", str(out), *extra])
+    return main(
+        [
+            "--model",
+            str(tiny),
+            "--model-name",
+            "tiny-random",
+            "--task",
+            "arith",
+            "--train",
+            str(tables / "train.parquet"),
+            "--dev",
+            str(tables / "dev.parquet"),
+            "--method",
+            method,
+            "--seed",
+            "41",
+            "--settings",
+            json.dumps(settings),
+            "--source",
+            "offline",
+            "--threads",
+            "1",
+            "--out",
+            str(out),
+            *extra,
+        ]
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -56,18 +87,33 @@ def cli(tiny, tables, out, method, settings=SETTINGS, extra=()):
 # ------------------------------------------------------------------------------------------------
 def test_arith_task_splits_answers_and_checker(wheel_dir):
     task = get_task("arith")
-    tables = {s: build_table(task, s, wheel_dir=wheel_dir) for s in ("test", "train", "dev", "test_rest")}
-    assert {s: len(t) for s, t in tables.items()} == {"test": 60, "train": 40, "dev": 30, "test_rest": 30}
+    tables = {
+        s: build_table(task, s, wheel_dir=wheel_dir) for s in ("test", "train", "dev", "test_rest")
+    }
+    assert {s: len(t) for s, t in tables.items()} == {
+        "test": 60,
+        "train": 40,
+        "dev": 30,
+        "test_rest": 30,
+    }
     assert not set(tables["train"]["qid"]) & set(tables["test"]["qid"])
-    assert list(tables["dev"]["qid"]) + list(tables["test_rest"]["qid"]) == list(tables["test"]["qid"])
+    assert list(tables["dev"]["qid"]) + list(tables["test_rest"]["qid"]) == list(
+        tables["test"]["qid"]
+    )
     ops = set()
     for q, a in zip(tables["train"]["question"], tables["train"]["answer"], strict=True):
         x, op, y = q.rsplit(":", 1)[1].strip().rstrip("=").split()
         ops.add(op)
-        assert 0 <= int(x) <= 9 and 0 <= int(y) <= 9 and int(a) == (int(x) + int(y) if op == "+" else int(x) - int(y))
+        assert (
+            0 <= int(x) <= 9
+            and 0 <= int(y) <= 9
+            and int(a) == (int(x) + int(y) if op == "+" else int(x) - int(y))
+        )
     assert ops == {"+", "-"}
     msgs = json.loads(tables["dev"]["prompt"].iloc[0])
-    assert msgs[0]["content"].endswith('=\nLet\'s think step by step and output the final answer after "####".')
+    assert msgs[0]["content"].endswith(
+        '=\nLet\'s think step by step and output the final answer after "####".'
+    )
     # the gsm8k checker with the last-number fallback (always on for this task)
     assert task.score("-2", "So 7 - 9 = -2.") == 1.0 and task.score("-2", "#### -2") == 1.0
     assert task.score("3", "3 + 1 = 4") == 0.0 and task.score("3", "#### 4, not 3") == 0.0
@@ -83,12 +129,16 @@ def test_arith_difficulty_is_a_task_option(wheel_dir, tmp_path):
     plus = get_task("arith", chain_sum={"operators": "+"})
     test, train = (build_table(plus, s, wheel_dir=wheel_dir) for s in ("test", "train"))
     pairs = set()
-    for q, a in zip([*test["question"], *train["question"]], [*test["answer"], *train["answer"]], strict=True):
+    for q, a in zip(
+        [*test["question"], *train["question"]], [*test["answer"], *train["answer"]], strict=True
+    ):
         x, op, y = q.rsplit(":", 1)[1].strip().rstrip("=").split()
         assert op == "+" and int(a) == int(x) + int(y)
         pairs.add((int(x), int(y)))
     assert pairs == {(x, y) for x in range(10) for y in range(10)}
-    hard = build_table(get_task("arith", chain_sum={"terms": 3, "digits": 2}), "dev", wheel_dir=wheel_dir)
+    hard = build_table(
+        get_task("arith", chain_sum={"terms": 3, "digits": 2}), "dev", wheel_dir=wheel_dir
+    )
     for q, a in zip(hard["question"], hard["answer"], strict=True):
         expr = q.rsplit(":", 1)[1].strip().rstrip("=")
         terms = expr.split()[::2]
@@ -101,8 +151,23 @@ def test_arith_difficulty_is_a_task_option(wheel_dir, tmp_path):
         get_task("arith", chain_sum={"term": 3})
     # the CLI of the prepare_task rule takes it as JSON
     out = tmp_path / "train.parquet"
-    assert tasks_cli(["--task", "arith", "--split", "train", "--chain-sum", '{"operators": "+"}', "--wheel-dir",
-                      str(wheel_dir), "--out", str(out)]) == 0
+    assert (
+        tasks_cli(
+            [
+                "--task",
+                "arith",
+                "--split",
+                "train",
+                "--chain-sum",
+                '{"operators": "+"}',
+                "--wheel-dir",
+                str(wheel_dir),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert pd.read_parquet(out)["qid"].tolist() == train["qid"].tolist()
 
 
@@ -110,32 +175,62 @@ def test_arith_difficulty_is_a_task_option(wheel_dir, tmp_path):
 # batch layout and config
 # ------------------------------------------------------------------------------------------------
 def test_batch_layout_maps_verl_batches_to_trl():
-    paper = RLSettings.from_dict({"train_batch_prompts": 1024, "mini_batch_prompts": 256, "micro_batch_size": 16})
+    paper = RLSettings.from_dict(
+        {"train_batch_prompts": 1024, "mini_batch_prompts": 256, "micro_batch_size": 16}
+    )
     lay = batch_layout(paper, num_processes=8)
     # 256 prompts x 8 = 2048 rollouts per update = 16 per device x 8 GPUs x 16 accumulation steps
-    assert (lay.per_device_train_batch_size, lay.gradient_accumulation_steps, lay.steps_per_generation) == (16, 16, 64)
+    assert (
+        lay.per_device_train_batch_size,
+        lay.gradient_accumulation_steps,
+        lay.steps_per_generation,
+    ) == (16, 16, 64)
     assert lay.per_process_generation_batch == 1024 * 8 // 8 and paper.updates_per_step == 4
-    cpu = batch_layout(RLSettings.from_dict({"train_batch_prompts": 2, "mini_batch_prompts": 2,
-                                             "micro_batch_size": 8}), num_processes=1)
-    assert (cpu.per_device_train_batch_size, cpu.gradient_accumulation_steps, cpu.steps_per_generation) == (8, 2, 2)
+    cpu = batch_layout(
+        RLSettings.from_dict(
+            {"train_batch_prompts": 2, "mini_batch_prompts": 2, "micro_batch_size": 8}
+        ),
+        num_processes=1,
+    )
+    assert (
+        cpu.per_device_train_batch_size,
+        cpu.gradient_accumulation_steps,
+        cpu.steps_per_generation,
+    ) == (8, 2, 2)
 
 
 def test_a_group_split_across_processes_fails_clearly():
     # 3 processes share 2 prompts x 8 rollouts: 16 is not a multiple of 3 x micro-batch 8
     with pytest.raises(ValueError, match="not a multiple of micro_batch_size"):
-        batch_layout(RLSettings.from_dict({"train_batch_prompts": 2, "mini_batch_prompts": 2,
-                                           "micro_batch_size": 8}), num_processes=3)
+        batch_layout(
+            RLSettings.from_dict(
+                {"train_batch_prompts": 2, "mini_batch_prompts": 2, "micro_batch_size": 8}
+            ),
+            num_processes=3,
+        )
     # 3 prompts x 8 = 24 rollouts over 3 processes with micro-batch 4: 2 steps per generation, so
     # 8 rollouts per process = one whole group each
-    batch_layout(RLSettings.from_dict({"train_batch_prompts": 3, "mini_batch_prompts": 3,
-                                       "micro_batch_size": 4}), num_processes=3)
+    batch_layout(
+        RLSettings.from_dict(
+            {"train_batch_prompts": 3, "mini_batch_prompts": 3, "micro_batch_size": 4}
+        ),
+        num_processes=3,
+    )
     # the same over 2 processes: 12 rollouts each, so the second group straddles them
     with pytest.raises(ValueError, match="split\\s+across processes"):
-        check_group_layout(per_device_train_batch_size=4, steps_per_generation=3, num_processes=2, group_size=8)
+        check_group_layout(
+            per_device_train_batch_size=4, steps_per_generation=3, num_processes=2, group_size=8
+        )
     with pytest.raises(ValueError, match="split"):
-        batch_layout(RLSettings.from_dict({"train_batch_prompts": 3, "mini_batch_prompts": 3,
-                                           "micro_batch_size": 4}), num_processes=2)
-    check_group_layout(per_device_train_batch_size=4, steps_per_generation=2, num_processes=2, group_size=8)
+        batch_layout(
+            RLSettings.from_dict(
+                {"train_batch_prompts": 3, "mini_batch_prompts": 3, "micro_batch_size": 4}
+            ),
+            num_processes=2,
+        )
+    check_group_layout(
+        per_device_train_batch_size=4, steps_per_generation=2, num_processes=2, group_size=8
+    )
 
 
 def test_settings_reject_unknown_keys_and_bad_batches():
@@ -144,19 +239,44 @@ def test_settings_reject_unknown_keys_and_bad_batches():
     with pytest.raises(ValueError, match="multiple of"):
         RLSettings.from_dict({"train_batch_prompts": 6, "mini_batch_prompts": 4})
     # the grid keys of the rl section are accepted and ignored
-    assert RLSettings.from_dict({"seeds": [41], "tasks": ["arith"], "dev_task": "aime2024"}).dev_task == "aime2024"
+    assert (
+        RLSettings.from_dict({"seeds": [41], "tasks": ["arith"], "dev_task": "aime2024"}).dev_task
+        == "aime2024"
+    )
 
 
 def test_grpo_config_has_the_paper_values(tmp_path):
-    s = RLSettings.from_dict({"train_batch_prompts": 16, "mini_batch_prompts": 4, "micro_batch_size": 8})
+    s = RLSettings.from_dict(
+        {"train_batch_prompts": 16, "mini_batch_prompts": 4, "micro_batch_size": 8}
+    )
     cfg = grpo_config(s, output_dir=str(tmp_path), seed=42)
-    assert cfg.num_generations == 8 and cfg.beta == 0.0 and cfg.epsilon == 0.2 and cfg.num_iterations == 1
+    assert (
+        cfg.num_generations == 8
+        and cfg.beta == 0.0
+        and cfg.epsilon == 0.2
+        and cfg.num_iterations == 1
+    )
     assert cfg.loss_type == "dapo" and cfg.scale_rewards == "group" and cfg.entropy_coef == 0.0
-    assert cfg.learning_rate == 1e-6 and cfg.lr_scheduler_type == "constant" and cfg.warmup_steps == 0
-    assert cfg.weight_decay == 0.01 and cfg.max_grad_norm == 1.0 and (cfg.adam_beta1, cfg.adam_beta2) == (0.9, 0.999)
-    assert cfg.temperature == 1.0 and cfg.top_p == 1.0 and cfg.top_k == 0 and cfg.max_completion_length == 1024
+    assert (
+        cfg.learning_rate == 1e-6 and cfg.lr_scheduler_type == "constant" and cfg.warmup_steps == 0
+    )
+    assert (
+        cfg.weight_decay == 0.01
+        and cfg.max_grad_norm == 1.0
+        and (cfg.adam_beta1, cfg.adam_beta2) == (0.9, 0.999)
+    )
+    assert (
+        cfg.temperature == 1.0
+        and cfg.top_p == 1.0
+        and cfg.top_k == 0
+        and cfg.max_completion_length == 1024
+    )
     assert cfg.max_steps == 1000 * 4 and cfg.save_steps == 20 * 4
-    assert (cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps, cfg.steps_per_generation) == (8, 4, 16)
+    assert (
+        cfg.per_device_train_batch_size,
+        cfg.gradient_accumulation_steps,
+        cfg.steps_per_generation,
+    ) == (8, 4, 16)
     assert cfg.generation_batch_size == 16 * 8 and cfg.seed == 42 and cfg.data_seed == 42
     assert cfg.use_cpu and not cfg.bf16 and not cfg.use_vllm
 
@@ -166,8 +286,11 @@ def _paper_settings(task: str, **rl) -> RLSettings:
     from repexp.rl.evaluate import train_settings
 
     repo = Path(__file__).resolve().parents[1]
-    cfg = load_config([repo / "config" / "paper.yaml"], base=repo / "config" / "config.yaml",
-                      schema=repo / "workflow" / "schemas" / "config.schema.yaml")
+    cfg = load_config(
+        [repo / "config" / "paper.yaml"],
+        base=repo / "config" / "config.yaml",
+        schema=repo / "workflow" / "schemas" / "config.schema.yaml",
+    )
     return RLSettings.from_dict(train_settings(merge(cfg["rl"], rl), task))
 
 
@@ -175,12 +298,19 @@ def _paper_settings(task: str, **rl) -> RLSettings:
 def test_paper_settings_fit_eight_processes(task, tmp_path):
     """1 node x 8 GPUs (rl.gpus_per_run = 8): whole groups per process, vLLM TP 2 = 4 engines."""
     s = _paper_settings(task)
-    assert (s.gpus_per_run, s.max_hours, s.use_vllm, s.vllm_tensor_parallel_size) == (8, 24, True, 2)
+    assert (s.gpus_per_run, s.max_hours, s.use_vllm, s.vllm_tensor_parallel_size) == (
+        8,
+        24,
+        True,
+        2,
+    )
     lay = batch_layout(s, num_processes=8)
     micro = 8 if task == "dapo" else 16
     # one update = mini_batch_prompts x 8 rollouts = micro x 8 GPUs x 16 accumulation steps
     assert (lay.per_device_train_batch_size, lay.gradient_accumulation_steps) == (micro, 16)
-    assert lay.per_device_train_batch_size * 8 * lay.steps_per_generation == s.train_batch_prompts * 8
+    assert (
+        lay.per_device_train_batch_size * 8 * lay.steps_per_generation == s.train_batch_prompts * 8
+    )
     assert lay.per_process_generation_batch % s.group_size == 0  # whole groups on every process
     assert s.updates_per_step == 4
     cfg = grpo_config(s, output_dir=str(tmp_path), seed=41, num_processes=8)
@@ -189,7 +319,9 @@ def test_paper_settings_fit_eight_processes(task, tmp_path):
 
 def test_processes_must_fit_the_batches_and_the_vllm_engines(tmp_path):
     # TP 2 on one process: TRL's colocated engines span 2 processes each
-    with pytest.raises(ValueError, match="vllm_tensor_parallel_size = 2 does not divide the 1 rl.gpus_per_run"):
+    with pytest.raises(
+        ValueError, match="vllm_tensor_parallel_size = 2 does not divide the 1 rl.gpus_per_run"
+    ):
         _paper_settings("math", gpus_per_run=1)
     _paper_settings("math", gpus_per_run=1, vllm_tensor_parallel_size=1)
     _paper_settings("math", gpus_per_run=4)
@@ -197,8 +329,16 @@ def test_processes_must_fit_the_batches_and_the_vllm_engines(tmp_path):
     with pytest.raises(ValueError, match="x 6 process"):
         _paper_settings("math", gpus_per_run=6, vllm_tensor_parallel_size=1)
     # the launched process count is checked again when the trainer is configured
-    s = RLSettings.from_dict({"train_batch_prompts": 8, "mini_batch_prompts": 8, "micro_batch_size": 8,
-                              "use_vllm": True, "vllm_tensor_parallel_size": 2, "gpus_per_run": 2})
+    s = RLSettings.from_dict(
+        {
+            "train_batch_prompts": 8,
+            "mini_batch_prompts": 8,
+            "micro_batch_size": 8,
+            "use_vllm": True,
+            "vllm_tensor_parallel_size": 2,
+            "gpus_per_run": 2,
+        }
+    )
     with pytest.raises(ValueError, match="does not divide the 1 training processes"):
         grpo_config(s, output_dir=str(tmp_path), seed=1, num_processes=1)
     with pytest.raises(ValueError, match="max_hours"):
@@ -217,8 +357,13 @@ class FakeClock:
 
 
 def _budget_run(state: Path, max_hours: float | None, updates_per_step: int = 2):
-    return SimpleNamespace(state=state, s=SimpleNamespace(updates_per_step=updates_per_step, max_hours=max_hours),
-                           is_main=True, stopped_by=None, train_seconds=0.0)
+    return SimpleNamespace(
+        state=state,
+        s=SimpleNamespace(updates_per_step=updates_per_step, max_hours=max_hours),
+        is_main=True,
+        stopped_by=None,
+        train_seconds=0.0,
+    )
 
 
 def _train(budget, run, start: int, max_updates: int, clock: FakeClock, seconds_per_update: float):
@@ -251,7 +396,11 @@ def test_time_budget_stops_at_the_first_step_boundary_after_it(tmp_path):
     run, clock = _budget_run(state, 1.0), FakeClock(1000.0)
     at, stops = _train(TimeBudget(run, clock=clock), run, 0, 20, clock, 700.0)
     assert (at, stops, run.stopped_by) == (6, [6], "max_hours")
-    assert json.loads((state / "elapsed.json").read_text())["seconds"] == {"2": 1400.0, "4": 2800.0, "6": 4200.0}
+    assert json.loads((state / "elapsed.json").read_text())["seconds"] == {
+        "2": 1400.0,
+        "4": 2800.0,
+        "6": 4200.0,
+    }
     assert run.train_seconds == 4200.0
 
     # killed after the checkpoint at update 4 (step 2); the earlier attempt's record at update 6 and a
@@ -262,7 +411,11 @@ def test_time_budget_stops_at_the_first_step_boundary_after_it(tmp_path):
     budget = TimeBudget(run, clock=clock)
     at, stops = _train(budget, run, 4, 20, clock, 500.0)
     assert budget.base == 2800.0 and (at, stops, run.stopped_by) == (6, [6], "max_hours")
-    assert json.loads((state / "elapsed.json").read_text())["seconds"] == {"2": 1400.0, "4": 2800.0, "6": 3800.0}
+    assert json.loads((state / "elapsed.json").read_text())["seconds"] == {
+        "2": 1400.0,
+        "4": 2800.0,
+        "6": 3800.0,
+    }
     assert read_elapsed(state, 5) == 2800.0 and read_elapsed(state, 0) == 0.0
 
     # killed after the stopping step was saved: a rerun resumes there and trains no further (the
@@ -292,8 +445,12 @@ def test_the_stopping_step_is_evaluated():
 
     DevEvaluator = _callbacks()[0]
     calls = []
-    run = SimpleNamespace(s=SimpleNamespace(updates_per_step=2, eval_every=20), stopped_by=None,
-                          has_dev=lambda step: False, evaluate=lambda trainer, step, update: calls.append(step))
+    run = SimpleNamespace(
+        s=SimpleNamespace(updates_per_step=2, eval_every=20),
+        stopped_by=None,
+        has_dev=lambda step: False,
+        evaluate=lambda trainer, step, update: calls.append(step),
+    )
     cb = DevEvaluator(run)
     args = SimpleNamespace(max_steps=100)
     cb.on_save(args, TrainerState(global_step=6), TrainerControl())
@@ -303,12 +460,25 @@ def test_the_stopping_step_is_evaluated():
     assert calls == [3]
 
 
-@pytest.mark.parametrize("configfile,target,launcher,gpu", [
-    ("config/paper.yaml", "results/rl/qwen2.5-7b-instruct/dapo/repexp/seed41/done.json",
-     "accelerate launch --config_file profiles/accelerate/fsdp.yaml --num_processes 8 --main_process_port 29525 "
-     "-m repexp.rl.train ", "8"),
-    ("config/test.yaml", "results/rl/tiny-random/gsm8k/grpo/seed41/done.json", "python -m repexp.rl.train ", "1"),
-], ids=["paper", "test"])
+@pytest.mark.parametrize(
+    "configfile,target,launcher,gpu",
+    [
+        (
+            "config/paper.yaml",
+            "results/rl/qwen2.5-7b-instruct/dapo/repexp/seed41/done.json",
+            "accelerate launch --config_file profiles/accelerate/fsdp.yaml --num_processes 8 --main_process_port 29525 "
+            "-m repexp.rl.train ",
+            "8",
+        ),
+        (
+            "config/test.yaml",
+            "results/rl/tiny-random/gsm8k/grpo/seed41/done.json",
+            "python -m repexp.rl.train ",
+            "1",
+        ),
+    ],
+    ids=["paper", "test"],
+)
 def test_rl_train_launches_one_process_per_gpu(configfile, target, launcher, gpu):
     """The dry run's rl_train job: `accelerate launch` with the FSDP config on rl.gpus_per_run = 8
     GPUs of one node and the run's own rendezvous port (dapo/repexp/seed41 is run 24 of the grid)
@@ -320,10 +490,16 @@ def test_rl_train_launches_one_process_per_gpu(configfile, target, launcher, gpu
 
     repo = Path(__file__).resolve().parents[1]
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    out = subprocess.run([sys.executable, "-m", "snakemake", "-n", "-p", "-F", target, "--configfile", configfile],
-                         cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "-p", "-F", target, "--configfile", configfile],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    block = out.stdout[out.stdout.index("rule rl_train:"):]
+    block = out.stdout[out.stdout.index("rule rl_train:") :]
     shell = next(line for line in block.splitlines() if "repexp.rl.train" in line)
     assert shell.strip().removeprefix("Shell command: ").startswith(launcher), shell
     assert shell.count("repexp.rl.train") == 1, shell
@@ -340,27 +516,59 @@ def test_repexp_reward_equals_an_independent_forward_and_inverse(tiny):
     from repexp.models import load_model, load_tokenizer
 
     G, k, beta, lam = 4, 16, 0.5, 0.01
-    reward = RepExpReward(str(tiny), task="arith", group_size=G, beta=beta, lam=lam, proj_dim=k, seed=41,
-                          dtype="float32")
+    reward = RepExpReward(
+        str(tiny),
+        task="arith",
+        group_size=G,
+        beta=beta,
+        lam=lam,
+        proj_dim=k,
+        seed=41,
+        dtype="float32",
+    )
     tok = load_tokenizer(tiny)
-    prompts = [[{"role": "user", "content": "What is 2 + 3?"}]] * G + [[{"role": "user", "content": "1 - 7 ="}]] * G
+    prompts = [[{"role": "user", "content": "What is 2 + 3?"}]] * G + [
+        [{"role": "user", "content": "1 - 7 ="}]
+    ] * G
     answers = ["5"] * G + ["-6"] * G
-    texts = ["#### 5", "4", "so 5", "x", "#### 2", "no", "-6?", "7"]  # group 1: 2 correct, group 2: 1 correct
+    texts = [
+        "#### 5",
+        "4",
+        "so 5",
+        "x",
+        "#### 2",
+        "no",
+        "-6?",
+        "7",
+    ]  # group 1: 2 correct, group 2: 1 correct
     rng = np.random.default_rng(0)
     eos = tok.eos_token_id
-    completion_ids = [list(rng.integers(100, 5000, size=n)) + ([eos] if n % 2 else []) for n in (3, 5, 2, 7, 4, 1, 6, 3)]
+    completion_ids = [
+        list(rng.integers(100, 5000, size=n)) + ([eos] if n % 2 else [])
+        for n in (3, 5, 2, 7, 4, 1, 6, 3)
+    ]
     completions = [[{"role": "assistant", "content": t}] for t in texts]
     state = SimpleNamespace(global_step=3)
-    got = np.array(reward(prompts=prompts, completions=completions, completion_ids=completion_ids, answer=answers,
-                          qid=["a"] * G + ["b"] * G, trainer_state=state))
+    got = np.array(
+        reward(
+            prompts=prompts,
+            completions=completions,
+            completion_ids=completion_ids,
+            answer=answers,
+            qid=["a"] * G + ["b"] * G,
+            trainer_state=state,
+        )
+    )
     # reference: one full forward per sequence, mean over the completion positions, projection, brute-force inverse
     base = load_model(tiny, dtype="float32", lm_head=False)
     feats = []
     for p, c in zip(prompts, completion_ids, strict=True):
-        ids = tok.apply_chat_template(p, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
+        ids = tok.apply_chat_template(
+            p, add_generation_prompt=True, tokenize=True, return_dict=True
+        )["input_ids"]
         with torch.no_grad():
             h = base(input_ids=torch.tensor([list(ids) + c])).last_hidden_state[0]
-        feats.append(h[len(ids):].mean(0).numpy())
+        feats.append(h[len(ids) :].mean(0).numpy())
     phi = np.array(feats) @ sparse_projection(64, k, projection_seed(41, 3))
     correct = np.array([1, 0, 1, 0, 0, 0, 1, 0], dtype=float)
     expect = correct.copy()
@@ -373,15 +581,32 @@ def test_repexp_reward_equals_an_independent_forward_and_inverse(tiny):
     assert (reward.last["bonus"] > 0).all() and (reward.last["bonus"] < 1).all()
     # the exact prompt ids from the trainer give the same; ids that are not the chat template's are an error
     ids = reward.prompt_ids_of(prompts)
-    again = reward(prompts=prompts, completions=completions, completion_ids=completion_ids, answer=answers,
-                   prompt_ids=ids, trainer_state=state)
+    again = reward(
+        prompts=prompts,
+        completions=completions,
+        completion_ids=completion_ids,
+        answer=answers,
+        prompt_ids=ids,
+        trainer_state=state,
+    )
     np.testing.assert_allclose(again, got, rtol=1e-6)
     with pytest.raises(RuntimeError, match="differ"):
-        reward(prompts=prompts, completions=completions, completion_ids=completion_ids, answer=answers,
-               prompt_ids=[i[1:] for i in ids], trainer_state=state)
+        reward(
+            prompts=prompts,
+            completions=completions,
+            completion_ids=completion_ids,
+            answer=answers,
+            prompt_ids=[i[1:] for i in ids],
+            trainer_state=state,
+        )
     # no correct rollout in a group: no bonus; a new step draws a new projection
-    wrong = reward(prompts=prompts, completions=completions, completion_ids=completion_ids, answer=["9"] * 8,
-                   trainer_state=SimpleNamespace(global_step=4))
+    wrong = reward(
+        prompts=prompts,
+        completions=completions,
+        completion_ids=completion_ids,
+        answer=["9"] * 8,
+        trainer_state=SimpleNamespace(global_step=4),
+    )
     np.testing.assert_array_equal(wrong, np.zeros(8))
     # picklable without its model
     clone = pickle.loads(pickle.dumps(reward))
@@ -391,11 +616,21 @@ def test_repexp_reward_equals_an_independent_forward_and_inverse(tiny):
 def test_repexp_reward_refuses_a_split_group():
     reward = RepExpReward("unused", task="arith", group_size=4)
     with pytest.raises(ValueError, match="not whole|split"):
-        reward(prompts=["p"] * 6, completions=["x"] * 6, completion_ids=[[1]] * 6, answer=["1"] * 6,
-               qid=["a"] * 4 + ["b"] * 2)
+        reward(
+            prompts=["p"] * 6,
+            completions=["x"] * 6,
+            completion_ids=[[1]] * 6,
+            answer=["1"] * 6,
+            qid=["a"] * 4 + ["b"] * 2,
+        )
     with pytest.raises(ValueError, match="not whole"):
-        reward(prompts=["p"] * 8, completions=["x"] * 8, completion_ids=[[1]] * 8, answer=["1"] * 8,
-               qid=["a"] * 3 + ["b"] * 5)
+        reward(
+            prompts=["p"] * 8,
+            completions=["x"] * 8,
+            completion_ids=[[1]] * 8,
+            answer=["1"] * 8,
+            qid=["a"] * 3 + ["b"] * 5,
+        )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -406,9 +641,28 @@ def test_policy_mean_logprobs_match_a_direct_computation(tiny, tables, tmp_path)
 
     from repexp.rl.train import build_trainer, parse_args
 
-    args = parse_args(["--model", str(tiny), "--model-name", "t", "--task", "arith", "--train",
-                       str(tables / "train.parquet"), "--dev", str(tables / "dev.parquet"), "--method",
-                       "unlikeliness", "--seed", "1", "--settings", "{}", "--out", str(tmp_path)])
+    args = parse_args(
+        [
+            "--model",
+            str(tiny),
+            "--model-name",
+            "t",
+            "--task",
+            "arith",
+            "--train",
+            str(tables / "train.parquet"),
+            "--dev",
+            str(tables / "dev.parquet"),
+            "--method",
+            "unlikeliness",
+            "--seed",
+            "1",
+            "--settings",
+            "{}",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     args.dev_task = None
     trainer, _ = build_trainer(args, RLSettings.from_dict(SETTINGS))
     assert trainer.beta_rank == 0.25
@@ -419,7 +673,11 @@ def test_policy_mean_logprobs_match_a_direct_computation(tiny, tables, tmp_path)
     for p, c, g in zip(prompts, completions, got, strict=True):
         with torch.no_grad():
             logits = model(input_ids=torch.tensor([p + c])).logits[0].float()
-        lp = torch.log_softmax(logits[len(p) - 1:-1], -1).gather(1, torch.tensor(c)[:, None]).mean()
+        lp = (
+            torch.log_softmax(logits[len(p) - 1 : -1], -1)
+            .gather(1, torch.tensor(c)[:, None])
+            .mean()
+        )
         assert g == pytest.approx(float(lp), abs=1e-4)
 
 
@@ -434,8 +692,8 @@ def verl_grpo_advantages(scores, group_size, epsilon):
     scores = torch.tensor(scores, dtype=torch.float64)
     out = scores.clone()
     for start in range(0, len(scores), group_size):
-        group = scores[start:start + group_size]
-        out[start:start + group_size] = (group - torch.mean(group)) / (torch.std(group) + epsilon)
+        group = scores[start : start + group_size]
+        out[start : start + group_size] = (group - torch.mean(group)) / (torch.std(group) + epsilon)
     return out.numpy()
 
 
@@ -445,7 +703,11 @@ class HandMadeReward:
     __name__ = "hand_made"
 
     def __init__(self, correct, bonus, beta):
-        self.correct, self.bonus, self.beta = np.asarray(correct, float), np.asarray(bonus, float), beta
+        self.correct, self.bonus, self.beta = (
+            np.asarray(correct, float),
+            np.asarray(bonus, float),
+            beta,
+        )
         self.last = {}
 
     def __call__(self, prompts=None, completions=None, **kwargs):
@@ -465,19 +727,47 @@ def test_trainer_advantages_are_verls(tiny, tables, tmp_path):
     correct = np.array([1.0] * G + [1, 0, 1, 1, 0, 0, 0, 1] + [0.0] * G)
     # leverage with lambda = 0.01 is close to (G - 1) / G; within a group it varies by ~1e-4 .. 8e-4
     bonus = (G - 1) / G + rng.uniform(-4e-4, 4e-4, size=3 * G)
-    bonus[2 * G:] = 0.0  # no correct rollout: no bonus
-    settings = {**SETTINGS, "group_size": G, "train_batch_prompts": 3, "mini_batch_prompts": 3, "micro_batch_size": 8}
-    args = parse_args(["--model", str(tiny), "--model-name", "t", "--task", "arith", "--train",
-                       str(tables / "train.parquet"), "--dev", str(tables / "dev.parquet"), "--method", "grpo",
-                       "--seed", "1", "--settings", json.dumps(settings), "--out", str(tmp_path)])
+    bonus[2 * G :] = 0.0  # no correct rollout: no bonus
+    settings = {
+        **SETTINGS,
+        "group_size": G,
+        "train_batch_prompts": 3,
+        "mini_batch_prompts": 3,
+        "micro_batch_size": 8,
+    }
+    args = parse_args(
+        [
+            "--model",
+            str(tiny),
+            "--model-name",
+            "t",
+            "--task",
+            "arith",
+            "--train",
+            str(tables / "train.parquet"),
+            "--dev",
+            str(tables / "dev.parquet"),
+            "--method",
+            "grpo",
+            "--seed",
+            "1",
+            "--settings",
+            json.dumps(settings),
+            "--out",
+            str(tmp_path),
+        ]
+    )
     args.dev_task = None
     trainer, _ = build_trainer(args, RLSettings.from_dict(settings))
     assert trainer.adv_eps == 1e-6  # the schema's / verl's default
     trainer.reward_funcs[0].func = HandMadeReward(correct, bonus, beta)
     trainer.model.train()
     rows = pd.read_parquet(tables / "train.parquet").head(3)
-    inputs = [{"prompt": json.loads(r.prompt), "answer": r.answer, "qid": r.qid} for r in rows.itertuples()
-              for _ in range(G)]
+    inputs = [
+        {"prompt": json.loads(r.prompt), "answer": r.answer, "qid": r.qid}
+        for r in rows.itertuples()
+        for _ in range(G)
+    ]
     rewards = correct + beta * bonus  # the reward function's floats, as TRL receives them
     for eps in (1e-6, 1e-4):
         trainer.adv_eps = eps
@@ -490,7 +780,7 @@ def test_trainer_advantages_are_verls(tiny, tables, tmp_path):
         np.testing.assert_array_equal(out["advantages"].cpu().numpy(), want.astype(np.float32))
         np.testing.assert_array_equal(trainer.last_scores["rewards"], rewards)
         # the mixed and all-wrong groups do not depend on eps at this scale; all-correct does
-        a_all, a_mixed = np.abs(want[:G]).mean(), np.abs(want[G:2 * G]).mean()
+        a_all, a_mixed = np.abs(want[:G]).mean(), np.abs(want[G : 2 * G]).mean()
         if eps == 1e-6:
             assert 0.4 < a_all < 0.8 and 0.9 < a_mixed < 1.0
         else:
@@ -499,12 +789,14 @@ def test_trainer_advantages_are_verls(tiny, tables, tmp_path):
             np.testing.assert_allclose(trl[G:], want[G:], atol=1e-5)
             np.testing.assert_allclose(trl[:G], want[:G], atol=3e-3)
             assert a_all < 0.06
-        np.testing.assert_array_equal(want[2 * G:], 0.0)
+        np.testing.assert_array_equal(want[2 * G :], 0.0)
         # the diagnostics: one group of three is all correct; only there does the bonus reorder the
         # advantages (in the mixed group it moves them by ~1e-5 < ORDER_TOL); its share of |A|
         a_correct = verl_grpo_advantages(correct, G, eps)
         scores = trainer.last_scores
-        assert scores["groups_all_correct"] == pytest.approx(1 / 3) and scores["groups_reordered"] == pytest.approx(1 / 3)
+        assert scores["groups_all_correct"] == pytest.approx(1 / 3) and scores[
+            "groups_reordered"
+        ] == pytest.approx(1 / 3)
         share = np.abs(want - a_correct).sum() / np.abs(want).sum()
         assert scores["shaping_share"] == pytest.approx(share, rel=1e-9)
         assert scores["adv_abs_all_correct"] == pytest.approx(a_all, rel=1e-9)
@@ -517,8 +809,12 @@ def test_advantage_diagnostics_by_hand():
     from repexp.rl.trainer import advantage_diagnostics, grpo_advantages
 
     # G = 2: (r - mean) / (std + eps) = ±(d/2) / (|d|/sqrt(2) + eps) = ±1/sqrt(2) for eps -> 0
-    np.testing.assert_allclose(grpo_advantages([1.0, 3.0, 5.0, 5.0], 2, 0.0), [-2 ** -0.5, 2 ** -0.5, 0, 0])
-    np.testing.assert_allclose(grpo_advantages([1.0, np.nan, 0.0, 1.0], 2, 0.0), [0, 0, -2 ** -0.5, 2 ** -0.5])
+    np.testing.assert_allclose(
+        grpo_advantages([1.0, 3.0, 5.0, 5.0], 2, 0.0), [-(2**-0.5), 2**-0.5, 0, 0]
+    )
+    np.testing.assert_allclose(
+        grpo_advantages([1.0, np.nan, 0.0, 1.0], 2, 0.0), [0, 0, -(2**-0.5), 2**-0.5]
+    )
     correct = [1, 1, 1, 0, 1, 0, 0, 0]
     # group 1: the shaping orders two correct rollouts; group 2: it reverses them (Unlikeliness can't,
     # but the check must see it); group 3: a shaping within ORDER_TOL; group 4: none
@@ -527,7 +823,7 @@ def test_advantage_diagnostics_by_hand():
     assert d["groups_all_correct"] == 0.25 and d["groups_reordered"] == 0.5
     a_s, a_c = grpo_advantages(shaped, 2, 1e-6), grpo_advantages(correct, 2, 1e-6)
     assert d["shaping_share"] == pytest.approx(np.abs(a_s - a_c).sum() / np.abs(a_s).sum())
-    assert d["adv_abs_all_correct"] == pytest.approx(2 ** -0.5, rel=1e-4)
+    assert d["adv_abs_all_correct"] == pytest.approx(2**-0.5, rel=1e-4)
     # GRPO: the shaped reward is r* itself, no signal in an all-correct group; none at all: NaN
     g = advantage_diagnostics(correct, correct, 2, 1e-6)
     assert g["groups_reordered"] == 0 and g["shaping_share"] == 0 and g["adv_abs_all_correct"] == 0
@@ -543,15 +839,35 @@ def check_outputs(out: Path, method: str, tiny: Path, steps=(0, 1, 2)) -> dict:
     from repexp.models import load_model, load_tokenizer
 
     done = json.loads((out / "done.json").read_text())
-    assert done["method"] == method and done["seed"] == 41 and done["steps"] == 2 and done["updates"] == 4
+    assert (
+        done["method"] == method
+        and done["seed"] == 41
+        and done["steps"] == 2
+        and done["updates"] == 4
+    )
     dev = pd.read_csv(out / "dev.csv")
-    assert dev["step"].tolist() == list(steps) and (dev["dev_samples"] == 2).all() and (dev["dev_questions"] == 2).all()
+    assert (
+        dev["step"].tolist() == list(steps)
+        and (dev["dev_samples"] == 2).all()
+        and (dev["dev_questions"] == 2).all()
+    )
     assert dev["dev_pass1"].between(0, 1).all()
     log = pd.read_csv(out / "train_log.csv")
     assert log["step"].tolist() == [1, 2] and (log["updates"] == 2).all()
     assert log["reward_correct"].between(0, 1).all() and log["reward_correct"].gt(0).any()
-    assert np.isfinite(log[["loss", "grad_norm", "lr", "reward_total", "seconds_generation", "seconds_update",
-                            "seconds_step"]].to_numpy()).all()
+    assert np.isfinite(
+        log[
+            [
+                "loss",
+                "grad_norm",
+                "lr",
+                "reward_total",
+                "seconds_generation",
+                "seconds_update",
+                "seconds_step",
+            ]
+        ].to_numpy()
+    ).all()
     if method == "repexp":
         assert (log["reward_bonus"] > 0).all() and (log["seconds_bonus_forward"] > 0).all()
     else:
@@ -560,16 +876,23 @@ def check_outputs(out: Path, method: str, tiny: Path, steps=(0, 1, 2)) -> dict:
         assert log["unlikeliness_scale"].between(1 - 0.25 * 3 / 4, 1).all()
     # the shaping diagnostics (fractions of groups; GRPO's shaping is none)
     for col in ("groups_all_correct", "groups_reordered"):
-        assert log[col].between(0, 1).all() and (log[col] * 2).round(9).mod(1).eq(0).all()  # of 2 groups
+        assert (
+            log[col].between(0, 1).all() and (log[col] * 2).round(9).mod(1).eq(0).all()
+        )  # of 2 groups
     assert (log["adv_abs"] > 0).all()
     if method == "grpo":
         assert (log["groups_reordered"] == 0).all() and (log["shaping_share"].fillna(0) == 0).all()
     # one hash per rollout and step (2 prompts x 4), generated at the step's first update
     rollouts = pd.read_csv(out / "rollouts.csv")
     assert rollouts["step"].tolist() == [1, 2] and rollouts["update"].tolist() == [0, 2]
-    assert (rollouts["rollouts"] == 8).all() and [len(h.split()) for h in rollouts["hashes"]] == [8, 8]
+    assert (rollouts["rollouts"] == 8).all() and [len(h.split()) for h in rollouts["hashes"]] == [
+        8,
+        8,
+    ]
     sketch = np.load(out / "weights_sketch.npz")
-    assert len(sketch["final"]) == sketch["size"] == 2**18 and not np.array_equal(sketch["final"], sketch["base"])
+    assert len(sketch["final"]) == sketch["size"] == 2**18 and not np.array_equal(
+        sketch["final"], sketch["base"]
+    )
     # the best checkpoint: strict > over an initial 0, step 0 = the base model
     best = json.loads((out / "best.json").read_text())
     want, at = 0.0, 0
@@ -593,7 +916,9 @@ def test_cli_runs_two_steps(tiny, tables, tmp_path, coin_checker):
     check_outputs(out, "unlikeliness", tiny)
 
 
-def test_cli_same_seed_runs_differ_only_after_the_first_update(tiny, tables, tmp_path, coin_checker):
+def test_cli_same_seed_runs_differ_only_after_the_first_update(
+    tiny, tables, tmp_path, coin_checker
+):
     """GRPO and RepExp with one seed draw the same first rollouts (same weights, same RNG); then the
     bonus changes the update, and the weights (and usually the next rollouts) differ."""
     from repexp.rl.evaluate import (
@@ -609,17 +934,25 @@ def test_cli_same_seed_runs_differ_only_after_the_first_update(tiny, tables, tmp
     r = rollout_divergence(tmp_path / "repexp" / "rollouts.csv", tmp_path / "grpo" / "rollouts.csv")
     assert r["steps"] == 2 and r["rollouts"] == 16
     assert r["per_step"]["differing"].tolist()[0] == 0 and r["first_step_differing"] in (2, None)
-    w = weight_divergence(tmp_path / "repexp" / "weights_sketch.npz", tmp_path / "grpo" / "weights_sketch.npz")
+    w = weight_divergence(
+        tmp_path / "repexp" / "weights_sketch.npz", tmp_path / "grpo" / "weights_sketch.npz"
+    )
     assert w["l2"] > 0 and 0 < w["rel_update"] and w["update_a"] > 0 and w["update_b"] > 0
     # the sketch's estimate against the exact distance of the final weights (the last checkpoints)
-    last = {m: sorted((tmp_path / m / "checkpoints").glob("checkpoint-*"))[-1] for m in ("grpo", "repexp")}
-    exact = weight_divergence(weight_sketch(last["repexp"], tiny, size=None),
-                              weight_sketch(last["grpo"], tiny, size=None))
+    last = {
+        m: sorted((tmp_path / m / "checkpoints").glob("checkpoint-*"))[-1]
+        for m in ("grpo", "repexp")
+    }
+    exact = weight_divergence(
+        weight_sketch(last["repexp"], tiny, size=None), weight_sketch(last["grpo"], tiny, size=None)
+    )
     # (a CountSketch of 2^18 buckets: relative standard deviation <= sqrt(2 / 2^18) = 0.3%)
     for key in ("l2", "update_a", "update_b", "rel_update"):
         assert w[key] == pytest.approx(exact[key], rel=0.03), key
     table = divergence_table([tmp_path / "grpo", tmp_path / "repexp"])
-    assert table[["method", "versus", "steps", "rollouts"]].values.tolist() == [["repexp", "grpo", 2, 16]]
+    assert table[["method", "versus", "steps", "rollouts"]].values.tolist() == [
+        ["repexp", "grpo", 2, 16]
+    ]
     assert table["weights_l2"].iloc[0] == pytest.approx(w["l2"])
 
 
@@ -658,7 +991,9 @@ def test_cli_resumes_after_a_kill(tiny, tables, tmp_path, coin_checker, monkeypa
     assert (out / "checkpoints" / "checkpoint-2").is_dir() and not (out / "done.json").exists()
     # nothing is published before the end (Snakemake deletes a killed job's outputs anyway)
     assert pd.read_csv(out / "state" / "dev.csv")["step"].tolist() == [0]
-    assert not any((out / name).exists() for name in ("dev.csv", "train_log.csv", "best.json", "best"))
+    assert not any(
+        (out / name).exists() for name in ("dev.csv", "train_log.csv", "best.json", "best")
+    )
     monkeypatch.setattr(rl_train.Run, "evaluate", evaluate)
     assert cli(tiny, tables, out, "grpo", extra=["--keep-checkpoints"]) == 0
     done = check_outputs(out, "grpo", tiny)
@@ -668,7 +1003,9 @@ def test_cli_resumes_after_a_kill(tiny, tables, tmp_path, coin_checker, monkeypa
     (out / "done.json").unlink()
     assert cli(tiny, tables, out, "grpo", extra=["--keep-checkpoints"]) == 0
     again = json.loads((out / "done.json").read_text())
-    assert (again["updates"], again["stopped_by"]) == (4, "max_steps") and again["resumed_from"].endswith("-4")
+    assert (again["updates"], again["stopped_by"]) == (4, "max_steps") and again[
+        "resumed_from"
+    ].endswith("-4")
     assert pd.read_csv(out / "dev.csv")["step"].tolist() == [0, 1, 2]
     # without --keep-checkpoints a finished run removes them
     out2 = tmp_path / "grpo-nokeep"
@@ -694,7 +1031,11 @@ def test_cli_stops_at_the_time_budget(tiny, tables, tmp_path, coin_checker):
     (out / "done.json").unlink()
     assert cli(tiny, tables, out, "grpo", settings=budget, extra=["--keep-checkpoints"]) == 0
     again = json.loads((out / "done.json").read_text())
-    assert (again["stopped_by"], again["updates"], again["train_seconds"]) == ("max_hours", 2, done["train_seconds"])
+    assert (again["stopped_by"], again["updates"], again["train_seconds"]) == (
+        "max_hours",
+        2,
+        done["train_seconds"],
+    )
     assert again["resumed_from"].endswith("checkpoint-2")
     assert pd.read_csv(out / "dev.csv")["step"].tolist() == [0, 1]
 
@@ -710,6 +1051,9 @@ def test_paper_fsdp_config_is_a_valid_accelerate_config():
     path = repo / paper["accelerate_config"]
     cfg = load_config_from_file(str(path))
     assert str(cfg.distributed_type).endswith("FSDP") and str(cfg.mixed_precision).endswith("bf16")
-    assert cfg.fsdp_config["fsdp_version"] == 2 and cfg.fsdp_config["fsdp_reshard_after_forward"] is True  # FULL_SHARD
+    assert (
+        cfg.fsdp_config["fsdp_version"] == 2
+        and cfg.fsdp_config["fsdp_reshard_after_forward"] is True
+    )  # FULL_SHARD
     assert cfg.fsdp_config["fsdp_state_dict_type"] == "FULL_STATE_DICT"
     assert cfg.num_machines == 1 and paper["gpus_per_run"] == 8

@@ -546,8 +546,10 @@ def test_interpreter_under_a_hidden_or_private_dir_is_reachable(monkeypatch):
     monkeypatch.setattr(sandbox, "_interpreter_dirs", lambda: ["/tmp/clone/repo/.venv"])
     args = sandbox._bwrap_args("/usr/bin/bwrap", "/usr/bin/setpriv", 1_900_000_123)
     text = " ".join(args)
-    assert "--perms 0755 --dir /tmp/clone --perms 0755 --dir /tmp/clone/repo --ro-bind " \
+    assert (
+        "--perms 0755 --dir /tmp/clone --perms 0755 --dir /tmp/clone/repo --ro-bind "
         "/tmp/clone/repo/.venv /tmp/clone/repo/.venv" in text
+    )
     assert text.index("--tmpfs /tmp") < text.index("--dir /tmp/clone")
 
 

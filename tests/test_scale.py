@@ -18,8 +18,10 @@ import pytest
 HIDDEN, N = 3584, 6400
 
 # max RSS (KiB on Linux) of the command in argv[1:], run as this wrapper's only child
-MAXRSS = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True); "
-          "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+MAXRSS = (
+    "import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True); "
+    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+)
 
 
 def write_shards(out, n_questions, hidden=HIDDEN, n=N, seed=0):
@@ -34,7 +36,10 @@ def write_shards(out, n_questions, hidden=HIDDEN, n=N, seed=0):
         feats = {"mean": rng.standard_normal((n, hidden), dtype=np.float32)}
         m = out / f"shard-{q}.json"
         write_cache(m, feats, rows, model="synthetic", dtype="float32", shard_name=m.stem)
-        write_parquet(rows.assign(correct=(rng.random(n) < 0.1).astype(float)), m.with_suffix(".scores.parquet"))
+        write_parquet(
+            rows.assign(correct=(rng.random(n) < 0.1).astype(float)),
+            m.with_suffix(".scores.parquet"),
+        )
         manifests.append(str(m))
         scores.append(str(m.with_suffix(".scores.parquet")))
     return manifests, scores
@@ -42,9 +47,28 @@ def write_shards(out, n_questions, hidden=HIDDEN, n=N, seed=0):
 
 def select_peak_rss_mb(manifests, scores, out_prefix, *extra) -> float:
     """Max RSS (MB) of the select CLI over these shards, in a fresh child process."""
-    cmd = [sys.executable, "-c", MAXRSS, sys.executable, "-m", "repexp.inference", "select",
-           "--features", *manifests, "--scores", *scores, "--model", "synthetic", "--task", "t",
-           "--sampler", "vanilla", "--out-prefix", str(out_prefix), *extra]
+    cmd = [
+        sys.executable,
+        "-c",
+        MAXRSS,
+        sys.executable,
+        "-m",
+        "repexp.inference",
+        "select",
+        "--features",
+        *manifests,
+        "--scores",
+        *scores,
+        "--model",
+        "synthetic",
+        "--task",
+        "t",
+        "--sampler",
+        "vanilla",
+        "--out-prefix",
+        str(out_prefix),
+        *extra,
+    ]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return int(out.split()[-1]) / 1024
 
@@ -53,12 +77,15 @@ def select_peak_rss_mb(manifests, scores, out_prefix, *extra) -> float:
 def test_select_peak_memory_does_not_grow_with_questions(tmp_path):
     manifests, scores = write_shards(tmp_path, 4)
     # a short order (k_max = 16) keeps the test fast: the memory at stake is the features'
-    peaks = {q: select_peak_rss_mb(manifests[:q], scores[:q], tmp_path / f"sel{q}", "--k-max", "16")
-             for q in (2, 4)}
+    peaks = {
+        q: select_peak_rss_mb(manifests[:q], scores[:q], tmp_path / f"sel{q}", "--k-max", "16")
+        for q in (2, 4)
+    }
     questions = pd.read_parquet(tmp_path / "sel4.questions.parquet")
     assert questions["n"].tolist() == [N] * 4
     shard_mb = N * HIDDEN * 4 / 2**20  # one question's float32 features: 87.5 MiB
     assert peaks[2] > shard_mb, peaks  # the measurement sees the features
     assert abs(peaks[4] - peaks[2]) <= 0.10 * peaks[2], (
         f"peak memory of select grew from {peaks[2]:.0f} MB (2 questions) to {peaks[4]:.0f} MB (4): "
-        f"the selection must hold one shard at a time")
+        f"the selection must hold one shard at a time"
+    )

@@ -36,12 +36,12 @@ def brute_force_order(features, k, lam=1.0, first=0, center=True):
 
 
 CASES = [  # N, d, lam, k, first
-    (30, 5, 1.0, 30, 0),      # N > d, full order
-    (12, 40, 0.5, 12, 7),     # N < d, full order
-    (200, 16, 1.0, 200, 123), # N >> d, full order
-    (60, 8, 0.01, 25, 59),    # small λ, partial order
-    (50, 50, 10.0, 50, 3),    # N = d, large λ
-    (40, 3, 1.0, 1, 11),      # k = 1
+    (30, 5, 1.0, 30, 0),  # N > d, full order
+    (12, 40, 0.5, 12, 7),  # N < d, full order
+    (200, 16, 1.0, 200, 123),  # N >> d, full order
+    (60, 8, 0.01, 25, 59),  # small λ, partial order
+    (50, 50, 10.0, 50, 3),  # N = d, large λ
+    (40, 3, 1.0, 1, 11),  # k = 1
 ]
 
 
@@ -119,10 +119,12 @@ def test_ties_go_to_lowest_index():
     order, bonus = repexp_order(F, 4, first=2, center=False, return_bonus=True)
     np.testing.assert_array_equal(order, [2, 0, 1, 3])
     np.testing.assert_array_equal(bonus, [1.0, 1.0, 1.0, 0.5])
-    np.testing.assert_array_equal(repexp_orders(F, 4, [2, 3], center=False),
-                                  [[2, 0, 1, 3], [3, 0, 2, 1]])
-    out = repexp_orders_torch(torch.tensor([F], dtype=torch.float64), 4, torch.tensor([[2, 3]]),
-                              center=False)
+    np.testing.assert_array_equal(
+        repexp_orders(F, 4, [2, 3], center=False), [[2, 0, 1, 3], [3, 0, 2, 1]]
+    )
+    out = repexp_orders_torch(
+        torch.tensor([F], dtype=torch.float64), 4, torch.tensor([[2, 3]]), center=False
+    )
     np.testing.assert_array_equal(out[0].numpy(), [[2, 0, 1, 3], [3, 0, 2, 1]])
 
 
@@ -134,13 +136,16 @@ def test_bad_k(bad):
         repexp_orders(np.ones((5, 2)), bad, [0])
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    ({"first": 5}, "first picks"),
-    ({"first": -1}, "first picks"),
-    ({"lam": 0.0}, "lam"),
-    ({"lam": -1.0}, "lam"),
-    ({"lam": float("nan")}, "lam"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"first": 5}, "first picks"),
+        ({"first": -1}, "first picks"),
+        ({"lam": 0.0}, "lam"),
+        ({"lam": -1.0}, "lam"),
+        ({"lam": float("nan")}, "lam"),
+    ],
+)
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         repexp_order(np.random.default_rng(0).standard_normal((5, 2)), 2, **kwargs)
@@ -172,13 +177,16 @@ def test_bad_shapes():
 # ---- several trials at once -------------------------------------------------------------
 
 
-@pytest.mark.parametrize("N,d,k,firsts,lam", [
-    (300, 20, 300, [0, 5, 9, 299], 1.0),  # full order: rows picked by every trial get dropped
-    (300, 20, 300, [7, 7, 8], 1.0),       # repeated first pick
-    (25, 64, 25, [1, 2, 3, 4, 5], 0.3),   # N < d
-    (500, 32, 60, [499, 0], 2.0),         # partial order
-    (10, 3, 10, [4], 1.0),                # a single trial
-])
+@pytest.mark.parametrize(
+    "N,d,k,firsts,lam",
+    [
+        (300, 20, 300, [0, 5, 9, 299], 1.0),  # full order: rows picked by every trial get dropped
+        (300, 20, 300, [7, 7, 8], 1.0),  # repeated first pick
+        (25, 64, 25, [1, 2, 3, 4, 5], 0.3),  # N < d
+        (500, 32, 60, [499, 0], 2.0),  # partial order
+        (10, 3, 10, [4], 1.0),  # a single trial
+    ],
+)
 def test_orders_equal_looped_order(N, d, k, firsts, lam):
     rng = np.random.default_rng(N + d + k)
     F = rng.standard_normal((N, d)) + 1.0
@@ -214,8 +222,9 @@ def test_torch_equals_numpy():
 def test_torch_float32_input_is_computed_in_float64():
     F = np.random.default_rng(6).standard_normal((1, 50, 8)).astype(np.float32)
     out = repexp_orders_torch(torch.tensor(F), 50, torch.tensor([[3, 9]]), center=False)
-    np.testing.assert_array_equal(out[0].numpy(),
-                                  repexp_orders(F[0].astype(np.float64), 50, [3, 9], center=False))
+    np.testing.assert_array_equal(
+        out[0].numpy(), repexp_orders(F[0].astype(np.float64), 50, [3, 9], center=False)
+    )
 
 
 @pytest.mark.parametrize("center", [True, False])
@@ -231,8 +240,9 @@ def test_torch_padded_pools(center):
     F[~valid] = np.nan  # padding content must not matter
     firsts = np.stack([rng.choice(real[b], T, replace=False) for b in range(B)])
     k = min(sizes)
-    out = repexp_orders_torch(torch.tensor(F), k, torch.tensor(firsts), valid=torch.tensor(valid),
-                              center=center)
+    out = repexp_orders_torch(
+        torch.tensor(F), k, torch.tensor(firsts), valid=torch.tensor(valid), center=center
+    )
     for b in range(B):
         local_first = np.searchsorted(real[b], firsts[b])
         ref = repexp_orders(F[b, real[b]], k, local_first, center=center)

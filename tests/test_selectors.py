@@ -39,19 +39,30 @@ def full_context(n=40, d=6, seed=0, correct=None) -> PoolContext:
     """A pool with every input, random but fixed by ``seed``."""
     rng = np.random.default_rng(seed)
     texts = [" ".join(rng.choice(WORDS, size=int(rng.integers(3, 15)))) for _ in range(n)]
-    answers = [None if u < 0.15 else str(int(v)) for u, v in
-               zip(rng.random(n), rng.geometric(0.4, size=n), strict=True)]
+    answers = [
+        None if u < 0.15 else str(int(v))
+        for u, v in zip(rng.random(n), rng.geometric(0.4, size=n), strict=True)
+    ]
     if correct is None:
         correct = rng.random(n) < 0.2
-    return PoolContext(n=n, features=rng.standard_normal((n, d)) * 3 + 1,
-                       logprob_sum=-rng.gamma(2.0, 20.0, size=n),
-                       n_tokens=rng.integers(1, 50, size=n), answers=answers, texts=texts,
-                       correct=correct)
+    return PoolContext(
+        n=n,
+        features=rng.standard_normal((n, d)) * 3 + 1,
+        logprob_sum=-rng.gamma(2.0, 20.0, size=n),
+        n_tokens=rng.integers(1, 50, size=n),
+        answers=answers,
+        texts=texts,
+        correct=correct,
+    )
 
 
 def is_permutation(order, n) -> bool:
     order = np.asarray(order)
-    return order.dtype == np.int64 and order.shape == (n,) and np.array_equal(np.sort(order), np.arange(n))
+    return (
+        order.dtype == np.int64
+        and order.shape == (n,)
+        and np.array_equal(np.sort(order), np.arange(n))
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -63,7 +74,7 @@ def test_every_selector_returns_a_seeded_permutation(name):
     ctx = full_context()
     a = run_selector(name, ctx, np.random.default_rng(3), k=5)
     b = run_selector(name, ctx, np.random.default_rng(3), k=5)
-    c = run_selector(name, ctx, np.random.default_rng(3))            # k = None
+    c = run_selector(name, ctx, np.random.default_rng(3))  # k = None
     assert is_permutation(a, ctx.n) and is_permutation(c, ctx.n)
     assert np.array_equal(a, b)
     # a pool of one, and the raw function (not through run_selector) on the restricted context
@@ -79,8 +90,10 @@ def test_selectors_other_than_oracle_cannot_see_the_labels(name):
     ctx = full_context(correct=rng.random(40) < 0.5)
     flipped = dataclasses.replace(ctx, correct=~ctx.correct)
     assert "correct" not in SELECTORS[name].needs
-    assert np.array_equal(run_selector(name, ctx, np.random.default_rng(2)),
-                          run_selector(name, flipped, np.random.default_rng(2)))
+    assert np.array_equal(
+        run_selector(name, ctx, np.random.default_rng(2)),
+        run_selector(name, flipped, np.random.default_rng(2)),
+    )
 
 
 def test_only_oracle_uses_labels_and_restriction_hides_inputs():
@@ -136,7 +149,7 @@ def test_repexp_is_algorithm_1_with_a_uniform_first_pick():
     assert np.array_equal(repexp(ctx, np.random.default_rng(11)), want)
     assert np.array_equal(repexp(ctx, np.random.default_rng(0), first=first), want)
     firsts = {int(repexp(ctx, np.random.default_rng(s))[0]) for s in range(40)}
-    assert len(firsts) > 10                                 # the first pick varies with the seed
+    assert len(firsts) > 10  # the first pick varies with the seed
 
 
 def test_leave_one_out_bonus_is_the_authors_downdate():
@@ -176,7 +189,7 @@ def test_inside_algorithm_1_leverage_and_leave_one_out_give_alg_1s_order():
         while len(order) < 15:
             scores = np.full(15, -np.inf)
             for i in set(range(15)) - set(order):
-                group = order + [i]                            # the group S ∪ {i}, as in RL
+                group = order + [i]  # the group S ∪ {i}, as in RL
                 Lam = np.linalg.inv(lam * np.eye(4) + c[group].T @ c[group])
                 lev = c[i] @ Lam @ c[i]
                 scores[i] = lev if bonus_type == "leverage" else lev / (1 - lev)
@@ -210,7 +223,7 @@ def test_maxmin_hand_made_line():
         if order[0] == 0:
             assert order[1] == 2 and set(order[2:4]) == {3, 4} and order[4] == 1
             seen.add(order[2])
-    assert seen == {3, 4}                                   # the tie goes either way, by seed
+    assert seen == {3, 4}  # the tie goes either way, by seed
 
 
 def test_maxmin_matches_brute_force_and_the_2_approximation():
@@ -240,12 +253,14 @@ def test_maxmin_with_duplicates_picks_the_farthest_then_random():
     for seed in range(20):
         order = maxmin(ctx, np.random.default_rng(seed))
         assert is_permutation(order, 9)
-        for t in range(1, 9):                               # each pick attains the max-min distance
+        for t in range(1, 9):  # each pick attains the max-min distance
             rest = order[t:]
-            assert D[order[t], order[:t]].min() == pytest.approx(D[np.ix_(rest, order[:t])].min(axis=1).max())
-        assert len({tuple(X[i]) for i in order[:3]}) == 3   # the three distinct points first
+            assert D[order[t], order[:t]].min() == pytest.approx(
+                D[np.ix_(rest, order[:t])].min(axis=1).max()
+            )
+        assert len({tuple(X[i]) for i in order[:3]}) == 3  # the three distinct points first
         tails.add(tuple(order[3:]))
-    assert len(tails) > 5                                   # the exhausted tail is seeded random
+    assert len(tails) > 5  # the exhausted tail is seeded random
 
 
 # --------------------------------------------------------------------------------------------
@@ -288,7 +303,7 @@ def test_dpp_greedy_map_matches_exhaustive_log_det():
         got, gains = dpp_greedy_map(X)
         assert got.tolist() == want
         np.testing.assert_allclose(gains, want_gains, rtol=1e-8, atol=1e-8)
-        assert len(got) == np.linalg.matrix_rank(X)            # stops when the volume is spent
+        assert len(got) == np.linalg.matrix_rank(X)  # stops when the volume is spent
 
 
 def test_dpp_with_a_ridge_kernel_is_repexp_greedy():
@@ -297,7 +312,7 @@ def test_dpp_with_a_ridge_kernel_is_repexp_greedy():
     rng = np.random.default_rng(7)
     for n, d, lam in ((25, 4, 1.0), (12, 30, 0.3), (40, 8, 5.0)):
         phi = rng.standard_normal((n, d)) * 2 + 1
-        c = phi - phi.mean(axis=0)                         # centred as RepExp centres
+        c = phi - phi.mean(axis=0)  # centred as RepExp centres
         first = int(rng.integers(n))
         order, bonus = repexp_order(phi, n, lam=lam, first=first, return_bonus=True)
         got, gains = dpp_greedy_map(np.hstack([c / np.sqrt(lam), np.eye(n)]), first=first)
@@ -324,7 +339,9 @@ def test_ridge_dpp_greedy_is_within_1_minus_1_over_e_of_the_best_subset():
     order, _ = dpp_greedy_map(np.hstack([c, np.eye(n)]))
     for k in range(1, 5):
         greedy = np.linalg.slogdet(L[np.ix_(order[:k], order[:k])])[1]
-        best = max(np.linalg.slogdet(L[np.ix_(S, S)])[1] for S in itertools.combinations(range(n), k))
+        best = max(
+            np.linalg.slogdet(L[np.ix_(S, S)])[1] for S in itertools.combinations(range(n), k)
+        )
         assert greedy >= (1 - 1 / math.e) * best
         assert greedy <= best + 1e-12
 
@@ -354,8 +371,10 @@ def test_likelihood_orders_hand_made():
     assert hi == {(1, 3, 2, 0, 4), (3, 1, 2, 0, 4)}
     lo = {tuple(run_selector("likelihood_low", ctx, np.random.default_rng(s))) for s in range(20)}
     assert lo == {(4, 0, 2, 1, 3), (4, 0, 2, 3, 1)}
-    hpt = {tuple(run_selector("likelihood_high_per_token", ctx, np.random.default_rng(s)))
-           for s in range(40)}
+    hpt = {
+        tuple(run_selector("likelihood_high_per_token", ctx, np.random.default_rng(s)))
+        for s in range(40)
+    }
     assert hpt == {(a, b, c, e, 2) for a, b in ((3, 4), (4, 3)) for c, e in ((0, 1), (1, 0))}
     lpt = run_selector("likelihood_low_per_token", ctx, np.random.default_rng(0))
     assert lpt[0] == 2 and set(lpt[1:3]) == {0, 1} and set(lpt[3:]) == {3, 4}
@@ -372,13 +391,20 @@ def test_answer_dedup_hand_built_pool():
     firsts = set()
     for seed in range(30):
         order = answer_dedup(ctx, np.random.default_rng(seed)).tolist()
-        groups = [{0, 2, 4}, {1, 5}, {6}, {3, 7},    # round 1: one of each, most frequent first
-                  {0, 2, 4}, {1, 5}, {3, 7},         # round 2
-                  {0, 2, 4}]                         # round 3
+        groups = [
+            {0, 2, 4},
+            {1, 5},
+            {6},
+            {3, 7},  # round 1: one of each, most frequent first
+            {0, 2, 4},
+            {1, 5},
+            {3, 7},  # round 2
+            {0, 2, 4},
+        ]  # round 3
         assert all(i in g for i, g in zip(order, groups, strict=True)), order
         assert is_permutation(np.array(order), 8)
         firsts.add(order[0])
-    assert firsts == {0, 2, 4}                       # members of a group come in random order
+    assert firsts == {0, 2, 4}  # members of a group come in random order
 
 
 def test_answer_dedup_equal_groups_in_random_order_and_none_last():
@@ -386,18 +412,25 @@ def test_answer_dedup_equal_groups_in_random_order_and_none_last():
     heads = {tuple(answer_dedup(ctx, np.random.default_rng(s))[:3]) for s in range(30)}
     assert all({ctx.answers[h[0]], ctx.answers[h[1]]} == {"a", "b"} for h in heads)
     assert {ctx.answers[h[0]] for h in heads} == {"a", "b"}
-    assert all(h[2] in (0, 1, 2) for h in heads)     # the no-answer group is last though largest
+    assert all(h[2] in (0, 1, 2) for h in heads)  # the no-answer group is last though largest
 
 
 def test_final_answers():
-    assert final_answers("gsm8k", ["so #### 1,000", "#### 1000.00", "it is 5", "#### 7."]) == \
-        ["1000", "1000", None, "7"]
+    assert final_answers("gsm8k", ["so #### 1,000", "#### 1000.00", "it is 5", "#### 7."]) == [
+        "1000",
+        "1000",
+        None,
+        "7",
+    ]
     assert final_answers("gsm8k", ["it is 5"], last_number_fallback=True) == ["5"]
     assert final_answers("arith", ["it is 5"]) == ["5"]
-    assert final_answers("math", [r"so \boxed{\dfrac{1}{2}}", r"\boxed{ \frac{1}{2} }.", "none"]) == \
-        [r"\frac{1}{2}", r"\frac{1}{2}", None]
-    assert final_answers("game24", [r"\boxed{(10 - 4) * (6 - 2)}", "(10-4)*(6-2) = 24"]) == \
-        ["(10-4)*(6-2)", "(10-4)*(6-2)"]
+    assert final_answers(
+        "math", [r"so \boxed{\dfrac{1}{2}}", r"\boxed{ \frac{1}{2} }.", "none"]
+    ) == [r"\frac{1}{2}", r"\frac{1}{2}", None]
+    assert final_answers("game24", [r"\boxed{(10 - 4) * (6 - 2)}", "(10-4)*(6-2) = 24"]) == [
+        "(10-4)*(6-2)",
+        "(10-4)*(6-2)",
+    ]
     with pytest.raises(ValueError, match="code task"):
         final_answers("mbppplus", ["def f(): pass"])
 
@@ -433,16 +466,19 @@ def test_kmeans_rr_round_robin_over_separated_blobs():
 
 
 def test_ngram_sets_tokenise_words_and_punctuation():
-    assert ngram_sets(["So x+1=2."], n=2) == [{("so", "x"), ("x", "+"), ("+", "1"), ("1", "="),
-                                             ("=", "2"), ("2", ".")}]
+    assert ngram_sets(["So x+1=2."], n=2) == [
+        {("so", "x"), ("x", "+"), ("+", "1"), ("1", "="), ("=", "2"), ("2", ".")}
+    ]
     assert ngram_sets(["one", "a b c"], n=3) == [set(), {("a", "b", "c")}]
 
 
 def test_ngram_hand_made():
-    texts = ["a b c d",          # ab bc cd
-             "a b c d e",        # ab bc cd de
-             "x y",              # xy
-             "a b x y z w"]      # ab bx xy yz zw: most bigrams, first
+    texts = [
+        "a b c d",  # ab bc cd
+        "a b c d e",  # ab bc cd de
+        "x y",  # xy
+        "a b x y z w",
+    ]  # ab bx xy yz zw: most bigrams, first
     # after 3: text 1 adds bc cd de (3), text 0 adds bc cd (2), text 2 nothing; after 1: nothing
     ctx = PoolContext(n=4, texts=texts)
     tails = {tuple(ngram(ctx, np.random.default_rng(s))) for s in range(20)}
@@ -461,12 +497,13 @@ def test_ngram_matches_brute_force_greedy_and_coverage_bound():
         covered: set = set()
         for t, i in enumerate(order):
             gains = [len(sets[j] - covered) for j in order[t:]]
-            assert len(sets[i] - covered) == max(gains)     # each pick is a greedy argmax
+            assert len(sets[i] - covered) == max(gains)  # each pick is a greedy argmax
             covered |= sets[i]
         for k in range(1, 4):
             got = len(set().union(*(sets[i] for i in order[:k])))
-            best = max(len(set().union(*(sets[i] for i in S)))
-                       for S in itertools.combinations(range(n), k))
+            best = max(
+                len(set().union(*(sets[i] for i in S))) for S in itertools.combinations(range(n), k)
+            )
             assert got >= (1 - 1 / math.e) * best
 
 
@@ -483,6 +520,6 @@ def test_oracle_stc_is_1_on_every_solved_question():
         assert is_permutation(order, n)
         if correct.any():
             assert samples_to_correct(order, correct) == 1
-            assert correct[order[: correct.sum()]].all()      # every correct one first
+            assert correct[order[: correct.sum()]].all()  # every correct one first
         else:
             assert samples_to_correct(order, correct) is None

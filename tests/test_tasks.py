@@ -39,7 +39,13 @@ def fixture_load(path, name=None, *, split):
 # ------------------------------------------------------------------------------------------------
 def test_math_hub_splits_follow_the_recipe():
     test = src.math_hub("test", fixture_load)
-    assert [r["answer"] for r in test] == ["2", "\\frac{3}{4}", "\\left( 3, \\frac{\\pi}{2} \\right)", "2", "4"]
+    assert [r["answer"] for r in test] == [
+        "2",
+        "\\frac{3}{4}",
+        "\\left( 3, \\frac{\\pi}{2} \\right)",
+        "2",
+        "4",
+    ]
     assert [r["difficulty"] for r in test] == [1.0, 2.0, 2.0, 3.0, 5.0]
     dev = src.math_hub("dev", fixture_load)  # the MATH-500 problems, matched by text
     assert [r["qid"] for r in dev] == ["math-test-2", "math-test-4"]
@@ -69,7 +75,9 @@ def test_gsm8k_hub_answers_and_dev_split():
     assert [r["qid"] for r in rest] == ["gsm8k-test-3"]
 
 
-@pytest.mark.parametrize("solution,expected", [("x\n#### 1,234", "1234"), ("#### -7", "-7"), ("#### 2.5", "2.5")])
+@pytest.mark.parametrize(
+    "solution,expected", [("x\n#### 1,234", "1234"), ("#### -7", "-7"), ("#### 2.5", "2.5")]
+)
 def test_gsm8k_reference_answer(solution, expected):
     assert src.gsm8k_answer(solution) == expected
 
@@ -82,7 +90,9 @@ def test_gsm8k_reference_without_hash_is_an_error():
 def test_mbppplus_hub_reference_is_the_evalplus_program():
     recs = src.mbppplus_hub("test", fixture_load)
     assert [r["qid"] for r in recs] == ["mbppplus-2", "mbppplus-900"]
-    assert recs[0]["question"].endswith("\nassert set(similar_elements((3, 4, 5, 6),(5, 7, 4, 10))) == set((4, 5))")
+    assert recs[0]["question"].endswith(
+        "\nassert set(similar_elements((3, 4, 5, 6),(5, 7, 4, 10))) == set((4, 5))"
+    )
     ref = json.loads(recs[1]["answer"])
     assert ref["setup"] == "import math"
     assert "assertion(square_root(*inp), exp, 0)" in ref["tests"]
@@ -96,7 +106,9 @@ def test_game24_hub_difficulty_is_one_minus_solve_rate():
 
 def test_aime_hub_sources():
     assert [(r["qid"], r["answer"]) for r in src.aime2025_hub("test", fixture_load)] == [
-        ("aime2025-1", "70"), ("aime2025-2", "33")]
+        ("aime2025-1", "70"),
+        ("aime2025-2", "33"),
+    ]
     assert [r["answer"] for r in src.aime2024_hub("test", fixture_load)] == ["204", "73", "5"]
 
 
@@ -144,7 +156,10 @@ def test_offline_gsm_symbolic_is_deterministic_and_numeric(wheel_dir):
     assert len({r["question"] for r in a}) == 50
     for r in a:
         float(r["answer"])  # every reference is a number
-    assert a[0]["question"] != src.gsm_symbolic_offline("train", wheel_dir, train_size=1)[0]["question"]
+    assert (
+        a[0]["question"]
+        != src.gsm_symbolic_offline("train", wheel_dir, train_size=1)[0]["question"]
+    )
     assert len(src.gsm_symbolic_offline("test", wheel_dir)) == 1319
     assert len(src.gsm_symbolic_offline("dev", wheel_dir)) == 512
     assert len(src.gsm_symbolic_offline("test_rest", wheel_dir)) == 807
@@ -155,8 +170,12 @@ def test_offline_gsm_symbolic_is_deterministic_and_numeric(wheel_dir):
 # ------------------------------------------------------------------------------------------------
 def test_recipe_prompts():
     m = get_task("math").messages("What is 1+1?")
-    assert m == [{"role": "user", "content":
-                  "What is 1+1? Let's think step by step and output the final answer within \\boxed{}."}]
+    assert m == [
+        {
+            "role": "user",
+            "content": "What is 1+1? Let's think step by step and output the final answer within \\boxed{}.",
+        }
+    ]
     g = get_task("gsm8k").messages("Q?")[0]["content"]
     assert g == 'Q? Let\'s think step by step and output the final answer after "####".'
     assert "4 5 6 10" in get_task("game24").messages("4 5 6 10")[0]["content"]
@@ -192,8 +211,20 @@ def test_every_task_builds_an_offline_table(name, wheel_dir):
 
 def test_cli_writes_parquet_atomically(tmp_path, wheel_dir):
     out = tmp_path / "t" / "test.parquet"
-    rc = tasks_cli(["--task", "game24", "--split", "test", "--n-questions", "7", "--wheel-dir", str(wheel_dir),
-                    "--out", str(out)])
+    rc = tasks_cli(
+        [
+            "--task",
+            "game24",
+            "--split",
+            "test",
+            "--n-questions",
+            "7",
+            "--wheel-dir",
+            str(wheel_dir),
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     df = pd.read_parquet(out)
     assert len(df) == 7 and df["difficulty"].between(0, 1).all()
@@ -232,17 +263,23 @@ def test_humaneval_setup_is_the_prompt_up_to_the_entry_point(wheel_dir):
     setup = {q: json.loads(r["answer"])["setup"] for q, r in recs.items()}
     # the prompt's imports and its helper functions, nothing of the entry point's own def
     assert setup["humaneval-0"] == "from typing import List\n"
-    assert "def poly(xs: list, x: float):" in setup["humaneval-32"] and "import math" in setup["humaneval-32"]
+    assert (
+        "def poly(xs: list, x: float):" in setup["humaneval-32"]
+        and "import math" in setup["humaneval-32"]
+    )
     assert "def find_zero" not in setup["humaneval-32"]
-    assert "def encode_cyclic" in setup["humaneval-38"] and "def decode_cyclic" not in setup["humaneval-38"]
+    assert (
+        "def encode_cyclic" in setup["humaneval-38"]
+        and "def decode_cyclic" not in setup["humaneval-38"]
+    )
     task = get_task("mbppplus")
     # answers that call the prompt's helpers (the tests of /32, /38, /50 call them too)
     answers = {
         "humaneval-10": "```python\ndef make_palindrome(string: str) -> str:\n    for i in range(len(string) + 1):\n"
-                        "        if is_palindrome(string[i:]):\n            return string + string[:i][::-1]\n```",
+        "        if is_palindrome(string[i:]):\n            return string + string[:i][::-1]\n```",
         "humaneval-38": "```python\ndef decode_cyclic(s: str):\n    return encode_cyclic(encode_cyclic(s))\n```",
         "humaneval-50": "```python\ndef decode_shift(s: str):\n"
-                        "    return ''.join(chr((ord(ch) - 5 - ord('a')) % 26 + ord('a')) for ch in s)\n```",
+        "    return ''.join(chr((ord(ch) - 5 - ord('a')) % 26 + ord('a')) for ch in s)\n```",
     }
     for qid, answer in answers.items():
         assert task.score(recs[qid]["answer"], answer) == 1.0, qid
@@ -260,17 +297,30 @@ def test_humaneval_all_canonical_solutions_pass_and_broken_ones_fail(wheel_dir):
     answers, alone, chat, broken = [], [], [], []
     for r in recs:
         c = raw[r["qid"]]
-        head = c["prompt"][re.search(rf"^def {c['entry_point']}\s*\(", c["prompt"], re.M).start():]
+        head = c["prompt"][re.search(rf"^def {c['entry_point']}\s*\(", c["prompt"], re.M).start() :]
         answers.append(r["answer"])
         alone.append(head + c["canonical_solution"])  # no fence, no imports, no helpers
-        chat.append("Sure! Here is the completed function:\n\n```python\n" + c["prompt"] + c["canonical_solution"]
-                    + "```\n\nIt passes the examples in the docstring.")
+        chat.append(
+            "Sure! Here is the completed function:\n\n```python\n"
+            + c["prompt"]
+            + c["canonical_solution"]
+            + "```\n\nIt passes the examples in the docstring."
+        )
         broken.append("```python\n" + head + "    return None\n```")
-    got = {name: score_many(task, answers, responses, workers=2)
-           for name, responses in (("alone", alone), ("chat", chat), ("broken", broken))}
-    failed = {name: [recs[i]["qid"] for i in np.flatnonzero(v != (name != "broken"))] for name, v in got.items()}
+    got = {
+        name: score_many(task, answers, responses, workers=2)
+        for name, responses in (("alone", alone), ("chat", chat), ("broken", broken))
+    }
+    failed = {
+        name: [recs[i]["qid"] for i in np.flatnonzero(v != (name != "broken"))]
+        for name, v in got.items()
+    }
     assert failed == {"alone": [], "chat": [], "broken": []}
-    assert {name: int(v.sum()) for name, v in got.items()} == {"alone": 164, "chat": 164, "broken": 0}
+    assert {name: int(v.sum()) for name, v in got.items()} == {
+        "alone": 164,
+        "chat": 164,
+        "broken": 0,
+    }
 
 
 def test_score_many_matches_score_and_uses_workers(wheel_dir):

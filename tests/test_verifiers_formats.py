@@ -50,8 +50,13 @@ def test_every_task_has_a_format():
 
 def test_score_table_has_format_ok_and_a_correct_answer_can_miss_it():
     questions = pd.DataFrame({"qid": ["a", "b"], "answer": ["7", "5"]})
-    pool = pd.DataFrame({"qid": ["a", "a", "a", "b"], "sample": [0, 1, 2, 0],
-                         "text": ["#### 7", "it is 7", "#### 8", "#### 5"]})
+    pool = pd.DataFrame(
+        {
+            "qid": ["a", "a", "a", "b"],
+            "sample": [0, 1, 2, 0],
+            "text": ["#### 7", "it is 7", "#### 8", "#### 5"],
+        }
+    )
     strict = score_pool(pool, questions, get_task("gsm8k"), workers=1)
     assert strict["correct"].tolist() == [1.0, 0.0, 0.0, 1.0]
     assert strict["format_ok"].tolist() == [True, False, True, True]
@@ -61,12 +66,19 @@ def test_score_table_has_format_ok_and_a_correct_answer_can_miss_it():
 
 
 def test_pool_stats_per_question():
-    scores = pd.DataFrame({"qid": ["q2"] * 3 + ["q1"] * 2, "sample": [0, 1, 2, 0, 1],
-                           "correct": [1.0, 0.0, 1.0, 0.0, 0.0],
-                           "format_ok": [True, False, True, True, False]})
+    scores = pd.DataFrame(
+        {
+            "qid": ["q2"] * 3 + ["q1"] * 2,
+            "sample": [0, 1, 2, 0, 1],
+            "correct": [1.0, 0.0, 1.0, 0.0, 0.0],
+            "format_ok": [True, False, True, True, False],
+        }
+    )
     stats = pool_stats(scores)
-    assert stats.to_dict("records") == [{"qid": "q2", "n": 3, "c": 2, "format_ok": 2},
-                                        {"qid": "q1", "n": 2, "c": 0, "format_ok": 1}]
+    assert stats.to_dict("records") == [
+        {"qid": "q2", "n": 3, "c": 2, "format_ok": 2},
+        {"qid": "q1", "n": 2, "c": 0, "format_ok": 1},
+    ]
     with pytest.raises(ValueError, match="scored twice"):
         pool_stats(pd.concat([scores, scores.iloc[:1]]))
 
@@ -74,10 +86,14 @@ def test_pool_stats_per_question():
 def test_stats_cli_reads_every_shard(tmp_path):
     from repexp.score import main
 
-    shards = [pd.DataFrame({"qid": ["a", "a"], "sample": [0, 1], "correct": [1.0, 0.0],
-                            "format_ok": [True, True]}),
-              pd.DataFrame({"qid": ["b", "b"], "sample": [0, 1], "correct": [0.0, 0.0],
-                            "format_ok": [False, True]})]
+    shards = [
+        pd.DataFrame(
+            {"qid": ["a", "a"], "sample": [0, 1], "correct": [1.0, 0.0], "format_ok": [True, True]}
+        ),
+        pd.DataFrame(
+            {"qid": ["b", "b"], "sample": [0, 1], "correct": [0.0, 0.0], "format_ok": [False, True]}
+        ),
+    ]
     files = []
     for i, df in enumerate(shards):
         files.append(str(tmp_path / f"shard-{i}.scores.parquet"))
@@ -87,7 +103,9 @@ def test_stats_cli_reads_every_shard(tmp_path):
     assert main(["stats", "--scores", *files, *keys]) == 0
     got = pd.read_parquet(out)
     assert got[["qid", "n", "c", "format_ok"]].to_dict("records") == [
-        {"qid": "a", "n": 2, "c": 1, "format_ok": 2}, {"qid": "b", "n": 2, "c": 0, "format_ok": 1}]
+        {"qid": "a", "n": 2, "c": 1, "format_ok": 2},
+        {"qid": "b", "n": 2, "c": 0, "format_ok": 1},
+    ]
     assert set(got["model"]) == {"m"} and set(got["sampler"]) == {"vanilla"}
     with pytest.raises(SystemExit, match="several score shards"):
         main(["stats", "--scores", files[0], files[0], *keys])

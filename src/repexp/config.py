@@ -34,8 +34,10 @@ def _describe(err) -> str:
         extra = sorted(set(inst) - set(err.schema.get("properties", {})))
         allowed = _allowed_keys(err.schema)
         where = f"under `{key}`" if err.absolute_path else "at the top level"
-        return (f"unknown key(s) {', '.join(repr(k) for k in extra)} {where}; "
-                f"allowed: {', '.join(allowed) if allowed else '(none)'}")
+        return (
+            f"unknown key(s) {', '.join(repr(k) for k in extra)} {where}; "
+            f"allowed: {', '.join(allowed) if allowed else '(none)'}"
+        )
     if "propertyNames" in err.relative_schema_path:
         return f"config key `{key}` has an entry named {inst!r}; allowed names: {_allowed(v, val)}"
     if v == "required":
@@ -54,7 +56,9 @@ def _describe(err) -> str:
 
 def _allowed(v: str, val) -> str:
     return {
-        "enum": lambda: "one of " + ", ".join(map(repr, val)) if isinstance(val, list) else repr(val),
+        "enum": lambda: (
+            "one of " + ", ".join(map(repr, val)) if isinstance(val, list) else repr(val)
+        ),
         "const": lambda: repr(val),
         "exclusiveMinimum": lambda: f"a number > {val}",
         "minimum": lambda: f"a number >= {val}",
@@ -72,7 +76,9 @@ def schema_errors(config: dict, schema: dict) -> list[str]:
     from jsonschema import Draft202012Validator
 
     validator = Draft202012Validator(schema)
-    errs = sorted(validator.iter_errors(config), key=lambda e: (list(map(str, e.absolute_path)), e.validator))
+    errs = sorted(
+        validator.iter_errors(config), key=lambda e: (list(map(str, e.absolute_path)), e.validator)
+    )
     return list(dict.fromkeys(_describe(e) for e in errs))
 
 
@@ -85,8 +91,10 @@ def reference_errors(config: dict) -> list[str]:
 
     def need(kind, names, key, value):
         if value is not None and value not in names:
-            errors.append(f"config key `{key}` names {kind} {value!r}, which is not defined under "
-                          f"`{kind}s`; defined: {', '.join(sorted(names)) or '(none)'}")
+            errors.append(
+                f"config key `{key}` names {kind} {value!r}, which is not defined under "
+                f"`{kind}s`; defined: {', '.join(sorted(names)) or '(none)'}"
+            )
 
     inf = config.get("inference", {})
     for i, m in enumerate(inf.get("models", [])):
@@ -98,26 +106,43 @@ def reference_errors(config: dict) -> list[str]:
         need("model", models, f"inference.grid.{i}.model", g.get("model"))
         need("task", tasks, f"inference.grid.{i}.task", g.get("task"))
         if g.get("sampler") not in samplers:
-            errors.append(f"config key `inference.grid.{i}.sampler` names sampler {g.get('sampler')!r}, "
-                          f"not defined under `inference.samplers`; defined: {', '.join(sorted(samplers))}")
+            errors.append(
+                f"config key `inference.grid.{i}.sampler` names sampler {g.get('sampler')!r}, "
+                f"not defined under `inference.samplers`; defined: {', '.join(sorted(samplers))}"
+            )
     if inf.get("models") and inf.get("tasks") and "vanilla" not in samplers:
-        errors.append("config key `inference.samplers` must define `vanilla` (the pools of every model x task)")
+        errors.append(
+            "config key `inference.samplers` must define `vanilla` (the pools of every model x task)"
+        )
     for i, m in enumerate((inf.get("features") or {}).get("ablation_models") or []):
         if m not in inf.get("models", []):
-            errors.append(f"config key `inference.features.ablation_models.{i}` names model {m!r}, which is "
-                          f"not in `inference.models` (only those have vanilla pools)")
-    need("model", models, "inference.metrics.reference_model", inf.get("metrics", {}).get("reference_model"))
+            errors.append(
+                f"config key `inference.features.ablation_models.{i}` names model {m!r}, which is "
+                f"not in `inference.models` (only those have vanilla pools)"
+            )
+    need(
+        "model",
+        models,
+        "inference.metrics.reference_model",
+        inf.get("metrics", {}).get("reference_model"),
+    )
     tl = config.get("token_level", {})
     need("model", models, "token_level.model", tl.get("model"))
     need("model", models, "token_level.reference_model", tl.get("reference_model"))
     need("task", tasks, "token_level.task", tl.get("task"))
     if tl.get("model") and not (tl.get("task") and tl.get("reference_model")):
-        errors.append("config key `token_level.model` is set, so `token_level.task` and "
-                      "`token_level.reference_model` must be set too (the reference model's vanilla pools "
-                      "rank the questions); set token_level.model: null to skip the token-level stage")
-    if tl.get("task") in tasks and "test" not in config["tasks"][tl["task"]].get("splits", ["test"]):
-        errors.append(f"config key `tasks.{tl['task']}.splits` must include 'test': the token-level stage "
-                      f"(token_level.task) runs on the test split")
+        errors.append(
+            "config key `token_level.model` is set, so `token_level.task` and "
+            "`token_level.reference_model` must be set too (the reference model's vanilla pools "
+            "rank the questions); set token_level.model: null to skip the token-level stage"
+        )
+    if tl.get("task") in tasks and "test" not in config["tasks"][tl["task"]].get(
+        "splits", ["test"]
+    ):
+        errors.append(
+            f"config key `tasks.{tl['task']}.splits` must include 'test': the token-level stage "
+            f"(token_level.task) runs on the test split"
+        )
     rl = config.get("rl", {})
     need("model", models, "rl.model", rl.get("model"))
     for i, t in enumerate(rl.get("tasks", [])):
@@ -127,8 +152,10 @@ def reference_errors(config: dict) -> list[str]:
     for t, spec in config.get("tasks", {}).items():
         for s in spec.get("splits", []):
             if t in SPLITS and s not in SPLITS[t]:
-                errors.append(f"config key `tasks.{t}.splits` has value {s!r}; allowed for {t}: "
-                              f"{', '.join(SPLITS[t])}")
+                errors.append(
+                    f"config key `tasks.{t}.splits` has value {s!r}; allowed for {t}: "
+                    f"{', '.join(SPLITS[t])}"
+                )
     return errors
 
 
@@ -144,7 +171,8 @@ def check_config(config: dict, schema_path: str | os.PathLike) -> dict:
         errors = reference_errors(config)
     if errors:
         raise ConfigError(
-            "invalid configuration (nothing was run):\n  - " + "\n  - ".join(errors)
+            "invalid configuration (nothing was run):\n  - "
+            + "\n  - ".join(errors)
             + "\nSee config/README.md for every key and its allowed values."
         )
     return config

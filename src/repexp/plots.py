@@ -27,10 +27,33 @@ from repexp.features import POOLINGS
 from repexp.provenance import strip as strip_provenance
 
 __all__ = [
-    "CORRECT_COLOR", "POOLINGS", "POOLING_COLORS", "POOLING_LABELS", "RANDOM_COLOR", "RANDOM_LABEL",
-    "REPEXP_COLOR", "REPEXP_LABEL", "SAMPLER_LABELS", "empty_panel", "grid", "identity_line", "load",
-    "log2_k_axis", "note_if_degenerate", "only", "palette", "passk_panel", "pick", "plain_log_ticks",
-    "print_table", "sampler_label", "save", "setup", "task_markers", "titled", "top",
+    "CORRECT_COLOR",
+    "POOLINGS",
+    "POOLING_COLORS",
+    "POOLING_LABELS",
+    "RANDOM_COLOR",
+    "RANDOM_LABEL",
+    "REPEXP_COLOR",
+    "REPEXP_LABEL",
+    "SAMPLER_LABELS",
+    "empty_panel",
+    "grid",
+    "identity_line",
+    "load",
+    "log2_k_axis",
+    "note_if_degenerate",
+    "only",
+    "palette",
+    "passk_panel",
+    "pick",
+    "plain_log_ticks",
+    "print_table",
+    "sampler_label",
+    "save",
+    "setup",
+    "task_markers",
+    "titled",
+    "top",
 ]
 
 # Colours of the authors' plot script (paper.md §4): Base/random = deep[7], RepExp = colorblind[2].
@@ -39,14 +62,24 @@ REPEXP_COLOR = sns.color_palette("colorblind")[2]
 REPEXP_LABEL = "RepExp (ours)"
 RANDOM_LABEL = "random"
 CORRECT_COLOR = sns.color_palette("colorblind")[0]
-POOLING_COLORS = {"mean": REPEXP_COLOR, "last": sns.color_palette("colorblind")[0],
-                  "penultimate": sns.color_palette("colorblind")[4]}
+POOLING_COLORS = {
+    "mean": REPEXP_COLOR,
+    "last": sns.color_palette("colorblind")[0],
+    "penultimate": sns.color_palette("colorblind")[4],
+}
 # Pool generators of paper §1.6 (config/paper.yaml names); any other name is shown as written.
-SAMPLER_LABELS = {"vanilla": "vanilla (τ = 1.0)", "temp0.6": "low temperature (τ = 0.6)",
-                  "temp1.5": "high temperature (τ = 1.5)", "minp0.05": "min-p 0.05 (τ = 1.5)",
-                  "topp0.9": "nucleus (top-p = 0.9)"}
-POOLING_LABELS = {"mean": "mean of response tokens (paper)", "last": "last token",
-                  "penultimate": "penultimate token"}
+SAMPLER_LABELS = {
+    "vanilla": "vanilla (τ = 1.0)",
+    "temp0.6": "low temperature (τ = 0.6)",
+    "temp1.5": "high temperature (τ = 1.5)",
+    "minp0.05": "min-p 0.05 (τ = 1.5)",
+    "topp0.9": "nucleus (top-p = 0.9)",
+}
+POOLING_LABELS = {
+    "mean": "mean of response tokens (paper)",
+    "last": "last token",
+    "penultimate": "penultimate token",
+}
 _MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "h", "<", ">"]
 
 
@@ -63,7 +96,9 @@ def load(tables_dir: str | Path, name: str) -> pd.DataFrame:
     path = Path(tables_dir) / name
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist: build it first, e.g. `snakemake {path}`")
-    return strip_provenance(pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path))
+    return strip_provenance(
+        pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    )
 
 
 def only(df: pd.DataFrame, **equal) -> pd.DataFrame:
@@ -80,8 +115,9 @@ def pick(requested, scores: pd.Series, what: str):
     if requested is not None:
         key = tuple(requested) if isinstance(requested, list) else requested
         if key not in scores.index:
-            raise ValueError(f"{what} {requested!r} is not in the tables; available: "
-                             f"{list(scores.index)}")
+            raise ValueError(
+                f"{what} {requested!r} is not in the tables; available: {list(scores.index)}"
+            )
         return key
     scores = scores.dropna()
     return None if scores.empty else scores.sort_index().idxmax()
@@ -93,15 +129,18 @@ def top(scores: pd.Series, n: int) -> list:
     return list(scores.sort_values(ascending=False, kind="stable").index[:n])
 
 
-def note_if_degenerate(df: pd.DataFrame, by: Sequence[str] = ("model", "task"),
-                       values: Sequence[str] = ()) -> str:
+def note_if_degenerate(
+    df: pd.DataFrame, by: Sequence[str] = ("model", "task"), values: Sequence[str] = ()
+) -> str:
     """A short note when the run is too small for the figure's comparison ('' when it is fine):
     no rows, a single value of a ``by`` column, or no finite value in a ``values`` column."""
     if df.empty:
         return "no rows for this figure in this run"
     notes = [f"one {col}" for col in by if df[col].nunique() <= 1]
     text = "only " + " and ".join(notes) + " in this run" if notes else ""
-    empty = [col for col in values if not np.isfinite(pd.to_numeric(df[col], errors="coerce")).any()]
+    empty = [
+        col for col in values if not np.isfinite(pd.to_numeric(df[col], errors="coerce")).any()
+    ]
     if empty:
         text += ("; " if text else "") + f"no finite {', '.join(empty)} (no solved question?)"
     return text
@@ -143,8 +182,14 @@ def grid(n: int, max_cols: int = 5, panel: tuple[float, float] = (4.2, 3.4), **s
     n = max(n, 1)
     nrows = -(-n // max_cols)
     ncols = -(-n // nrows)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(panel[0] * ncols, panel[1] * nrows),
-                             squeeze=False, layout="constrained", **subplots_kw)
+    fig, axes = plt.subplots(
+        nrows,
+        ncols,
+        figsize=(panel[0] * ncols, panel[1] * nrows),
+        squeeze=False,
+        layout="constrained",
+        **subplots_kw,
+    )
     axes = list(axes.ravel())
     for ax in axes[n:]:
         ax.remove()
@@ -153,10 +198,21 @@ def grid(n: int, max_cols: int = 5, panel: tuple[float, float] = (4.2, 3.4), **s
 
 def empty_panel(ax, message: str) -> None:
     """Write ``message`` in the middle of a panel that has nothing to plot."""
-    ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes, wrap=True,
-            fontsize=10, color="0.35")
+    ax.text(
+        0.5,
+        0.5,
+        message,
+        ha="center",
+        va="center",
+        transform=ax.transAxes,
+        wrap=True,
+        fontsize=10,
+        color="0.35",
+    )
     ax.grid(False)
-    ax.tick_params(labelbottom=False, labelleft=False, length=0)  # not set_*ticks: axes may be shared
+    ax.tick_params(
+        labelbottom=False, labelleft=False, length=0
+    )  # not set_*ticks: axes may be shared
 
 
 def plain_log_ticks(ax, axes: str = "xy") -> None:
@@ -242,7 +298,9 @@ def token_method_label(method: str, beta: float | None = None) -> str:
     """``vanilla`` -> "vanilla sampling"; ``beta0.5`` -> "token-level RepExp (β = 0.5)"."""
     if method == "vanilla":
         return VANILLA_LABEL
-    return f"token-level RepExp (β = {beta:g})" if beta is not None and np.isfinite(beta) else method
+    return (
+        f"token-level RepExp (β = {beta:g})" if beta is not None and np.isfinite(beta) else method
+    )
 
 
 def token_method_colors(methods: Sequence[str]) -> dict[str, tuple]:
@@ -267,11 +325,25 @@ def token_passk_panel(ax, passk: pd.DataFrame, *, bands: bool) -> bool:
             continue
         label = token_method_label(m, d["beta"].iloc[0])
         # a step function: the fraction of runs solved within k generations (k an integer)
-        ax.plot(d["k"], d["pass_at_k"], color=colors[m], label=label, lw=1.8, ls=styles[i % len(styles)],
-                drawstyle="steps-post")
+        ax.plot(
+            d["k"],
+            d["pass_at_k"],
+            color=colors[m],
+            label=label,
+            lw=1.8,
+            ls=styles[i % len(styles)],
+            drawstyle="steps-post",
+        )
         if bands and d["se"].notna().any():
-            ax.fill_between(d["k"], d["pass_at_k"] - d["se"], d["pass_at_k"] + d["se"], color=colors[m],
-                            alpha=0.15, lw=0, step="post")
+            ax.fill_between(
+                d["k"],
+                d["pass_at_k"] - d["se"],
+                d["pass_at_k"] + d["se"],
+                color=colors[m],
+                alpha=0.15,
+                lw=0,
+                step="post",
+            )
         drawn = True
     if not drawn:
         empty_panel(ax, "no runs (no solvable question in the reference pools?)")
@@ -284,26 +356,43 @@ def token_passk_panel(ax, passk: pd.DataFrame, *, bands: bool) -> bool:
     return True
 
 
-def token_difficulty_panel(ax, difficulty: pd.DataFrame, *, methods: Sequence[str], error_bars: bool) -> bool:
+def token_difficulty_panel(
+    ax, difficulty: pd.DataFrame, *, methods: Sequence[str], error_bars: bool
+) -> bool:
     """Solve-rate improvement over vanilla per difficulty bin (1 = hardest), one bar per method."""
     d = difficulty[difficulty["method"].isin(methods)]
     if d.empty or d["improvement"].notna().sum() == 0:
         empty_panel(ax, "no improvement to show (no runs, or no vanilla runs to compare with)")
         return False
-    colors = token_method_colors(sorted(difficulty["method"].unique(), key=lambda m: (m != "vanilla", m)))
+    colors = token_method_colors(
+        sorted(difficulty["method"].unique(), key=lambda m: (m != "vanilla", m))
+    )
     bins = sorted(d["bin"].unique())
     width = 0.8 / len(methods)
     for i, m in enumerate(methods):
         dm = d[d["method"] == m].set_index("bin").reindex(bins)
         x = np.arange(len(bins)) + (i - (len(methods) - 1) / 2) * width
         yerr = dm["improvement_se"].to_numpy() if error_bars else None
-        ax.bar(x, dm["improvement"], width=width, color=colors.get(m), yerr=yerr, capsize=3,
-               label=token_method_label(m, dm["beta"].dropna().iloc[0] if dm["beta"].notna().any() else None))
+        ax.bar(
+            x,
+            dm["improvement"],
+            width=width,
+            color=colors.get(m),
+            yerr=yerr,
+            capsize=3,
+            label=token_method_label(
+                m, dm["beta"].dropna().iloc[0] if dm["beta"].notna().any() else None
+            ),
+        )
     ref = d.drop_duplicates("bin").set_index("bin").reindex(bins)
     ax.set_xticks(np.arange(len(bins)))
-    ax.set_xticklabels([f"{b}\n{lo:.2g}–{hi:.2g}" for b, lo, hi in zip(bins, ref["ref_pass1_min"],
-                                                                        ref["ref_pass1_max"], strict=True)],
-                       fontsize=8)
+    ax.set_xticklabels(
+        [
+            f"{b}\n{lo:.2g}–{hi:.2g}"
+            for b, lo, hi in zip(bins, ref["ref_pass1_min"], ref["ref_pass1_max"], strict=True)
+        ],
+        fontsize=8,
+    )
     ax.axhline(0, color="0.3", lw=1)
     k = int(d["k"].iloc[0])
     ax.set_xlabel("difficulty bin (1 = hardest) and its reference pass@1 range")
@@ -318,13 +407,29 @@ def token_difficulty_panel(ax, difficulty: pd.DataFrame, *, methods: Sequence[st
 # The authors' plot script (paper.md §4): GRPO = deep[-1], Base = deep[7], RepExp = colorblind[2],
 # Unlikeliness = deep[1]; marker "o", line width 1.275; legend at the bottom centre.
 RL_METHODS = ("base", "grpo", "unlikeliness", "repexp")
-RL_LABELS = {"base": "Base Model", "grpo": "GRPO", "unlikeliness": "Unlikeliness", "repexp": REPEXP_LABEL}
-RL_COLORS = {"base": sns.color_palette("deep")[7], "grpo": sns.color_palette("deep")[-1],
-             "unlikeliness": sns.color_palette("deep")[1], "repexp": REPEXP_COLOR}
+RL_LABELS = {
+    "base": "Base Model",
+    "grpo": "GRPO",
+    "unlikeliness": "Unlikeliness",
+    "repexp": REPEXP_LABEL,
+}
+RL_COLORS = {
+    "base": sns.color_palette("deep")[7],
+    "grpo": sns.color_palette("deep")[-1],
+    "unlikeliness": sns.color_palette("deep")[1],
+    "repexp": REPEXP_COLOR,
+}
 RL_LINEWIDTH = 1.275
 # Panels are named by the test set: DAPO-trained runs are tested on AIME 2024 (paper.md §3.4).
-RL_TASK_LABELS = {"math": "MATH", "gsm8k": "GSM8K", "dapo": "AIME 2024 (trained on DAPO)",
-                  "aime2024": "AIME 2024", "aime": "AIME 2025", "game24": "Game of 24", "mbppplus": "MBPP+"}
+RL_TASK_LABELS = {
+    "math": "MATH",
+    "gsm8k": "GSM8K",
+    "dapo": "AIME 2024 (trained on DAPO)",
+    "aime2024": "AIME 2024",
+    "aime": "AIME 2025",
+    "game24": "Game of 24",
+    "mbppplus": "MBPP+",
+}
 _RL_TASK_ORDER = ("math", "gsm8k", "dapo")
 
 
@@ -337,7 +442,9 @@ def rl_tasks(table: pd.DataFrame, requested=None) -> list[str]:
         if unknown:
             raise ValueError(f"task(s) {unknown} are not in the tables; available: {present}")
         return wanted
-    return sorted(present, key=lambda t: (_RL_TASK_ORDER.index(t) if t in _RL_TASK_ORDER else 99, t))
+    return sorted(
+        present, key=lambda t: (_RL_TASK_ORDER.index(t) if t in _RL_TASK_ORDER else 99, t)
+    )
 
 
 def rl_methods(table: pd.DataFrame) -> list[str]:
@@ -359,18 +466,35 @@ def rl_method_notes(table: pd.DataFrame, expected: Sequence[str] = RL_METHODS) -
     return "; ".join(notes)
 
 
-def rl_curve(ax, d: pd.DataFrame, method: str, *, x: str = "k", y: str = "mean", se: str | None = "se",
-             label: str | None = None) -> bool:
+def rl_curve(
+    ax,
+    d: pd.DataFrame,
+    method: str,
+    *,
+    x: str = "k",
+    y: str = "mean",
+    se: str | None = "se",
+    label: str | None = None,
+) -> bool:
     """One method's curve (marker "o") with a ±1 SEM band where ``se`` is finite; False if empty."""
     d = d[[x, y] + ([se] if se else [])].dropna(subset=[y]).sort_values(x)
     if d.empty:
         return False
     color = RL_COLORS.get(method)
-    ax.plot(d[x], d[y], marker="o", ms=3.5, lw=RL_LINEWIDTH, color=color,
-            label=RL_LABELS.get(method, method) if label is None else label)
+    ax.plot(
+        d[x],
+        d[y],
+        marker="o",
+        ms=3.5,
+        lw=RL_LINEWIDTH,
+        color=color,
+        label=RL_LABELS.get(method, method) if label is None else label,
+    )
     if se and d[se].notna().any():
         band = d[d[se].notna()]
-        ax.fill_between(band[x], band[y] - band[se], band[y] + band[se], color=color, alpha=0.2, lw=0)
+        ax.fill_between(
+            band[x], band[y] - band[se], band[y] + band[se], color=color, alpha=0.2, lw=0
+        )
     return True
 
 
@@ -378,14 +502,24 @@ def rl_legend(fig, methods: Sequence[str]) -> None:
     """The methods' legend at the bottom centre of the figure, in the paper's order."""
     from matplotlib.lines import Line2D
 
-    handles = [Line2D([], [], color=RL_COLORS.get(m), marker="o", lw=RL_LINEWIDTH, label=RL_LABELS.get(m, m))
-               for m in methods]
+    handles = [
+        Line2D(
+            [], [], color=RL_COLORS.get(m), marker="o", lw=RL_LINEWIDTH, label=RL_LABELS.get(m, m)
+        )
+        for m in methods
+    ]
     if handles:
         fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), frameon=False)
 
 
-def loglik_panel(ax, loglik: pd.DataFrame, column: str, methods: Sequence[str], title: str,
-                 bins: int | None = None) -> bool:
+def loglik_panel(
+    ax,
+    loglik: pd.DataFrame,
+    column: str,
+    methods: Sequence[str],
+    title: str,
+    bins: int | None = None,
+) -> bool:
     """Overlaid density histograms of ``column`` (log-likelihood under the base model), one per
     method, on shared bins (default: 2 sqrt(n), 10 to 40), with each method's median as a dashed
     line; False when there is nothing to draw."""
@@ -402,8 +536,15 @@ def loglik_panel(ax, loglik: pd.DataFrame, column: str, methods: Sequence[str], 
     edges = np.linspace(lo, hi if hi > lo else lo + 1.0, bins + 1)
     for m, v in values.items():
         color = RL_COLORS.get(m)
-        ax.hist(v, bins=edges, density=True, histtype="stepfilled", alpha=0.35, color=color,
-                label=f"{RL_LABELS.get(m, m)} (n = {v.size})")
+        ax.hist(
+            v,
+            bins=edges,
+            density=True,
+            histtype="stepfilled",
+            alpha=0.35,
+            color=color,
+            label=f"{RL_LABELS.get(m, m)} (n = {v.size})",
+        )
         ax.hist(v, bins=edges, density=True, histtype="step", lw=RL_LINEWIDTH, color=color)
         ax.axvline(np.median(v), color=color, ls="--", lw=1)
     ax.xaxis.set_major_locator(mticker.MaxNLocator(6))

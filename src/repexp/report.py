@@ -56,10 +56,17 @@ def _read_provenance(table: str) -> dict:
         return provenance.read(table)
     except Exception as err:  # noqa: BLE001 -- the page is built anyway and says what failed
         empty = {k: [] for k in provenance.FIELDS}
-        return {"table": Path(table).name, "rows": 0, **empty, "error": f"unreadable: {type(err).__name__}: {err}"}
+        return {
+            "table": Path(table).name,
+            "rows": 0,
+            **empty,
+            "error": f"unreadable: {type(err).__name__}: {err}",
+        }
 
 
-def provenance_section(tables: list[str], current: dict, stage_hashes: dict[str, str] | None = None) -> str:
+def provenance_section(
+    tables: list[str], current: dict, stage_hashes: dict[str, str] | None = None
+) -> str:
     """The Provenance section: this page's commit and packages, and per table the commit(s),
     config hash(es), model(s), seed(s) and packages that produced it (:func:`repexp.provenance.read`),
     with a flag where a table differs from this checkout, this config (``stage_hashes``: the
@@ -81,7 +88,8 @@ def provenance_section(tables: list[str], current: dict, stage_hashes: dict[str,
         if len(commits) > 1:
             flags.append("several commits")
         if current["git_commit"] != provenance.UNKNOWN and any(
-                c not in (current["git_commit"], provenance.UNKNOWN) for c in commits):
+            c not in (current["git_commit"], provenance.UNKNOWN) for c in commits
+        ):
             flags.append("commit differs from this checkout")
         if usual and any(c not in (usual, provenance.UNKNOWN) for c in commits):
             flags.append("commit differs from the other tables")
@@ -98,28 +106,51 @@ def provenance_section(tables: list[str], current: dict, stage_hashes: dict[str,
             f"<td>{s['rows']}</td><td>{_codes(s['stage'])}</td><td>{_codes(commits, _short)}</td>"
             f"<td>{_codes(hashes)}</td><td>{_codes(s['model'])}</td><td>{_codes(s['seed'])}</td>"
             f"<td>{', '.join(f'env {envs[p]}' for p in s['packages']) or '-'}</td>"
-            f"<td class=flag>{html.escape(flag) if flag else 'ok'}</td></tr>")
+            f"<td class=flag>{html.escape(flag) if flag else 'ok'}</td></tr>"
+        )
     parts = [
         "<h2 id='provenance'>Provenance</h2>",
         f"<p>This page: commit <code>{html.escape(current['git_commit'])}</code> "
         "(<code>-dirty</code>: tracked files had uncommitted changes), environment env 1.",
     ]
     if stage_hashes:
-        parts.append(" Config hash of each stage now: " + ", ".join(
-            f"{html.escape(st)} <code>{html.escape(h)}</code>" for st, h in sorted(stage_hashes.items())) + ".")
+        parts.append(
+            " Config hash of each stage now: "
+            + ", ".join(
+                f"{html.escape(st)} <code>{html.escape(h)}</code>"
+                for st, h in sorted(stage_hashes.items())
+            )
+            + "."
+        )
     parts.append("</p>")
     if rows:
-        parts.append("<table><tr><th>table</th><th>rows</th><th>stage</th><th>commit</th><th>config hash</th>"
-                     "<th>model</th><th>seed</th><th>packages</th><th>check</th></tr>" + "".join(rows) + "</table>")
-    parts.append("<p>Environments (package versions):</p><ul>" + "".join(
-        f"<li>env {i}{' (this page)' if i == 1 else ''}: <code>{html.escape(p.replace(';', '; '))}</code></li>"
-        for p, i in envs.items()) + "</ul>")
+        parts.append(
+            "<table><tr><th>table</th><th>rows</th><th>stage</th><th>commit</th><th>config hash</th>"
+            "<th>model</th><th>seed</th><th>packages</th><th>check</th></tr>"
+            + "".join(rows)
+            + "</table>"
+        )
+    parts.append(
+        "<p>Environments (package versions):</p><ul>"
+        + "".join(
+            f"<li>env {i}{' (this page)' if i == 1 else ''}: <code>{html.escape(p.replace(';', '; '))}</code></li>"
+            for p, i in envs.items()
+        )
+        + "</ul>"
+    )
     return "\n".join(parts)
 
 
-def index_page(figures: list[str], notebooks: list[str], stc: pd.DataFrame | None, *, out: Path,
-               config_name: str, tables: list[str] | None = None,
-               stage_hashes: dict[str, str] | None = None) -> str:
+def index_page(
+    figures: list[str],
+    notebooks: list[str],
+    stc: pd.DataFrame | None,
+    *,
+    out: Path,
+    config_name: str,
+    tables: list[str] | None = None,
+    stage_hashes: dict[str, str] | None = None,
+) -> str:
     by_name = {Path(n).stem: n for n in notebooks}
     current = provenance.collect()
     parts = [
@@ -135,16 +166,31 @@ def index_page(figures: list[str], notebooks: list[str], stc: pd.DataFrame | Non
     if stc is not None:
         parts.append("<h2>Samples-to-correct (solved questions, vanilla pools, mean features)</h2>")
         base = stc[(stc["sampler"] == "vanilla") & (stc["pooling"] == "mean")]
-        cols = ["model", "task", "questions", "unsolved", "pass1", "stc_random", "stc_repexp", "reduction",
-                "speedup"]
+        cols = [
+            "model",
+            "task",
+            "questions",
+            "unsolved",
+            "pass1",
+            "stc_random",
+            "stc_repexp",
+            "reduction",
+            "speedup",
+        ]
         parts.append(base[cols].round(3).to_html(index=False, na_rep="-"))
     for fig in figures:
         name = Path(fig).stem
         rel_png = os.path.relpath(fig, out.parent)
         nb = by_name.get(name)
-        link = f" (<a href='{html.escape(os.path.relpath(nb, out.parent))}'>notebook</a>)" if nb else ""
-        parts.append(f"<h2>{html.escape(TITLES.get(name, name))}{link}</h2>"
-                     f"<img src='{html.escape(rel_png)}' alt='{html.escape(name)}'>")
+        link = (
+            f" (<a href='{html.escape(os.path.relpath(nb, out.parent))}'>notebook</a>)"
+            if nb
+            else ""
+        )
+        parts.append(
+            f"<h2>{html.escape(TITLES.get(name, name))}{link}</h2>"
+            f"<img src='{html.escape(rel_png)}' alt='{html.escape(name)}'>"
+        )
     parts.append(provenance_section(tables or [], current, stage_hashes))
     parts.append("</body></html>")
     return "\n".join(parts)
@@ -156,13 +202,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--notebooks", nargs="*", default=[])
     ap.add_argument("--stc", default=None, help="the inference-time STC table, when that stage ran")
     ap.add_argument("--config-name", default="config/config.yaml")
-    ap.add_argument("--tables", nargs="*", default=[], help="result tables whose provenance the page lists")
-    ap.add_argument("--stage-hashes", default="{}", help="JSON {stage: config hash of the current config}")
+    ap.add_argument(
+        "--tables", nargs="*", default=[], help="result tables whose provenance the page lists"
+    )
+    ap.add_argument(
+        "--stage-hashes", default="{}", help="JSON {stage: config hash of the current config}"
+    )
     ap.add_argument("--out", required=True)
     a = ap.parse_args(argv)
     out = Path(a.out)
-    page = index_page(a.figures, a.notebooks, pd.read_csv(a.stc) if a.stc else None, out=out, config_name=a.config_name,
-                      tables=a.tables, stage_hashes=json.loads(a.stage_hashes))
+    page = index_page(
+        a.figures,
+        a.notebooks,
+        pd.read_csv(a.stc) if a.stc else None,
+        out=out,
+        config_name=a.config_name,
+        tables=a.tables,
+        stage_hashes=json.loads(a.stage_hashes),
+    )
     with atomic_path(out) as tmp:
         tmp.write_text(page)
     return 0

@@ -30,17 +30,32 @@ from repexp.verifiers.formats import format_ok
 log = logging.getLogger(__name__)
 
 
-def score_pool(pool: pd.DataFrame, questions: pd.DataFrame, task, *, workers: int = 2) -> pd.DataFrame:
+def score_pool(
+    pool: pd.DataFrame, questions: pd.DataFrame, task, *, workers: int = 2
+) -> pd.DataFrame:
     """``qid, sample, correct, format_ok`` for every row of ``pool``."""
     answers = questions.set_index("qid")["answer"]
     missing = set(pool["qid"]) - set(answers.index)
     if missing:
-        raise ValueError(f"{len(missing)} pool question(s) are not in the task table, e.g. {sorted(missing)[:3]}")
-    correct = score_many(task, answers.loc[pool["qid"]].tolist(), pool["text"].tolist(), workers=workers,
-                         desc=f"scoring {task.name}")
+        raise ValueError(
+            f"{len(missing)} pool question(s) are not in the task table, e.g. {sorted(missing)[:3]}"
+        )
+    correct = score_many(
+        task,
+        answers.loc[pool["qid"]].tolist(),
+        pool["text"].tolist(),
+        workers=workers,
+        desc=f"scoring {task.name}",
+    )
     ok = [format_ok(task.name, t) for t in pool["text"].tolist()]
-    return pd.DataFrame({"qid": pool["qid"].values, "sample": pool["sample"].values,
-                         "correct": correct, "format_ok": ok})
+    return pd.DataFrame(
+        {
+            "qid": pool["qid"].values,
+            "sample": pool["sample"].values,
+            "correct": correct,
+            "format_ok": ok,
+        }
+    )
 
 
 def pool_stats(scores: pd.DataFrame) -> pd.DataFrame:
@@ -48,10 +63,13 @@ def pool_stats(scores: pd.DataFrame) -> pd.DataFrame:
     ``format_ok`` responses in the required format (question order of the shards)."""
     if scores.duplicated(["qid", "sample"]).any():
         raise ValueError("a response is scored twice: the score shards of a pool overlap")
-    return (scores.assign(correct=scores["correct"] > 0, format_ok=scores["format_ok"].astype(bool))
-            .groupby("qid", sort=False)
-            .agg(n=("sample", "size"), c=("correct", "sum"), format_ok=("format_ok", "sum"))
-            .reset_index().astype({"n": int, "c": int, "format_ok": int}))
+    return (
+        scores.assign(correct=scores["correct"] > 0, format_ok=scores["format_ok"].astype(bool))
+        .groupby("qid", sort=False)
+        .agg(n=("sample", "size"), c=("correct", "sum"), format_ok=("format_ok", "sum"))
+        .reset_index()
+        .astype({"n": int, "c": int, "format_ok": int})
+    )
 
 
 def add_verifier_args(ap: argparse.ArgumentParser) -> None:
@@ -60,8 +78,12 @@ def add_verifier_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--source", default="offline", choices=["offline", "hub"])
     ap.add_argument("--last-number-fallback", action="store_true")
     ap.add_argument("--math-timeout-s", type=float, default=5.0)
-    ap.add_argument("--math-reward", default="math_verify", choices=["math_verify", "recipe"],
-                    help="MATH scorer: math-verify (inference pools) or the recipe's rule (RL)")
+    ap.add_argument(
+        "--math-reward",
+        default="math_verify",
+        choices=["math_verify", "recipe"],
+        help="MATH scorer: math-verify (inference pools) or the recipe's rule (RL)",
+    )
     ap.add_argument("--code-timeout-s", type=float, default=10.0)
     ap.add_argument("--code-memory-mb", type=int, default=2048)
     ap.add_argument("--code-max-procs", type=int, default=32)
@@ -69,15 +91,23 @@ def add_verifier_args(ap: argparse.ArgumentParser) -> None:
 
 def task_from_args(args):
     """The task of :func:`add_verifier_args`' flags."""
-    return get_task(args.task, source=args.source, last_number_fallback=args.last_number_fallback,
-                    math_timeout_s=args.math_timeout_s, code_timeout_s=args.code_timeout_s,
-                    code_memory_mb=args.code_memory_mb, code_max_procs=args.code_max_procs,
-                    math_reward=args.math_reward)
+    return get_task(
+        args.task,
+        source=args.source,
+        last_number_fallback=args.last_number_fallback,
+        math_timeout_s=args.math_timeout_s,
+        code_timeout_s=args.code_timeout_s,
+        code_memory_mb=args.code_memory_mb,
+        code_max_procs=args.code_max_procs,
+        math_reward=args.math_reward,
+    )
 
 
 def _stats_main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="python -m repexp.score stats",
-                                 description="per-question n, c and format_ok of one pool")
+    ap = argparse.ArgumentParser(
+        prog="python -m repexp.score stats",
+        description="per-question n, c and format_ok of one pool",
+    )
     ap.add_argument("--scores", nargs="+", required=True, help="every score shard of the pool")
     ap.add_argument("--model", required=True)
     ap.add_argument("--task", required=True)
@@ -89,20 +119,32 @@ def _stats_main(argv: list[str]) -> int:
     for f in args.scores:  # shard by shard: a paper pool holds tens of millions of responses
         scores = pd.read_parquet(f)
         if "format_ok" not in scores:
-            raise SystemExit(f"{f} has no format_ok column: it was scored by an older version; "
-                             f"delete the pool's *.scores.parquet and rerun score_pool")
+            raise SystemExit(
+                f"{f} has no format_ok column: it was scored by an older version; "
+                f"delete the pool's *.scores.parquet and rerun score_pool"
+            )
         parts.append(pool_stats(scores))
     stats = pd.concat(parts, ignore_index=True)
     if stats["qid"].duplicated().any():
         again = stats.loc[stats["qid"].duplicated(), "qid"].iloc[0]
-        raise SystemExit(f"question {again} is in several score shards of "
-                         f"{args.model}/{args.task}/{args.sampler}: the shards overlap")
+        raise SystemExit(
+            f"question {again} is in several score shards of "
+            f"{args.model}/{args.task}/{args.sampler}: the shards overlap"
+        )
     keys = {"model": args.model, "task": args.task, "sampler": args.sampler}
     write_parquet(stats.assign(**keys), args.out, **keys)
     n = stats["n"].sum()
-    log.info("%s/%s/%s: %d questions, %d responses; pass@1 %.3f; format missed by %.1f%% of the "
-             "responses", args.model, args.task, args.sampler, len(stats), int(n),
-             stats["c"].sum() / n, 100 * (1 - stats["format_ok"].sum() / n))
+    log.info(
+        "%s/%s/%s: %d questions, %d responses; pass@1 %.3f; format missed by %.1f%% of the "
+        "responses",
+        args.model,
+        args.task,
+        args.sampler,
+        len(stats),
+        int(n),
+        stats["c"].sum() / n,
+        100 * (1 - stats["format_ok"].sum() / n),
+    )
     return 0
 
 
@@ -120,13 +162,22 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     task = task_from_args(args)
     t0 = time.perf_counter()
-    scores = score_pool(pd.read_parquet(args.pool), pd.read_parquet(args.tasks), task, workers=args.workers)
+    scores = score_pool(
+        pd.read_parquet(args.pool), pd.read_parquet(args.tasks), task, workers=args.workers
+    )
     write_parquet(scores, args.out, task=args.task)
     per_q = scores.groupby("qid")["correct"].mean()
-    log.info("%s: %d responses scored in %.1fs; pass@1 %.3f; %d/%d questions with 0 < c < n; "
-             "answer format missed by %.1f%%", args.pool, len(scores), time.perf_counter() - t0,
-             scores["correct"].mean(), int(((per_q > 0) & (per_q < 1)).sum()), len(per_q),
-             100 * (1 - scores["format_ok"].mean()))
+    log.info(
+        "%s: %d responses scored in %.1fs; pass@1 %.3f; %d/%d questions with 0 < c < n; "
+        "answer format missed by %.1f%%",
+        args.pool,
+        len(scores),
+        time.perf_counter() - t0,
+        scores["correct"].mean(),
+        int(((per_q > 0) & (per_q < 1)).sum()),
+        len(per_q),
+        100 * (1 - scores["format_ok"].mean()),
+    )
     return 0
 
 

@@ -111,7 +111,9 @@ def _prepare(features, lam: float, center: bool) -> np.ndarray:
         raise ValueError(f"features must be a non-empty 2-D array (N × d), got shape {phi.shape}")
     if not np.isfinite(phi).all():
         bad = np.flatnonzero(~np.isfinite(phi).all(axis=1))
-        raise ValueError(f"features contain NaN or Inf in {bad.size} row(s), first rows {bad[:5].tolist()}")
+        raise ValueError(
+            f"features contain NaN or Inf in {bad.size} row(s), first rows {bad[:5].tolist()}"
+        )
     if not (np.isfinite(lam) and lam > 0):
         raise ValueError(f"lam must be a finite positive number, got {lam}")
     if center:
@@ -134,8 +136,15 @@ def _check_firsts(firsts, n: int) -> np.ndarray:
     return firsts.astype(np.int64)
 
 
-def repexp_order(features, k: int, *, lam: float = 1.0, first: int = 0, center: bool = True,
-                 return_bonus: bool = False):
+def repexp_order(
+    features,
+    k: int,
+    *,
+    lam: float = 1.0,
+    first: int = 0,
+    center: bool = True,
+    return_bonus: bool = False,
+):
     """Greedy RepExp selection order of one pool (paper Alg. 1, bonus of eq. 2).
 
     Args:
@@ -167,18 +176,18 @@ def repexp_order(features, k: int, *, lam: float = 1.0, first: int = 0, center: 
     k = _check_k(k, N)
     i = int(_check_firsts([first], N)[0])
 
-    Lambda = np.eye(d) / lam                         # Λ_0 = λ⁻¹ I
-    bonus = np.einsum("nd,nd->n", Phi, Phi) / lam    # φᵢᵀ Λ_0 φᵢ for every candidate
+    Lambda = np.eye(d) / lam  # Λ_0 = λ⁻¹ I
+    bonus = np.einsum("nd,nd->n", Phi, Phi) / lam  # φᵢᵀ Λ_0 φᵢ for every candidate
     order = np.empty(k, dtype=np.int64)
     bonus_at_pick = np.empty(k)
     for t in range(k):
         order[t], bonus_at_pick[t] = i, bonus[i]
-        bonus[i] = -np.inf                           # selected: never picked again
+        bonus[i] = -np.inf  # selected: never picked again
         if t == k - 1:
             break
         u, s = _sherman_morrison_step(Lambda, Phi[i])
-        bonus -= (Phi @ u) ** 2 / s                  # φᵢᵀΛ_tφᵢ = φᵢᵀΛ_{t-1}φᵢ − (φᵢᵀu)²/s
-        i = int(np.argmax(bonus))                    # ties: lowest index
+        bonus -= (Phi @ u) ** 2 / s  # φᵢᵀΛ_tφᵢ = φᵢᵀΛ_{t-1}φᵢ − (φᵢᵀu)²/s
+        i = int(np.argmax(bonus))  # ties: lowest index
     return (order, bonus_at_pick) if return_bonus else order
 
 
@@ -195,8 +204,9 @@ def _sherman_morrison_step(Lambda: np.ndarray, phi: np.ndarray) -> tuple[np.ndar
     return u, s
 
 
-def repexp_orders(features, k: int, firsts, *, lam: float = 1.0, center: bool = True,
-                  return_bonus: bool = False):
+def repexp_orders(
+    features, k: int, firsts, *, lam: float = 1.0, center: bool = True, return_bonus: bool = False
+):
     """Several RepExp trials of one pool at once: row j is ``repexp_order(..., first=firsts[j])``.
 
     Returns (T, k) int64 orders for T = ``len(firsts)``; with ``return_bonus`` also the (T, k)
@@ -218,38 +228,38 @@ def repexp_orders(features, k: int, firsts, *, lam: float = 1.0, center: bool = 
     firsts = _check_firsts(firsts, N)
     T = firsts.size
     trials = np.arange(T)
-    block = max(1, 65536 // d)                       # rows per block of the product
+    block = max(1, 65536 // d)  # rows per block of the product
 
-    Lambda = np.repeat((np.eye(d) / lam)[None], T, axis=0)         # (T, d, d), Λ_0 = λ⁻¹ I
-    keep = np.arange(N)                              # rows of Φ still needed by some trial
+    Lambda = np.repeat((np.eye(d) / lam)[None], T, axis=0)  # (T, d, d), Λ_0 = λ⁻¹ I
+    keep = np.arange(N)  # rows of Φ still needed by some trial
     Phi_keep = Phi
     bonus = np.repeat((np.einsum("nd,nd->n", Phi, Phi) / lam)[:, None], T, axis=1)  # (rows, T)
     times_picked = np.zeros(N, dtype=np.int64)
-    n_done = 0                                       # kept rows that every trial has picked
+    n_done = 0  # kept rows that every trial has picked
     U, s = np.empty((d, T)), np.empty(T)
     P = np.empty((N, T))
     order = np.empty((T, k), dtype=np.int64)
     bonus_at_pick = np.empty((T, k))
-    pos = firsts.copy()                              # positions in the kept rows
+    pos = firsts.copy()  # positions in the kept rows
     for t in range(k):
         order[:, t], bonus_at_pick[:, t] = keep[pos], bonus[pos, trials]
-        bonus[pos, trials] = -np.inf                 # selected: never picked again by that trial
+        bonus[pos, trials] = -np.inf  # selected: never picked again by that trial
         if t == k - 1:
             break
         for j, i in enumerate(order[:, t]):
             U[:, j], s[j] = _sherman_morrison_step(Lambda[j], Phi[i])
         np.add.at(times_picked, order[:, t], 1)
         n_done += np.count_nonzero(times_picked[np.unique(order[:, t])] == T)
-        if 8 * n_done > keep.size:                   # drop rows no trial can pick any more
+        if 8 * n_done > keep.size:  # drop rows no trial can pick any more
             still = times_picked[keep] < T
             keep, Phi_keep, bonus, n_done = keep[still], Phi_keep[still], bonus[still], 0
         PU = P[: keep.size]
         for a in range(0, keep.size, block):
-            np.matmul(Phi_keep[a : a + block], U, out=PU[a : a + block])   # φᵢᵀ u_j
+            np.matmul(Phi_keep[a : a + block], U, out=PU[a : a + block])  # φᵢᵀ u_j
         PU **= 2
         PU /= s
-        bonus -= PU                                  # every trial's bonuses, Sherman–Morrison
-        pos = np.argmax(bonus, axis=0)               # ties: lowest index (kept rows stay sorted)
+        bonus -= PU  # every trial's bonuses, Sherman–Morrison
+        pos = np.argmax(bonus, axis=0)  # ties: lowest index (kept rows stay sorted)
     return (order, bonus_at_pick) if return_bonus else order
 
 
@@ -257,8 +267,9 @@ def repexp_orders(features, k: int, firsts, *, lam: float = 1.0, center: bool = 
 # Algorithm 1 (torch, many pools at once)
 
 
-def repexp_orders_torch(features, k: int, firsts, *, lam: float = 1.0, center: bool = True,
-                        valid=None):
+def repexp_orders_torch(
+    features, k: int, firsts, *, lam: float = 1.0, center: bool = True, valid=None
+):
     """Batched RepExp (paper Alg. 1) for B pools × T trials at once, on the tensors' device.
 
     Args:
@@ -281,11 +292,16 @@ def repexp_orders_torch(features, k: int, firsts, *, lam: float = 1.0, center: b
     dev = Phi.device
     firsts = torch.as_tensor(firsts, device=dev)
     if firsts.ndim != 2 or firsts.shape[0] != B or firsts.dtype.is_floating_point:
-        raise ValueError(f"firsts must be an integer (B, T) = ({B}, T) tensor, got {tuple(firsts.shape)}")
+        raise ValueError(
+            f"firsts must be an integer (B, T) = ({B}, T) tensor, got {tuple(firsts.shape)}"
+        )
     firsts = firsts.long()
     T = firsts.shape[1]
-    valid = (torch.ones(B, N, dtype=torch.bool, device=dev) if valid is None
-             else torch.as_tensor(valid, device=dev).bool())
+    valid = (
+        torch.ones(B, N, dtype=torch.bool, device=dev)
+        if valid is None
+        else torch.as_tensor(valid, device=dev).bool()
+    )
     if valid.shape != (B, N):
         raise ValueError(f"valid must have shape ({B}, {N}), got {tuple(valid.shape)}")
     if not torch.isfinite(Phi[valid]).all():
@@ -294,33 +310,37 @@ def repexp_orders_torch(features, k: int, firsts, *, lam: float = 1.0, center: b
         raise ValueError(f"lam must be a finite positive number, got {lam}")
     sizes = valid.sum(dim=1)
     k = _check_k(k, int(sizes.min()))
-    if (firsts < 0).any() or (firsts >= N).any() or not valid.gather(1, firsts.clamp(0, N - 1)).all():
+    if (
+        (firsts < 0).any()
+        or (firsts >= N).any()
+        or not valid.gather(1, firsts.clamp(0, N - 1)).all()
+    ):
         raise ValueError("every first pick must index a valid row of its pool")
 
     rows = valid[:, :, None]
-    Phi = torch.where(rows, Phi, 0.0)                                  # padded rows -> 0
-    if center:                                                          # mean of the real rows
+    Phi = torch.where(rows, Phi, 0.0)  # padded rows -> 0
+    if center:  # mean of the real rows
         mean = Phi.sum(dim=1, keepdim=True) / sizes[:, None, None].to(Phi.dtype)
         Phi = torch.where(rows, Phi - mean, 0.0)
 
     Lambda = (torch.eye(d, dtype=Phi.dtype, device=dev) / lam).repeat(B * T, 1, 1)  # Λ_0 per trial
-    bonus = ((Phi * Phi).sum(-1) / lam)[:, None, :].repeat(1, T, 1)        # (B, T, N)
-    bonus.masked_fill_(~valid[:, None, :], float("-inf"))                   # padding: never picked
+    bonus = ((Phi * Phi).sum(-1) / lam)[:, None, :].repeat(1, T, 1)  # (B, T, N)
+    bonus.masked_fill_(~valid[:, None, :], float("-inf"))  # padding: never picked
     order = torch.empty(B, T, k, dtype=torch.long, device=dev)
     pool = torch.arange(B, device=dev)[:, None]
     idx = firsts
     for t in range(k):
         order[:, :, t] = idx
-        bonus.scatter_(2, idx[:, :, None], float("-inf"))                   # selected
+        bonus.scatter_(2, idx[:, :, None], float("-inf"))  # selected
         if t == k - 1:
             break
-        phi = Phi[pool, idx].reshape(B * T, d, 1)                          # picked φ per trial
-        u = torch.bmm(Lambda, phi)                                         # u = Λ φ
-        s = 1.0 + (phi * u).sum(dim=(1, 2))                                # s = 1 + φᵀ u
+        phi = Phi[pool, idx].reshape(B * T, d, 1)  # picked φ per trial
+        u = torch.bmm(Lambda, phi)  # u = Λ φ
+        s = 1.0 + (phi * u).sum(dim=(1, 2))  # s = 1 + φᵀ u
         Lambda.baddbmm_(u, (u / s[:, None, None]).transpose(1, 2), alpha=-1.0)  # Λ -= u uᵀ/s
-        proj = torch.bmm(u.view(B, T, d), Phi.transpose(1, 2))             # φᵢᵀ u, (B, T, N)
-        bonus -= proj.square_().div_(s.view(B, T, 1))                      # Sherman–Morrison
-        idx = bonus.argmax(dim=2)                                          # first max: lowest index
+        proj = torch.bmm(u.view(B, T, d), Phi.transpose(1, 2))  # φᵢᵀ u, (B, T, N)
+        bonus -= proj.square_().div_(s.view(B, T, 1))  # Sherman–Morrison
+        idx = bonus.argmax(dim=2)  # first max: lowest index
     return order
 
 

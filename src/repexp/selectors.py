@@ -153,8 +153,10 @@ class PoolContext:
                 raise ValueError("PoolContext.n_tokens must hold whole numbers")
             t = frozen("n_tokens", t, np.int64, 1)
             if (t < 1).any():
-                raise ValueError(f"PoolContext.n_tokens must be >= 1 (the per-token log-prob "
-                                 f"divides by it); rows {np.flatnonzero(t < 1)[:5].tolist()} are not")
+                raise ValueError(
+                    f"PoolContext.n_tokens must be >= 1 (the per-token log-prob "
+                    f"divides by it); rows {np.flatnonzero(t < 1)[:5].tolist()} are not"
+                )
         for name in ("answers", "texts"):
             value = getattr(self, name)
             if value is not None:
@@ -173,9 +175,11 @@ class PoolContext:
             raise ValueError(f"unknown input {name!r}; inputs are {', '.join(INPUTS)}")
         value = getattr(self, name)
         if value is None:
-            raise ValueError(f"this selector needs {name!r}, which its PoolContext does not hold: "
-                             f"pass {name}=... when building the PoolContext (and list it in the "
-                             f"selector's `needs` in SELECTORS)")
+            raise ValueError(
+                f"this selector needs {name!r}, which its PoolContext does not hold: "
+                f"pass {name}=... when building the PoolContext (and list it in the "
+                f"selector's `needs` in SELECTORS)"
+            )
         return value
 
     def restricted(self, needs: Iterable[str]) -> PoolContext:
@@ -184,8 +188,9 @@ class PoolContext:
         unknown = needs - set(INPUTS)
         if unknown:
             raise ValueError(f"unknown inputs {sorted(unknown)}; inputs are {', '.join(INPUTS)}")
-        return replace(self, **{f.name: None for f in fields(self)
-                                if f.name in INPUTS and f.name not in needs})
+        return replace(
+            self, **{f.name: None for f in fields(self) if f.name in INPUTS and f.name not in needs}
+        )
 
     @cached_property
     def centred(self) -> np.ndarray:
@@ -207,10 +212,14 @@ def _sort_desc(scores: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def _check_order(order: np.ndarray, n: int, name: str) -> np.ndarray:
     order = np.asarray(order)
-    if (order.shape != (n,) or not np.issubdtype(order.dtype, np.integer)
-            or not np.array_equal(np.sort(order), np.arange(n))):
-        raise RuntimeError(f"selector {name!r} did not return a permutation of range({n}): "
-                           "a bug in that selector")
+    if (
+        order.shape != (n,)
+        or not np.issubdtype(order.dtype, np.integer)
+        or not np.array_equal(np.sort(order), np.arange(n))
+    ):
+        raise RuntimeError(
+            f"selector {name!r} did not return a permutation of range({n}): a bug in that selector"
+        )
     return order.astype(np.int64, copy=False)
 
 
@@ -229,8 +238,14 @@ def random_order(ctx: PoolContext, rng: np.random.Generator, k: int | None = Non
     return rng.permutation(ctx.n).astype(np.int64)
 
 
-def repexp(ctx: PoolContext, rng: np.random.Generator, k: int | None = None, *,
-           lam: float = 1.0, first: int | None = None) -> np.ndarray:
+def repexp(
+    ctx: PoolContext,
+    rng: np.random.Generator,
+    k: int | None = None,
+    *,
+    lam: float = 1.0,
+    first: int | None = None,
+) -> np.ndarray:
     """Paper Algorithm 1, as :func:`repexp.select.repexp_order` (λ = 1, centred, float64; computed
     by :func:`repexp.select.repexp_orders` with one trial, which gives the same order faster).
 
@@ -277,8 +292,9 @@ def leave_one_out_bonus(features, lam: float = 1.0, *, center: bool = True) -> n
     return lev / (1.0 - lev)
 
 
-def repexp_loo(ctx: PoolContext, rng: np.random.Generator, k: int | None = None, *,
-               lam: float = 1.0) -> np.ndarray:
+def repexp_loo(
+    ctx: PoolContext, rng: np.random.Generator, k: int | None = None, *, lam: float = 1.0
+) -> np.ndarray:
     """The pool in decreasing order of the authors' ``leave_one_out`` bonus (:func:`leave_one_out_bonus`).
 
     Why a one-shot ranking and not Algorithm 1 with another bonus: inside Alg. 1 the candidate i is
@@ -316,12 +332,12 @@ def maxmin(ctx: PoolContext, rng: np.random.Generator, k: int | None = None) -> 
     perm = rng.permutation(n)
     Xp = np.ascontiguousarray(X[perm])
     sq = np.einsum("nd,nd->n", Xp, Xp)
-    keep = np.arange(n)                       # permuted rows still unselected (compacted lazily)
+    keep = np.arange(n)  # permuted rows still unselected (compacted lazily)
     Xk, sqk = Xp, sq
-    mind = np.full(n, np.inf)                 # min squared distance to the selected, per kept row
+    mind = np.full(n, np.inf)  # min squared distance to the selected, per kept row
     order = np.empty(n, dtype=np.int64)
-    cur = 0                                   # position in `keep` of the next pick: the uniform first
-    n_sel_kept = 0                            # selected rows still inside `keep`
+    cur = 0  # position in `keep` of the next pick: the uniform first
+    n_sel_kept = 0  # selected rows still inside `keep`
     for t in range(n):
         i = keep[cur]
         order[t] = i
@@ -329,7 +345,7 @@ def maxmin(ctx: PoolContext, rng: np.random.Generator, k: int | None = None) -> 
         n_sel_kept += 1
         if t == n - 1:
             break
-        if 4 * n_sel_kept > keep.size:        # drop selected rows from the product
+        if 4 * n_sel_kept > keep.size:  # drop selected rows from the product
             live = mind > -np.inf
             keep, Xk, sqk, mind = keep[live], Xk[live], sqk[live], mind[live]
             n_sel_kept = 0
@@ -338,11 +354,11 @@ def maxmin(ctx: PoolContext, rng: np.random.Generator, k: int | None = None) -> 
         d2 += sqk
         d2 += sq[i]
         d2[d2 <= _ZERO_REL * (sqk + sq[i])] = 0.0
-        np.minimum(mind, d2, out=mind)        # selected rows stay at −inf
+        np.minimum(mind, d2, out=mind)  # selected rows stay at −inf
         cur = int(np.argmax(mind))
-        if mind[cur] <= 0.0:                  # only duplicates left: the random order
+        if mind[cur] <= 0.0:  # only duplicates left: the random order
             rest = keep[mind > -np.inf]
-            order[t + 1:] = rest              # `keep` is sorted: ascending permuted index
+            order[t + 1 :] = rest  # `keep` is sorted: ascending permuted index
             break
     return perm[order]
 
@@ -353,8 +369,9 @@ def maxmin(ctx: PoolContext, rng: np.random.Generator, k: int | None = None) -> 
 _DPP_REL_TOL = 1e-10  # stop when the largest residual d_i² is below this × max_i L_ii
 
 
-def dpp_greedy_map(features, *, first: int | None = None,
-                   rel_tol: float = _DPP_REL_TOL) -> tuple[np.ndarray, np.ndarray]:
+def dpp_greedy_map(
+    features, *, first: int | None = None, rel_tol: float = _DPP_REL_TOL
+) -> tuple[np.ndarray, np.ndarray]:
     """Greedy MAP of a DPP with linear kernel L = XXᵀ, the fast algorithm of Chen, Zhang & Zhou
     (NeurIPS 2018, "Fast greedy MAP inference for determinantal point process", Alg. 1).
 
@@ -377,7 +394,7 @@ def dpp_greedy_map(features, *, first: int | None = None,
     n, d = X.shape
     d2 = np.einsum("nd,nd->n", X, X)
     eps = rel_tol * float(d2.max()) if n else 0.0
-    steps = min(n, d)                          # rank(L) <= min(N, d)
+    steps = min(n, d)  # rank(L) <= min(N, d)
     C = np.empty((n, steps))
     order, gains = [], []
     j = int(np.argmax(d2)) if first is None else int(first)
@@ -393,7 +410,7 @@ def dpp_greedy_map(features, *, first: int | None = None,
             e -= C[:, :t] @ C[j, :t]
         e /= math.sqrt(d2[j])
         C[:, t] = e
-        d2 -= e * e                            # selected items stay at −inf
+        d2 -= e * e  # selected items stay at −inf
         d2[j] = -np.inf
         j = int(np.argmax(d2))
     return np.asarray(order, dtype=np.int64), np.asarray(gains)
@@ -451,15 +468,17 @@ def likelihood_low(ctx: PoolContext, rng: np.random.Generator, k: int | None = N
     return _sort_desc(-ctx.require("logprob_sum"), rng)
 
 
-def likelihood_high_per_token(ctx: PoolContext, rng: np.random.Generator,
-                              k: int | None = None) -> np.ndarray:
+def likelihood_high_per_token(
+    ctx: PoolContext, rng: np.random.Generator, k: int | None = None
+) -> np.ndarray:
     """:func:`likelihood_high` by the mean log-probability per generated token (sum / n_tokens),
     which does not favour short responses as the sum does."""
     return _sort_desc(_per_token(ctx), rng)
 
 
-def likelihood_low_per_token(ctx: PoolContext, rng: np.random.Generator,
-                             k: int | None = None) -> np.ndarray:
+def likelihood_low_per_token(
+    ctx: PoolContext, rng: np.random.Generator, k: int | None = None
+) -> np.ndarray:
     """:func:`likelihood_low` by the mean log-probability per generated token."""
     return _sort_desc(-_per_token(ctx), rng)
 
@@ -485,11 +504,11 @@ def answer_dedup(ctx: PoolContext, rng: np.random.Generator, k: int | None = Non
     answers = ctx.require("answers")
     perm = rng.permutation(ctx.n)
     groups: dict = {}
-    for i in perm:                                   # members in the seeded random order
+    for i in perm:  # members in the seeded random order
         groups.setdefault(answers[i], []).append(int(i))
     none = groups.pop(None, None)
-    keys = list(groups)                              # first-seen order: random, used for ties
-    keys.sort(key=lambda a: -len(groups[a]))         # stable: equal sizes keep the random order
+    keys = list(groups)  # first-seen order: random, used for ties
+    keys.sort(key=lambda a: -len(groups[a]))  # stable: equal sizes keep the random order
     members = [groups[a] for a in keys] + ([none] if none else [])
     order = [g[r] for r in range(max(map(len, members))) for g in members if r < len(g)]
     return np.asarray(order, dtype=np.int64)
@@ -498,8 +517,9 @@ def answer_dedup(ctx: PoolContext, rng: np.random.Generator, k: int | None = Non
 _CODE_TASKS = ("mbppplus",)
 
 
-def final_answers(task: str, responses: Sequence[str], *,
-                  last_number_fallback: bool = False) -> list[str | None]:
+def final_answers(
+    task: str, responses: Sequence[str], *, last_number_fallback: bool = False
+) -> list[str | None]:
     """Each response's final answer as the task's verifier extracts it, canonicalised for grouping.
 
     * ``gsm8k``: the number after the last ``####`` (:func:`repexp.verifiers.gsm8k.extract_hash_answer`;
@@ -518,8 +538,10 @@ def final_answers(task: str, responses: Sequence[str], *,
     out for them (see its docstring).
     """
     if task in _CODE_TASKS:
-        raise ValueError(f"answer_dedup is not defined for the code task {task!r}: a program's "
-                         "'answer' is its behaviour; leave the selector out for code tasks")
+        raise ValueError(
+            f"answer_dedup is not defined for the code task {task!r}: a program's "
+            "'answer' is its behaviour; leave the selector out for code tasks"
+        )
     if task in ("gsm8k", "arith"):
         from repexp.verifiers.gsm8k import extract_hash_answer, last_number, to_fraction
 
@@ -557,8 +579,14 @@ def final_answers(task: str, responses: Sequence[str], *,
 # kmeans_rr
 
 
-def kmeans_rr(ctx: PoolContext, rng: np.random.Generator, k: int | None = None, *,
-              n_init: int = 1, max_iter: int = 300) -> np.ndarray:
+def kmeans_rr(
+    ctx: PoolContext,
+    rng: np.random.Generator,
+    k: int | None = None,
+    *,
+    n_init: int = 1,
+    max_iter: int = 300,
+) -> np.ndarray:
     """k-means on the centred features with k = the budget clusters, then round-robin over them.
 
     scikit-learn's ``KMeans(n_clusters=k, init="k-means++", n_init=n_init, max_iter=max_iter,
@@ -580,16 +608,17 @@ def kmeans_rr(ctx: PoolContext, rng: np.random.Generator, k: int | None = None, 
         raise ValueError(f"kmeans_rr: k must be in [1, N = {n}], got {k}")
     n_clusters = min(n_clusters, np.unique(X, axis=0).shape[0])
     seed = int(rng.integers(2**31 - 1))
-    tie = rng.permutation(n_clusters)                # cluster order among equal sizes
-    km = KMeans(n_clusters=n_clusters, init="k-means++", n_init=n_init, max_iter=max_iter,
-                random_state=seed).fit(X)
+    tie = rng.permutation(n_clusters)  # cluster order among equal sizes
+    km = KMeans(
+        n_clusters=n_clusters, init="k-means++", n_init=n_init, max_iter=max_iter, random_state=seed
+    ).fit(X)
     labels = km.labels_
     dist = np.einsum("nd,nd->n", X - km.cluster_centers_[labels], X - km.cluster_centers_[labels])
     sizes = np.bincount(labels, minlength=n_clusters)
     cluster_order = np.lexsort((tie, -sizes))
-    within = np.lexsort((dist, labels))              # by cluster, then by distance to centroid
+    within = np.lexsort((dist, labels))  # by cluster, then by distance to centroid
     starts = np.concatenate([[0], np.cumsum(sizes)])
-    members = [within[starts[c]:starts[c + 1]] for c in cluster_order if sizes[c]]
+    members = [within[starts[c] : starts[c + 1]] for c in cluster_order if sizes[c]]
     order = [g[r] for r in range(int(sizes.max())) for g in members if r < len(g)]
     return np.asarray(order, dtype=np.int64)
 
@@ -612,8 +641,9 @@ def ngram_sets(texts: Sequence[str], n: int = 2) -> list[set[tuple[str, ...]]]:
     return out
 
 
-def ngram(ctx: PoolContext, rng: np.random.Generator, k: int | None = None, *,
-          n: int = 2) -> np.ndarray:
+def ngram(
+    ctx: PoolContext, rng: np.random.Generator, k: int | None = None, *, n: int = 2
+) -> np.ndarray:
     """Greedy coverage of word n-grams (n = 2 by default), text only: no model features.
 
     Each pick is the response with the most n-grams that no earlier pick contains (greedy maximum
@@ -628,20 +658,22 @@ def ngram(ctx: PoolContext, rng: np.random.Generator, k: int | None = None, *,
     texts = ctx.require("texts")
     N = ctx.n
     vocab: dict = {}
-    ids = [np.fromiter((vocab.setdefault(g, len(vocab)) for g in s), dtype=np.int64, count=len(s))
-           for s in ngram_sets(texts, n)]
+    ids = [
+        np.fromiter((vocab.setdefault(g, len(vocab)) for g in s), dtype=np.int64, count=len(s))
+        for s in ngram_sets(texts, n)
+    ]
     covered = np.zeros(len(vocab), dtype=bool)
     rank = np.empty(N, dtype=np.int64)
-    rank[rng.permutation(N)] = np.arange(N)          # tie-break: lower rank first
+    rank[rng.permutation(N)] = np.arange(N)  # tie-break: lower rank first
     heap = [(-a.size, int(rank[i]), i, 0) for i, a in enumerate(ids)]
     heapq.heapify(heap)
     order: list[int] = []
     step = 0
     while heap:
         neg_gain, r, i, stamp = heap[0]
-        if neg_gain == 0:                            # no unseen n-gram left anywhere
+        if neg_gain == 0:  # no unseen n-gram left anywhere
             break
-        if stamp == step:                            # fresh: the exact argmax
+        if stamp == step:  # fresh: the exact argmax
             heapq.heappop(heap)
             order.append(i)
             covered[ids[i]] = True
@@ -649,7 +681,7 @@ def ngram(ctx: PoolContext, rng: np.random.Generator, k: int | None = None, *,
             continue
         gain = int(np.count_nonzero(~covered[ids[i]]))
         heapq.heapreplace(heap, (-gain, r, i, step))
-    rest = sorted((r, i) for _, r, i, _ in heap)     # the seeded random order
+    rest = sorted((r, i) for _, r, i, _ in heap)  # the seeded random order
     order += [i for _, i in rest]
     return np.asarray(order, dtype=np.int64)
 
@@ -684,8 +716,9 @@ class Selector(NamedTuple):
         return "correct" in self.needs
 
 
-def run_selector(name: str, ctx: PoolContext, rng: np.random.Generator, k: int | None = None,
-                 **options) -> np.ndarray:
+def run_selector(
+    name: str, ctx: PoolContext, rng: np.random.Generator, k: int | None = None, **options
+) -> np.ndarray:
     """Run ``SELECTORS[name]`` on ``ctx`` restricted to the inputs it needs; check the order.
 
     Returns the full order (int64 permutation of ``range(ctx.n)``). ``options`` go to the function
@@ -710,12 +743,14 @@ SELECTORS: dict[str, Selector] = {
     "dpp": Selector(dpp, _F({"features"}), "DPP greedy MAP (linear kernel)"),
     "likelihood_high": Selector(likelihood_high, _F({"logprob_sum"}), "likelihood, high first"),
     "likelihood_low": Selector(likelihood_low, _F({"logprob_sum"}), "likelihood, low first"),
-    "likelihood_high_per_token": Selector(likelihood_high_per_token,
-                                          _F({"logprob_sum", "n_tokens"}),
-                                          "likelihood per token, high first"),
-    "likelihood_low_per_token": Selector(likelihood_low_per_token,
-                                         _F({"logprob_sum", "n_tokens"}),
-                                         "likelihood per token, low first"),
+    "likelihood_high_per_token": Selector(
+        likelihood_high_per_token,
+        _F({"logprob_sum", "n_tokens"}),
+        "likelihood per token, high first",
+    ),
+    "likelihood_low_per_token": Selector(
+        likelihood_low_per_token, _F({"logprob_sum", "n_tokens"}), "likelihood per token, low first"
+    ),
     "answer_dedup": Selector(answer_dedup, _F({"answers"}), "distinct answers, round-robin"),
     "kmeans_rr": Selector(kmeans_rr, _F({"features"}), "k-means, round-robin"),
     "ngram": Selector(ngram, _F({"texts"}), "n-gram novelty (text only)"),

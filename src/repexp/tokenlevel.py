@@ -69,10 +69,33 @@ from repexp.tokenbatch import (  # noqa: F401 (benchmark_rate: the GPU checks' e
 
 log = logging.getLogger(__name__)
 
-DIFFICULTY_COLUMNS = ["method", "beta", "bin", "ref_pass1_min", "ref_pass1_max", "questions", "solve_rate",
-                      "improvement", "improvement_se", "k"]
-RUN_COLUMNS = ["qid", "rank", "seed_index", "method", "beta", "response", "n_tokens", "finish_reason",
-               "correct", "text", "mean_bonus", "mean_candidates", "seconds"]
+DIFFICULTY_COLUMNS = [
+    "method",
+    "beta",
+    "bin",
+    "ref_pass1_min",
+    "ref_pass1_max",
+    "questions",
+    "solve_rate",
+    "improvement",
+    "improvement_se",
+    "k",
+]
+RUN_COLUMNS = [
+    "qid",
+    "rank",
+    "seed_index",
+    "method",
+    "beta",
+    "response",
+    "n_tokens",
+    "finish_reason",
+    "correct",
+    "text",
+    "mean_bonus",
+    "mean_candidates",
+    "seconds",
+]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -107,7 +130,9 @@ class CentredInverse:
         if h.ndim != 2 or h.shape[1] != self.dim:
             raise ValueError(f"states must be (T, {self.dim}), got {tuple(h.shape)}")
         if not torch.isfinite(h).all():
-            raise ValueError("a token state is NaN/Inf: the model overflowed in its dtype (use float32)")
+            raise ValueError(
+                "a token state is NaN/Inf: the model overflowed in its dtype (use float32)"
+            )
         inv = self.raw_inverse
         for row in h:
             u = inv @ row  # Σ̃⁻¹ is symmetric: Σ̃⁻¹ h hᵀ Σ̃⁻¹ = u uᵀ
@@ -175,7 +200,9 @@ class Decoder:
         self.dtype = next(model.parameters()).dtype
         self.eos_ids = set(int(e) for e in eos_ids)
         # generate()'s order: top-k, then top-p; filtered tokens are -inf
-        self.warpers = LogitsProcessorList([TopKLogitsWarper(settings.top_k), TopPLogitsWarper(settings.top_p)])
+        self.warpers = LogitsProcessorList(
+            [TopKLogitsWarper(settings.top_k), TopPLogitsWarper(settings.top_p)]
+        )
 
     # ---------------------------------------------------------------- cache helpers
     @staticmethod
@@ -186,12 +213,18 @@ class Decoder:
         if any(type(layer) is not DynamicLayer for layer in layers):
             bad = {type(layer).__name__ for layer in layers if type(layer) is not DynamicLayer}
             if bad & {DynamicSlidingWindowLayer.__name__}:
-                raise NotImplementedError("token-level RepExp needs full-attention layers (no sliding window)")
-            raise NotImplementedError(f"token-level RepExp does not support cache layers {sorted(bad)}")
+                raise NotImplementedError(
+                    "token-level RepExp needs full-attention layers (no sliding window)"
+                )
+            raise NotImplementedError(
+                f"token-level RepExp does not support cache layers {sorted(bad)}"
+            )
         return layers
 
     def _forward(self, ids, cache, **kw):
-        return self.base(input_ids=ids, past_key_values=cache, use_cache=True, **kw).last_hidden_state
+        return self.base(
+            input_ids=ids, past_key_values=cache, use_cache=True, **kw
+        ).last_hidden_state
 
     def logits(self, state):
         """Next-token logits (float32, (1, V)) from a last-layer state (d,)."""
@@ -206,11 +239,15 @@ class Decoder:
         states, keys, values = [], [], []
         min_value = torch.finfo(self.dtype).min
         for start in range(0, len(candidates), self.settings.candidate_batch):
-            chunk = candidates[start: start + self.settings.candidate_batch]
+            chunk = candidates[start : start + self.settings.candidate_batch]
             k = len(chunk)
-            mask = torch.full((1, 1, k, prefix_len + k), min_value, dtype=self.dtype, device=self.device)
+            mask = torch.full(
+                (1, 1, k, prefix_len + k), min_value, dtype=self.dtype, device=self.device
+            )
             mask[..., :prefix_len] = 0
-            mask[0, 0, torch.arange(k), prefix_len + torch.arange(k)] = 0  # each candidate sees itself
+            mask[0, 0, torch.arange(k), prefix_len + torch.arange(k)] = (
+                0  # each candidate sees itself
+            )
             pos = torch.full((1, k), prefix_len, dtype=torch.long, device=self.device)
             h = self._forward(chunk[None], cache, attention_mask=mask, position_ids=pos)[0]
             states.append(h)
@@ -218,7 +255,10 @@ class Decoder:
             keys.append([layer.keys[..., prefix_len:, :] for layer in layers])
             values.append([layer.values[..., prefix_len:, :] for layer in layers])
             for layer in layers:
-                layer.keys, layer.values = layer.keys[..., :prefix_len, :], layer.values[..., :prefix_len, :]
+                layer.keys, layer.values = (
+                    layer.keys[..., :prefix_len, :],
+                    layer.values[..., :prefix_len, :],
+                )
         return torch.cat(states), keys, values
 
     def _append_candidate(self, cache, keys, values, j: int) -> None:
@@ -226,12 +266,19 @@ class Decoder:
 
         batch, row = divmod(j, self.settings.candidate_batch)
         for layer, k, v in zip(self._layers(cache), keys[batch], values[batch], strict=True):
-            layer.keys = torch.cat([layer.keys, k[..., row: row + 1, :]], dim=-2)
-            layer.values = torch.cat([layer.values, v[..., row: row + 1, :]], dim=-2)
+            layer.keys = torch.cat([layer.keys, k[..., row : row + 1, :]], dim=-2)
+            layer.values = torch.cat([layer.values, v[..., row : row + 1, :]], dim=-2)
 
     # ---------------------------------------------------------------- one response
-    def generate(self, prompt_ids: list[int], *, generator, inverse: CentredInverse | None = None,
-                 beta: float = 0.0, need_states: bool = False) -> dict:
+    def generate(
+        self,
+        prompt_ids: list[int],
+        *,
+        generator,
+        inverse: CentredInverse | None = None,
+        beta: float = 0.0,
+        need_states: bool = False,
+    ) -> dict:
         """One response. With ``inverse`` (Σ of the completed responses) every step computes the
         candidates' states and adds β·bonus to their logits; without it, plain sampling.
 
@@ -313,34 +360,71 @@ def make_generator(device, seed: int):
 # ------------------------------------------------------------------------------------------------
 # one run: up to k_max generations of one question, stopping at the first correct one
 # ------------------------------------------------------------------------------------------------
-def explore(decoder: Decoder, tok, prompt_ids: list[int], check: Callable[[str], bool], *, k_max: int,
-            beta: float | None, seed: int, stop_at_correct: bool = True) -> list[dict]:
+def explore(
+    decoder: Decoder,
+    tok,
+    prompt_ids: list[int],
+    check: Callable[[str], bool],
+    *,
+    k_max: int,
+    beta: float | None,
+    seed: int,
+    stop_at_correct: bool = True,
+) -> list[dict]:
     """Sequential responses to one prompt. ``beta=None``: vanilla (plain sampling, no Σ);
     otherwise token-level RepExp (response 1 plain, then the bonus on Σ of the earlier ones)."""
     gen = make_generator(decoder.device, seed)
-    inverse = None if beta is None else CentredInverse(decoder.base.config.hidden_size, decoder.settings.lam,
-                                                       device=decoder.device)
+    inverse = (
+        None
+        if beta is None
+        else CentredInverse(
+            decoder.base.config.hidden_size, decoder.settings.lam, device=decoder.device
+        )
+    )
     rows = []
     for i in range(1, k_max + 1):
         t0 = time.perf_counter()
         use = inverse if (inverse is not None and inverse.count) else None
-        r = decoder.generate(prompt_ids, generator=gen, inverse=use, beta=beta or 0.0,
-                             need_states=inverse is not None)
+        r = decoder.generate(
+            prompt_ids,
+            generator=gen,
+            inverse=use,
+            beta=beta or 0.0,
+            need_states=inverse is not None,
+        )
         if inverse is not None:
             inverse.add(r["states"])
         text = tok.decode(r["response_ids"], skip_special_tokens=True)
         correct = bool(check(text))
-        rows.append({"response": i, "response_ids": r["response_ids"], "n_tokens": len(r["response_ids"]),
-                     "finish_reason": r["finish_reason"], "correct": correct, "text": text,
-                     "mean_bonus": r["mean_bonus"], "mean_candidates": r["mean_candidates"],
-                     "seconds": time.perf_counter() - t0})
+        rows.append(
+            {
+                "response": i,
+                "response_ids": r["response_ids"],
+                "n_tokens": len(r["response_ids"]),
+                "finish_reason": r["finish_reason"],
+                "correct": correct,
+                "text": text,
+                "mean_bonus": r["mean_bonus"],
+                "mean_candidates": r["mean_candidates"],
+                "seconds": time.perf_counter() - t0,
+            }
+        )
         if correct and stop_at_correct:
             break
     return rows
 
 
-def explore_vanilla_batched(model, tok, prompt_ids: list[int], check: Callable[[str], bool], *, k_max: int,
-                            settings: Settings, seed: int, batch_size: int) -> list[dict]:
+def explore_vanilla_batched(
+    model,
+    tok,
+    prompt_ids: list[int],
+    check: Callable[[str], bool],
+    *,
+    k_max: int,
+    settings: Settings,
+    seed: int,
+    batch_size: int,
+) -> list[dict]:
     """Vanilla runs in batches of ``batch_size`` with transformers ``generate`` (same filters);
     responses are checked in order and the run stops at the first correct one, as the sequential
     runs do (a batch may generate up to ``batch_size - 1`` responses that are never counted)."""
@@ -351,15 +435,32 @@ def explore_vanilla_batched(model, tok, prompt_ids: list[int], check: Callable[[
     for start in range(0, k_max, batch_size):
         t0 = time.perf_counter()
         b = min(batch_size, k_max - start)
-        batch = generate_hf(model, tok, prompt_ids, n=b, sampler=sampler, max_new_tokens=settings.max_new_tokens,
-                            seed=question_seed(seed, "batch", str(start)), batch_size=b)
+        batch = generate_hf(
+            model,
+            tok,
+            prompt_ids,
+            n=b,
+            sampler=sampler,
+            max_new_tokens=settings.max_new_tokens,
+            seed=question_seed(seed, "batch", str(start)),
+            batch_size=b,
+        )
         secs = (time.perf_counter() - t0) / b
         for r in batch:
             correct = bool(check(r["text"]))
-            rows.append({"response": start + r["sample"] + 1, "response_ids": r["response_ids"],
-                         "n_tokens": len(r["response_ids"]), "finish_reason": r["finish_reason"],
-                         "correct": correct, "text": r["text"], "mean_bonus": float("nan"),
-                         "mean_candidates": float("nan"), "seconds": secs})
+            rows.append(
+                {
+                    "response": start + r["sample"] + 1,
+                    "response_ids": r["response_ids"],
+                    "n_tokens": len(r["response_ids"]),
+                    "finish_reason": r["finish_reason"],
+                    "correct": correct,
+                    "text": r["text"],
+                    "mean_bonus": float("nan"),
+                    "mean_candidates": float("nan"),
+                    "seconds": secs,
+                }
+            )
             if correct:
                 return rows
     return rows
@@ -413,8 +514,9 @@ def hardest_from_counts(counts: pd.DataFrame, n_questions: int) -> pd.DataFrame:
     return out[["rank", "qid", "ref_n", "ref_correct", "ref_pass1", "pool_n", "pool_correct"]]
 
 
-def hardest_solvable(scores: pd.DataFrame, n_questions: int, *, samples: int | None = None,
-                     seed: int = 0) -> pd.DataFrame:
+def hardest_solvable(
+    scores: pd.DataFrame, n_questions: int, *, samples: int | None = None, seed: int = 0
+) -> pd.DataFrame:
     """The ``n_questions`` questions with the lowest reference pass@1 > 0 (ties: by question id).
 
     ``scores``: ``qid, sample, correct`` of the reference model's pools. pass@1 is estimated on
@@ -430,13 +532,17 @@ def run_shards(n_questions: int, seeds: int, runs_per_shard: int) -> int:
     return -(-n_questions * seeds // runs_per_shard)
 
 
-def shard_runs(n_questions: int, seeds: int, runs_per_shard: int, shard: int) -> list[tuple[int, int]]:
+def shard_runs(
+    n_questions: int, seeds: int, runs_per_shard: int, shard: int
+) -> list[tuple[int, int]]:
     """(question rank, seed index) of the runs of one shard; runs are ordered seed-major so that a
     shard of a short run list still covers several questions."""
     runs = [(rank, s) for s in range(seeds) for rank in range(n_questions)]
     if not 0 <= shard < run_shards(n_questions, seeds, runs_per_shard):
-        raise ValueError(f"shard {shard} out of range for {len(runs)} runs, {runs_per_shard} per shard")
-    return runs[shard * runs_per_shard: (shard + 1) * runs_per_shard]
+        raise ValueError(
+            f"shard {shard} out of range for {len(runs)} runs, {runs_per_shard} per shard"
+        )
+    return runs[shard * runs_per_shard : (shard + 1) * runs_per_shard]
 
 
 def method_name(beta: float | None) -> str:
@@ -447,7 +553,9 @@ def solved_at(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per run (qid, seed_index, method, beta): ``solved_at`` = 1-based index of the first
     correct generation (NaN if none within the run), ``generations``."""
     keys = ["qid", "rank", "seed_index", "method", "beta"]
-    g = runs.assign(hit=np.where(runs["correct"], runs["response"], np.nan)).groupby(keys, dropna=False)
+    g = runs.assign(hit=np.where(runs["correct"], runs["response"], np.nan)).groupby(
+        keys, dropna=False
+    )
     return g.agg(solved_at=("hit", "min"), generations=("response", "max")).reset_index()
 
 
@@ -461,13 +569,29 @@ def passk_table(per_run: pd.DataFrame, k_max: int) -> pd.DataFrame:
         per_q = pd.DataFrame(solved, index=df["qid"].to_numpy()).groupby(level=0).mean()
         n = len(per_q)
         se = per_q.std(ddof=1).to_numpy() / np.sqrt(n) if n > 1 else np.full(len(ks), np.nan)
-        rows.append(pd.DataFrame({"method": method, "beta": beta, "k": ks, "pass_at_k": per_q.mean().to_numpy(),
-                                  "se": se, "questions": n, "runs": len(df)}))
-    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(
-        columns=["method", "beta", "k", "pass_at_k", "se", "questions", "runs"])
+        rows.append(
+            pd.DataFrame(
+                {
+                    "method": method,
+                    "beta": beta,
+                    "k": ks,
+                    "pass_at_k": per_q.mean().to_numpy(),
+                    "se": se,
+                    "questions": n,
+                    "runs": len(df),
+                }
+            )
+        )
+    return (
+        pd.concat(rows, ignore_index=True)
+        if rows
+        else pd.DataFrame(columns=["method", "beta", "k", "pass_at_k", "se", "questions", "runs"])
+    )
 
 
-def difficulty_table(per_run: pd.DataFrame, questions: pd.DataFrame, *, k: int, bins: int) -> pd.DataFrame:
+def difficulty_table(
+    per_run: pd.DataFrame, questions: pd.DataFrame, *, k: int, bins: int
+) -> pd.DataFrame:
     """Solve rate within ``k`` generations per difficulty bin and method, and each β's
     improvement over vanilla (paired by question; SE over the bin's questions).
 
@@ -480,8 +604,12 @@ def difficulty_table(per_run: pd.DataFrame, questions: pd.DataFrame, *, k: int, 
     # difficulty_deciles: bin 0 = lowest STC (easiest); here the value is pass@1, lowest = hardest
     bin_of = pd.Series(difficulty_deciles(-q["ref_pass1"].to_numpy(), n_bins), index=q.index)
     bin_of = n_bins - bin_of  # 1 = hardest
-    rate = (per_run.assign(solved=per_run["solved_at"] <= k)
-            .groupby(["method", "beta", "qid"], dropna=False)["solved"].mean().reset_index())
+    rate = (
+        per_run.assign(solved=per_run["solved_at"] <= k)
+        .groupby(["method", "beta", "qid"], dropna=False)["solved"]
+        .mean()
+        .reset_index()
+    )
     rate["bin"] = rate["qid"].map(bin_of)
     lo = q["ref_pass1"].groupby(bin_of).min()
     hi = q["ref_pass1"].groupby(bin_of).max()
@@ -491,11 +619,22 @@ def difficulty_table(per_run: pd.DataFrame, questions: pd.DataFrame, *, k: int, 
         return pd.DataFrame(columns=DIFFICULTY_COLUMNS)
     for (method, beta, b), df in rate.groupby(["method", "beta", "bin"], dropna=False):
         diff = (df.set_index("qid")["solved"] - vanilla.reindex(df["qid"]).to_numpy()).dropna()
-        rows.append({"method": method, "beta": beta, "bin": int(b), "ref_pass1_min": lo[b], "ref_pass1_max": hi[b],
-                     "questions": len(df), "solve_rate": df["solved"].mean(),
-                     "improvement": diff.mean() if len(diff) else np.nan,
-                     "improvement_se": diff.std(ddof=1) / np.sqrt(len(diff)) if len(diff) > 1 else np.nan,
-                     "k": k})
+        rows.append(
+            {
+                "method": method,
+                "beta": beta,
+                "bin": int(b),
+                "ref_pass1_min": lo[b],
+                "ref_pass1_max": hi[b],
+                "questions": len(df),
+                "solve_rate": df["solved"].mean(),
+                "improvement": diff.mean() if len(diff) else np.nan,
+                "improvement_se": diff.std(ddof=1) / np.sqrt(len(diff))
+                if len(diff) > 1
+                else np.nan,
+                "k": k,
+            }
+        )
     return pd.DataFrame(rows, columns=DIFFICULTY_COLUMNS)
 
 
@@ -504,24 +643,52 @@ def difficulty_table(per_run: pd.DataFrame, questions: pd.DataFrame, *, k: int, 
 # ------------------------------------------------------------------------------------------------
 def _cmd_questions(a) -> int:
     # shard by shard (a paper pool holds millions of responses); a question is in one shard
-    counts = pd.concat([reference_counts(pd.read_parquet(f, columns=["qid", "sample", "correct"]),
-                                         a.reference_samples, a.seed) for f in a.scores],
-                       ignore_index=True)
+    counts = pd.concat(
+        [
+            reference_counts(
+                pd.read_parquet(f, columns=["qid", "sample", "correct"]),
+                a.reference_samples,
+                a.seed,
+            )
+            for f in a.scores
+        ],
+        ignore_index=True,
+    )
     if counts["qid"].duplicated().any():
-        raise SystemExit(f"question {counts.loc[counts['qid'].duplicated(), 'qid'].iloc[0]} is in "
-                         f"several score shards: the reference pool's shards overlap")
+        raise SystemExit(
+            f"question {counts.loc[counts['qid'].duplicated(), 'qid'].iloc[0]} is in "
+            f"several score shards: the reference pool's shards overlap"
+        )
     q = hardest_from_counts(counts, a.n_questions)
     used = a.reference_samples or "all"
     if len(q) < a.n_questions:
-        log.warning("only %d of %d pool questions are solvable (pass@1 > 0 on %s responses each); "
-                    "the experiment uses %d, not %d", len(q), len(counts), used, len(q),
-                    a.n_questions)
+        log.warning(
+            "only %d of %d pool questions are solvable (pass@1 > 0 on %s responses each); "
+            "the experiment uses %d, not %d",
+            len(q),
+            len(counts),
+            used,
+            len(q),
+            a.n_questions,
+        )
     pool_n = int(q["pool_n"].max()) if len(q) else 0
-    write_parquet(q, a.out, n_questions=a.n_questions, reference_pool_size=pool_n,
-                  reference_samples=a.reference_samples, seed=a.seed)
-    log.info("%d hardest solvable questions, reference pass@1 %.4f..%.4f (%s of each question's %d "
-             "responses)", len(q), q["ref_pass1"].min() if len(q) else float("nan"),
-             q["ref_pass1"].max() if len(q) else float("nan"), used, pool_n)
+    write_parquet(
+        q,
+        a.out,
+        n_questions=a.n_questions,
+        reference_pool_size=pool_n,
+        reference_samples=a.reference_samples,
+        seed=a.seed,
+    )
+    log.info(
+        "%d hardest solvable questions, reference pass@1 %.4f..%.4f (%s of each question's %d "
+        "responses)",
+        len(q),
+        q["ref_pass1"].min() if len(q) else float("nan"),
+        q["ref_pass1"].max() if len(q) else float("nan"),
+        used,
+        pool_n,
+    )
     return 0
 
 
@@ -707,8 +874,13 @@ def _cmd_summarize(a) -> int:
 
     runs = pd.concat([pd.read_parquet(f) for f in a.runs], ignore_index=True)
     questions = pd.read_parquet(a.questions)
-    per_run = solved_at(runs) if len(runs) else pd.DataFrame(
-        columns=["qid", "rank", "seed_index", "method", "beta", "solved_at", "generations"])
+    per_run = (
+        solved_at(runs)
+        if len(runs)
+        else pd.DataFrame(
+            columns=["qid", "rank", "seed_index", "method", "beta", "solved_at", "generations"]
+        )
+    )
     per_run = per_run.merge(questions[["qid", "ref_pass1"]], on="qid", how="left")
     passk = passk_table(per_run, a.k_max)
     difficulty = difficulty_table(per_run, questions, k=a.k_max, bins=a.difficulty_bins)
@@ -720,22 +892,37 @@ def _cmd_summarize(a) -> int:
             provenance.stamp(df, prov).to_csv(tmp, index=False)
     last = passk[passk["k"] == a.k_max]
     for _, r in last.iterrows():
-        log.info("%s: pass@%d = %.3f (SE %.3f) over %d questions, %d runs", r["method"], a.k_max, r["pass_at_k"],
-                 r["se"], r["questions"], r["runs"])
+        log.info(
+            "%s: pass@%d = %.3f (SE %.3f) over %d questions, %d runs",
+            r["method"],
+            a.k_max,
+            r["pass_at_k"],
+            r["se"],
+            r["questions"],
+            r["runs"],
+        )
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     from repexp.score import add_verifier_args
 
-    ap = argparse.ArgumentParser(prog="python -m repexp.tokenlevel", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(
+        prog="python -m repexp.tokenlevel", description=__doc__.split("\n")[0]
+    )
     sub = ap.add_subparsers(dest="cmd", required=True)
-    q = sub.add_parser("questions", help="the hardest solvable questions from a reference model's pools")
+    q = sub.add_parser(
+        "questions", help="the hardest solvable questions from a reference model's pools"
+    )
     q.add_argument("--scores", nargs="+", required=True, help="the reference pool's score shards")
     q.add_argument("--n-questions", type=int, required=True)
-    q.add_argument("--reference-samples", type=lambda x: None if x == "all" else int(x),
-                   default=None, help="responses per question that estimate pass@1 (a seeded "
-                                      "subsample; 'all' = the whole pool)")
+    q.add_argument(
+        "--reference-samples",
+        type=lambda x: None if x == "all" else int(x),
+        default=None,
+        help="responses per question that estimate pass@1 (a seeded "
+        "subsample; 'all' = the whole pool)",
+    )
     q.add_argument("--seed", type=int, default=0, help="the master seed (seeds the subsample)")
     q.add_argument("--out", required=True)
     r = sub.add_parser("run", help="one shard of runs of one method")
@@ -756,17 +943,25 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--candidate-batch", type=int, default=64)
     r.add_argument("--max-new-tokens", type=int, default=512)
     r.add_argument("--vanilla-batch-size", type=int, default=1)
-    r.add_argument("--slots", type=int, default=16,
-                   help="runs decoded in lockstep (the batched engine)")
-    r.add_argument("--part", type=int, default=0,
-                   help="which job of the shard's runs (0 = the first)")
-    r.add_argument("--responses-per-job", type=int, default=None,
-                   help="responses of each run per part (default: all k_max in one part)")
+    r.add_argument(
+        "--slots", type=int, default=16, help="runs decoded in lockstep (the batched engine)"
+    )
+    r.add_argument(
+        "--part", type=int, default=0, help="which job of the shard's runs (0 = the first)"
+    )
+    r.add_argument(
+        "--responses-per-job",
+        type=int,
+        default=None,
+        help="responses of each run per part (default: all k_max in one part)",
+    )
     r.add_argument("--state-in", default=None, help="the previous part's run states (part > 0)")
-    r.add_argument("--state-out", default=None,
-                   help="where to save the runs' states for the next part")
-    r.add_argument("--rows-in", nargs="*", default=[],
-                   help="the earlier parts' responses (the last part)")
+    r.add_argument(
+        "--state-out", default=None, help="where to save the runs' states for the next part"
+    )
+    r.add_argument(
+        "--rows-in", nargs="*", default=[], help="the earlier parts' responses (the last part)"
+    )
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--dtype", default="bfloat16")
     r.add_argument("--device", default=None)

@@ -82,7 +82,9 @@ def task_settings(rl: dict, task: str) -> dict:
             continue
         sections = [s for s in settings.values() if isinstance(s, dict) and key in s]
         if len(sections) > 1:
-            raise ValueError(f"rl.task_overrides.{task}.{key} is ambiguous: several rl sections have {key!r}")
+            raise ValueError(
+                f"rl.task_overrides.{task}.{key} is ambiguous: several rl sections have {key!r}"
+            )
         if sections:
             sections[0][key] = value
         else:
@@ -114,7 +116,9 @@ def splits_of(task: str, settings: dict) -> tuple[str, str, str, str]:
         if name not in SPLITS:
             raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(SPLITS)}")
     if "train" not in SPLITS[task]:
-        raise ValueError(f"task {task!r} has no train split (it has {', '.join(SPLITS[task])}); RL needs one")
+        raise ValueError(
+            f"task {task!r} has no train split (it has {', '.join(SPLITS[task])}); RL needs one"
+        )
     dev_task = settings.get("dev_task") or task
     have = SPLITS[dev_task]
     if "dev" in have:
@@ -122,8 +126,10 @@ def splits_of(task: str, settings: dict) -> tuple[str, str, str, str]:
     elif dev_task != task:
         dev_split = "test"
     else:
-        raise ValueError(f"task {task!r} has no dev split; set rl.task_overrides.{task}.dev_task to a task "
-                         f"whose questions are the dev set (as dapo -> aime2024)")
+        raise ValueError(
+            f"task {task!r} has no dev split; set rl.task_overrides.{task}.dev_task to a task "
+            f"whose questions are the dev set (as dapo -> aime2024)"
+        )
     return dev_task, dev_split, dev_task, "test_rest" if "test_rest" in have else "test"
 
 
@@ -142,7 +148,9 @@ def parse_run(run: str) -> tuple[str, int | None]:
         return "base", None
     m = re.fullmatch(r"([a-z]+)/seed(\d+)", run)
     if not m or m.group(1) not in METHODS:
-        raise ValueError(f"not a run name: {run!r}; expected 'base' or '<method>/seed<N>' with method in {METHODS}")
+        raise ValueError(
+            f"not a run name: {run!r}; expected 'base' or '<method>/seed<N>' with method in {METHODS}"
+        )
     return m.group(1), int(m.group(2))
 
 
@@ -184,12 +192,26 @@ def passk_per_seed(questions: pd.DataFrame, ks: Sequence[int] | None = None) -> 
     from repexp.inference import pass_ks
 
     rows = []
-    for (task, method, seed), g in questions.groupby(["task", "method", "seed"], dropna=False, sort=True):
+    for (task, method, seed), g in questions.groupby(
+        ["task", "method", "seed"], dropna=False, sort=True
+    ):
         n_min = int(g["n"].min())
         kk = np.array([k for k in (ks or pass_ks(n_min)) if k <= n_min], dtype=np.int64)
-        curve = np.mean([pass_at_k_curve(int(n), int(c), kk) for n, c in zip(g["n"], g["c"], strict=True)], axis=0)
-        rows += [{"task": task, "method": method, "seed": seed, "k": int(k), "passk": float(p), "questions": len(g)}
-                 for k, p in zip(kk, curve, strict=True)]
+        curve = np.mean(
+            [pass_at_k_curve(int(n), int(c), kk) for n, c in zip(g["n"], g["c"], strict=True)],
+            axis=0,
+        )
+        rows += [
+            {
+                "task": task,
+                "method": method,
+                "seed": seed,
+                "k": int(k),
+                "passk": float(p),
+                "questions": len(g),
+            }
+            for k, p in zip(kk, curve, strict=True)
+        ]
     out = pd.DataFrame(rows, columns=["task", "method", "seed", "k", "passk", "questions"])
     out["seed"] = out["seed"].astype("Int64")
     return out
@@ -204,10 +226,16 @@ def passk_table(questions: pd.DataFrame, ks: Sequence[int] | None = None) -> pd.
     """
     per_seed = passk_per_seed(questions, ks)
     g = per_seed.groupby(["task", "method", "k"], sort=False)
-    out = g.agg(mean=("passk", "mean"), sd=("passk", "std"), seeds=("passk", "size"),
-                questions=("questions", "max")).reset_index()
+    out = g.agg(
+        mean=("passk", "mean"),
+        sd=("passk", "std"),
+        seeds=("passk", "size"),
+        questions=("questions", "max"),
+    ).reset_index()
     out["se"] = np.where(out["seeds"] > 1, out["sd"] / np.sqrt(out["seeds"]), np.nan)
-    out = out.sort_values(["task", "method", "k"], key=lambda s: _method_key(s) if s.name == "method" else s)
+    out = out.sort_values(
+        ["task", "method", "k"], key=lambda s: _method_key(s) if s.name == "method" else s
+    )
     return out[["task", "method", "k", "mean", "se", "seeds", "questions"]].reset_index(drop=True)
 
 
@@ -245,7 +273,9 @@ def efficiency_factor(ks, repexp, target: float, k_max: float | None = None) -> 
     return k_star, k_max / k_star
 
 
-def efficiency_table(passk: pd.DataFrame, ours: str = "repexp", baselines: Sequence[str] = BASELINES) -> pd.DataFrame:
+def efficiency_table(
+    passk: pd.DataFrame, ours: str = "repexp", baselines: Sequence[str] = BASELINES
+) -> pd.DataFrame:
     """One row per task x baseline: how many times fewer samples RepExp needs to match the
     baseline's pass@k at the largest k both curves have (paper: 256 / k*). ``note`` says why a
     factor is missing (no curve, never reached, a baseline that solves nothing) or only a bound."""
@@ -254,8 +284,16 @@ def efficiency_table(passk: pd.DataFrame, ours: str = "repexp", baselines: Seque
         mine = t[t["method"] == ours].sort_values("k")
         for b in baselines:
             theirs = t[t["method"] == b].sort_values("k")
-            row = {"task": task, "baseline": b, "k_max": np.nan, "baseline_at_kmax": np.nan,
-                   "repexp_at_kmax": np.nan, "k_star": np.nan, "factor": np.nan, "reached": False}
+            row = {
+                "task": task,
+                "baseline": b,
+                "k_max": np.nan,
+                "baseline_at_kmax": np.nan,
+                "repexp_at_kmax": np.nan,
+                "k_star": np.nan,
+                "factor": np.nan,
+                "reached": False,
+            }
             if mine.empty or theirs.empty:
                 row["note"] = f"no {ours if mine.empty else b} curve"
                 rows.append(row)
@@ -267,8 +305,11 @@ def efficiency_table(passk: pd.DataFrame, ours: str = "repexp", baselines: Seque
                 rows.append(row)
                 continue
             target = float(theirs.loc[theirs["k"] == k_max, "mean"].iloc[0])
-            row.update(k_max=k_max, baseline_at_kmax=target,
-                       repexp_at_kmax=float(mine.loc[mine["k"] == k_max, "mean"].iloc[0]))
+            row.update(
+                k_max=k_max,
+                baseline_at_kmax=target,
+                repexp_at_kmax=float(mine.loc[mine["k"] == k_max, "mean"].iloc[0]),
+            )
             if not target > 0:  # any curve "reaches" 0 at once: no factor to speak of
                 row["note"] = f"{b} pass@{k_max} is {target:g}: no factor"
                 rows.append(row)
@@ -282,15 +323,31 @@ def efficiency_table(passk: pd.DataFrame, ours: str = "repexp", baselines: Seque
             else:
                 row["note"] = ""
             rows.append(row)
-    cols = ["task", "baseline", "k_max", "baseline_at_kmax", "repexp_at_kmax", "k_star", "factor", "reached", "note"]
+    cols = [
+        "task",
+        "baseline",
+        "k_max",
+        "baseline_at_kmax",
+        "repexp_at_kmax",
+        "k_star",
+        "factor",
+        "reached",
+        "note",
+    ]
     return pd.DataFrame(rows, columns=cols)
 
 
 # ------------------------------------------------------------------------------------------------
 # log-likelihood under the base model (paper.md §3.6)
 # ------------------------------------------------------------------------------------------------
-def base_loglik(model, prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]], *,
-                batch_tokens: int = 8192, head_rows: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+def base_loglik(
+    model,
+    prompt_ids: Sequence[Sequence[int]],
+    response_ids: Sequence[Sequence[int]],
+    *,
+    batch_tokens: int = 8192,
+    head_rows: int = 1024,
+) -> tuple[np.ndarray, np.ndarray]:
     """Log-likelihood of each response given its prompt under ``model`` (a causal LM):
     ``(sum, mean per token)``, float64 arrays.
 
@@ -307,8 +364,10 @@ def base_loglik(model, prompt_ids: Sequence[Sequence[int]], response_ids: Sequen
 
     for attr in ("final_logit_softcapping", "logit_scale"):
         if getattr(model.config, attr, None) not in (None, 1, 1.0):
-            raise NotImplementedError(f"{type(model).__name__} rescales its logits ({attr}); base_loglik "
-                                      f"applies the plain LM head")
+            raise NotImplementedError(
+                f"{type(model).__name__} rescales its logits ({attr}); base_loglik "
+                f"applies the plain LM head"
+            )
     n = len(prompt_ids)
     if n != len(response_ids):
         raise ValueError("prompt_ids and response_ids differ in length")
@@ -333,13 +392,21 @@ def base_loglik(model, prompt_ids: Sequence[Sequence[int]], response_ids: Sequen
                 if t == 0:
                     continue
                 if p == 0:
-                    raise ValueError(f"response {i} has no prompt: its first token has no prediction")
-                states = h[row, p - 1: p + t - 1]  # the state before each response token predicts it
+                    raise ValueError(
+                        f"response {i} has no prompt: its first token has no prediction"
+                    )
+                states = h[
+                    row, p - 1 : p + t - 1
+                ]  # the state before each response token predicts it
                 target = torch.tensor(list(response_ids[i]), dtype=torch.long, device=device)
                 acc = 0.0
                 for j in range(0, t, head_rows):
-                    logits = torch.nn.functional.linear(states[j: j + head_rows].float(), weight, bias)
-                    lp = torch.log_softmax(logits, dim=-1).gather(1, target[j: j + head_rows, None])
+                    logits = torch.nn.functional.linear(
+                        states[j : j + head_rows].float(), weight, bias
+                    )
+                    lp = torch.log_softmax(logits, dim=-1).gather(
+                        1, target[j : j + head_rows, None]
+                    )
                     acc += float(lp.double().sum())
                 total[i] = acc
     count = np.array([len(r) for r in response_ids], dtype=np.float64)
@@ -353,11 +420,17 @@ def run_questions(pool: pd.DataFrame, scores: pd.DataFrame, *, task: str, run: s
     sample 0's length, finish reason, correctness and log-probability under the policy that
     sampled it (``policy_logprob``). Rows in pool order."""
     method, seed = parse_run(run)
-    merged = pool.merge(scores[["qid", "sample", "correct"]], on=["qid", "sample"], how="left",
-                        validate="one_to_one")
+    merged = pool.merge(
+        scores[["qid", "sample", "correct"]],
+        on=["qid", "sample"],
+        how="left",
+        validate="one_to_one",
+    )
     if merged["correct"].isna().any():
         bad = merged[merged["correct"].isna()].iloc[0]
-        raise ValueError(f"no score for question {bad.qid} sample {bad['sample']}: pools and scores are out of step")
+        raise ValueError(
+            f"no score for question {bad.qid} sample {bad['sample']}: pools and scores are out of step"
+        )
     merged["correct"] = merged["correct"].astype(bool)
     counts = merged.groupby("qid", sort=False)["correct"].agg(n="size", c="sum").reset_index()
     first = merged[merged["sample"] == 0].set_index("qid")
@@ -365,12 +438,31 @@ def run_questions(pool: pd.DataFrame, scores: pd.DataFrame, *, task: str, run: s
     if missing:
         raise ValueError(f"{len(missing)} question(s) have no sample 0, e.g. {sorted(missing)[:3]}")
     first = first.loc[counts["qid"]]
-    out = counts.assign(task=task, method=method, seed=seed,
-                        n_tokens=first["n_tokens"].to_numpy(), finish_reason=first["finish_reason"].to_numpy(),
-                        correct=first["correct"].to_numpy(), policy_logprob=first["logprob"].to_numpy())
+    out = counts.assign(
+        task=task,
+        method=method,
+        seed=seed,
+        n_tokens=first["n_tokens"].to_numpy(),
+        finish_reason=first["finish_reason"].to_numpy(),
+        correct=first["correct"].to_numpy(),
+        policy_logprob=first["logprob"].to_numpy(),
+    )
     out["seed"] = out["seed"].astype("Int64")
     out["c"] = out["c"].astype(int)
-    return out[["task", "method", "seed", "qid", "n", "c", "n_tokens", "finish_reason", "correct", "policy_logprob"]]
+    return out[
+        [
+            "task",
+            "method",
+            "seed",
+            "qid",
+            "n",
+            "c",
+            "n_tokens",
+            "finish_reason",
+            "correct",
+            "policy_logprob",
+        ]
+    ]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -490,8 +582,14 @@ def hparams_table(rl: dict, model_spec: dict | None = None) -> pd.DataFrame:
         rows.append(row)
     extra = sorted({k for t in columns for k in flat[t]} - known)
     for key in extra:
-        rows.append({"section": "other (config key)", "parameter": key, "key": key,
-                     **{t: _fmt(flat[t].get(key)) for t in columns}})
+        rows.append(
+            {
+                "section": "other (config key)",
+                "parameter": key,
+                "key": key,
+                **{t: _fmt(flat[t].get(key)) for t in columns},
+            }
+        )
     return pd.DataFrame(rows, columns=["section", "parameter", "key", *columns])
 
 
@@ -522,11 +620,17 @@ def rollout_divergence(a, b) -> dict:
     per_step = pd.DataFrame(rows, columns=["step", "rollouts", "differing"])
     differing = per_step[per_step["differing"] > 0]
     total = int(per_step["rollouts"].sum())
-    return {"steps": len(per_step), "steps_differing": len(differing),
-            "first_step_differing": int(differing["step"].iloc[0]) if len(differing) else None,
-            "rollouts": total, "rollouts_differing": int(per_step["differing"].sum()),
-            "frac_rollouts_differing": float(per_step["differing"].sum() / total) if total else float("nan"),
-            "per_step": per_step}
+    return {
+        "steps": len(per_step),
+        "steps_differing": len(differing),
+        "first_step_differing": int(differing["step"].iloc[0]) if len(differing) else None,
+        "rollouts": total,
+        "rollouts_differing": int(per_step["differing"].sum()),
+        "frac_rollouts_differing": float(per_step["differing"].sum() / total)
+        if total
+        else float("nan"),
+        "per_step": per_step,
+    }
 
 
 def _safetensors_files(model_dir: Path) -> list[Path]:
@@ -570,7 +674,11 @@ def weight_sketch(final_dir, base_dir, size: int | None = SKETCH_SIZE, seed: int
     names = sorted(k for k in fin if k in base and fin[k][1] == base[k][1])
     if not names:
         raise ValueError(f"{final_dir} and {base_dir} share no weight tensor (name and shape)")
-    out = {"final": [], "base": []} if size is None else {"final": np.zeros(size), "base": np.zeros(size)}
+    out = (
+        {"final": [], "base": []}
+        if size is None
+        else {"final": np.zeros(size), "base": np.zeros(size)}
+    )
     for k in names:
         shape = fin[k][1]
         n_rows = shape[0] if shape else 1
@@ -584,14 +692,21 @@ def weight_sketch(final_dir, base_dir, size: int | None = SKETCH_SIZE, seed: int
                 for key in out:
                     out[key].append(x[key])
                 continue
-            bits = rng.integers(0, 2**32, len(x["final"]), dtype=np.uint64)  # 32 random bits per coordinate
+            bits = rng.integers(
+                0, 2**32, len(x["final"]), dtype=np.uint64
+            )  # 32 random bits per coordinate
             bucket = bits % size  # (nearly uniform: size is far below 2^32)
             sign = ((bits >> np.uint64(31)) & np.uint64(1)).astype(np.float64) * 2.0 - 1.0
             for key in out:
                 out[key] += np.bincount(bucket, weights=sign * x[key], minlength=size)
     if size is None:
         out = {key: np.concatenate(v) for key, v in out.items()}
-    return {"names": np.array(names), "size": np.int64(-1 if size is None else size), "seed": np.int64(seed), **out}
+    return {
+        "names": np.array(names),
+        "size": np.int64(-1 if size is None else size),
+        "seed": np.int64(seed),
+        **out,
+    }
 
 
 def write_weight_sketch(final_dir, base_dir, out, **kw) -> None:
@@ -606,10 +721,14 @@ def weight_divergence(a, b) -> dict:
     or ``weights_sketch.npz`` paths of runs from one base model): ``l2`` = ‖a − b‖, ``rel_update`` =
     ‖a − b‖ / ‖b − base‖ (against the update of run b, e.g. GRPO), ``rel_weights`` = ‖a − b‖ / ‖b‖,
     and each run's update from the base, ``update_a``, ``update_b``."""
-    sa, sb = ({k: v for k, v in np.load(x).items()} if isinstance(x, str | Path) else x for x in (a, b))
+    sa, sb = (
+        {k: v for k, v in np.load(x).items()} if isinstance(x, str | Path) else x for x in (a, b)
+    )
     for key in ("names", "size", "seed"):
         if not np.array_equal(sa[key], sb[key]):
-            raise ValueError(f"the two weight sketches differ in {key!r}: not the same model and sketch")
+            raise ValueError(
+                f"the two weight sketches differ in {key!r}: not the same model and sketch"
+            )
     if not np.array_equal(sa["base"], sb["base"]):
         raise ValueError("the two runs started from different base weights")
 
@@ -618,13 +737,32 @@ def weight_divergence(a, b) -> dict:
 
     d = norm(sa["final"] - sb["final"])
     ua, ub = norm(sa["final"] - sa["base"]), norm(sb["final"] - sb["base"])
-    return {"l2": d, "rel_update": d / ub if ub > 0 else float("nan"), "rel_weights": d / norm(sb["final"]),
-            "update_a": ua, "update_b": ub}
+    return {
+        "l2": d,
+        "rel_update": d / ub if ub > 0 else float("nan"),
+        "rel_weights": d / norm(sb["final"]),
+        "update_a": ua,
+        "update_b": ub,
+    }
 
 
-DIVERGENCE_COLUMNS = ["task", "seed", "method", "versus", "steps", "steps_differing", "first_step_differing",
-                      "rollouts", "rollouts_differing", "frac_rollouts_differing", "weights_l2",
-                      "weights_rel_update", "weights_rel_weights", "update_l2", "versus_update_l2"]
+DIVERGENCE_COLUMNS = [
+    "task",
+    "seed",
+    "method",
+    "versus",
+    "steps",
+    "steps_differing",
+    "first_step_differing",
+    "rollouts",
+    "rollouts_differing",
+    "frac_rollouts_differing",
+    "weights_l2",
+    "weights_rel_update",
+    "weights_rel_weights",
+    "update_l2",
+    "versus_update_l2",
+]
 
 
 def divergence_table(run_dirs: Sequence[str | Path], versus: str = "grpo") -> pd.DataFrame:
@@ -646,9 +784,15 @@ def divergence_table(run_dirs: Sequence[str | Path], versus: str = "grpo") -> pd
             row.update({k: v for k, v in r.items() if k != "per_step"})
         if (d / "weights_sketch.npz").is_file() and (ref / "weights_sketch.npz").is_file():
             w = weight_divergence(d / "weights_sketch.npz", ref / "weights_sketch.npz")
-            row.update({"weights_l2": w["l2"], "weights_rel_update": w["rel_update"],
-                        "weights_rel_weights": w["rel_weights"], "update_l2": w["update_a"],
-                        "versus_update_l2": w["update_b"]})
+            row.update(
+                {
+                    "weights_l2": w["l2"],
+                    "weights_rel_update": w["rel_update"],
+                    "weights_rel_weights": w["rel_weights"],
+                    "update_l2": w["update_a"],
+                    "versus_update_l2": w["update_b"],
+                }
+            )
         rows.append(row)
     return pd.DataFrame(rows, columns=DIVERGENCE_COLUMNS)
 
@@ -677,13 +821,22 @@ def _cmd_questions(a) -> int:
     first = pool[pool["sample"] == 0].set_index("qid").loc[out["qid"]]
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = load_model(a.base_model, dtype=a.dtype, device=device)
-    total, mean = base_loglik(model, list(first["prompt_ids"]), list(first["response_ids"]),
-                              batch_tokens=a.batch_tokens)
+    total, mean = base_loglik(
+        model, list(first["prompt_ids"]), list(first["response_ids"]), batch_tokens=a.batch_tokens
+    )
     out["loglik_sum"], out["loglik_mean"] = total, mean
     write_parquet(out, a.out, task=a.task, run=a.run, base_model=str(a.base_model))
-    log.info("%s %s: %d questions, pass@1 %.3f; base-model log-likelihood of sample 0: mean %.2f "
-             "(%.3f per token) in %.1fs", a.task, a.run, len(out), float((out["c"] / out["n"]).mean()),
-             float(np.nanmean(total)), float(np.nanmean(mean)), time.perf_counter() - t0)
+    log.info(
+        "%s %s: %d questions, pass@1 %.3f; base-model log-likelihood of sample 0: mean %.2f "
+        "(%.3f per token) in %.1fs",
+        a.task,
+        a.run,
+        len(out),
+        float((out["c"] / out["n"]).mean()),
+        float(np.nanmean(total)),
+        float(np.nanmean(mean)),
+        time.perf_counter() - t0,
+    )
     return 0
 
 
@@ -696,14 +849,27 @@ def read_run(done: str | Path) -> dict:
     train = pd.read_csv(d / "train_log.csv")
     step, pass1 = pick_best(dev)
     if step != int(best["step"]):
-        log.warning("%s: best.json says step %s, dev.csv's best (strictly greater) is step %d", d, best["step"], step)
+        log.warning(
+            "%s: best.json says step %s, dev.csv's best (strictly greater) is step %d",
+            d,
+            best["step"],
+            step,
+        )
     base = dev.loc[dev["step"] == 0, "dev_pass1"]
-    summary = {**keys, "step": int(best["step"]), "dev_pass1": float(best["dev_pass1"]),
-               "base_dev_pass1": float(base.iloc[0]) if len(base) else np.nan,
-               "steps_trained": int(train["step"].max()) if len(train) else 0,
-               "agrees_with_dev_csv": step == int(best["step"])}
-    return {"keys": keys, "best": summary, "dev": dev.assign(**keys, best=dev["step"] == int(best["step"])),
-            "train": train.assign(**keys)}
+    summary = {
+        **keys,
+        "step": int(best["step"]),
+        "dev_pass1": float(best["dev_pass1"]),
+        "base_dev_pass1": float(base.iloc[0]) if len(base) else np.nan,
+        "steps_trained": int(train["step"].max()) if len(train) else 0,
+        "agrees_with_dev_csv": step == int(best["step"]),
+    }
+    return {
+        "keys": keys,
+        "best": summary,
+        "dev": dev.assign(**keys, best=dev["step"] == int(best["step"])),
+        "train": train.assign(**keys),
+    }
 
 
 def _front(df: pd.DataFrame, cols: Sequence[str]) -> pd.DataFrame:
@@ -719,10 +885,28 @@ def _cmd_tables(a) -> int:
     runs = [read_run(r) for r in a.runs]
     keys = ["task", "method", "seed"]
     best = pd.DataFrame([r["best"] for r in runs])
-    dev = pd.concat([r["dev"] for r in runs], ignore_index=True) if runs else pd.DataFrame(columns=[*keys, "step"])
-    train = pd.concat([r["train"] for r in runs], ignore_index=True) if runs else pd.DataFrame(columns=[*keys, "step"])
-    loglik = questions[[*keys, "qid", "n_tokens", "finish_reason", "correct", "policy_logprob", "loglik_sum",
-                        "loglik_mean"]]
+    dev = (
+        pd.concat([r["dev"] for r in runs], ignore_index=True)
+        if runs
+        else pd.DataFrame(columns=[*keys, "step"])
+    )
+    train = (
+        pd.concat([r["train"] for r in runs], ignore_index=True)
+        if runs
+        else pd.DataFrame(columns=[*keys, "step"])
+    )
+    loglik = questions[
+        [
+            *keys,
+            "qid",
+            "n_tokens",
+            "finish_reason",
+            "correct",
+            "policy_logprob",
+            "loglik_sum",
+            "loglik_mean",
+        ]
+    ]
     prov = provenance.from_cli(a.provenance)
     _write_csv(provenance.stamp(passk, prov), out / "rl_passk.csv")
     _write_csv(provenance.stamp(eff, prov), out / "rl_efficiency.csv")
@@ -748,7 +932,11 @@ def _cmd_divergence(a) -> int:
         print(r.pop("per_step").to_string(index=False))
     print(json.dumps(r, indent=2))
     if (da / "weights_sketch.npz").is_file() and (db / "weights_sketch.npz").is_file():
-        print(json.dumps(weight_divergence(da / "weights_sketch.npz", db / "weights_sketch.npz"), indent=2))
+        print(
+            json.dumps(
+                weight_divergence(da / "weights_sketch.npz", db / "weights_sketch.npz"), indent=2
+            )
+        )
     return 0
 
 
@@ -756,13 +944,17 @@ def _cmd_hparams(a) -> int:
     table = hparams_table(json.loads(a.rl), json.loads(a.model_spec) if a.model_spec else None)
     # a key/value table: the provenance as rows of section "provenance", so its columns stay the tasks
     _write_csv(provenance.stamp_rows(table, provenance.from_cli(a.provenance)), Path(a.out))
-    with pd.option_context("display.width", 200, "display.max_columns", 20, "display.max_colwidth", 60):
+    with pd.option_context(
+        "display.width", 200, "display.max_columns", 20, "display.max_colwidth", 60
+    ):
         log.info("RL hyper-parameters:\n%s", table.drop(columns="key").to_string(index=False))
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m repexp.rl.evaluate", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(
+        prog="python -m repexp.rl.evaluate", description=__doc__.split("\n")[0]
+    )
     sub = ap.add_subparsers(dest="cmd", required=True)
     q = sub.add_parser("questions", help="per-question test table of one evaluated policy")
     q.add_argument("--base-model", required=True, help="the base model folder (log-likelihoods)")
@@ -784,13 +976,21 @@ def main(argv: list[str] | None = None) -> int:
     h.add_argument("--model-spec", default="", help="the models.<rl.model> entry, as JSON")
     h.add_argument("--out", required=True)
     provenance.add_argument(h)
-    v = sub.add_parser("divergence", help="rollouts and final weights of run A against run B (same seed)")
-    v.add_argument("run_a", help="a run folder (rollouts.csv, weights_sketch.npz), e.g. .../repexp/seed41")
+    v = sub.add_parser(
+        "divergence", help="rollouts and final weights of run A against run B (same seed)"
+    )
+    v.add_argument(
+        "run_a", help="a run folder (rollouts.csv, weights_sketch.npz), e.g. .../repexp/seed41"
+    )
     v.add_argument("run_b", help="the run to compare with, e.g. .../grpo/seed41")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    return {"questions": _cmd_questions, "tables": _cmd_tables, "hparams": _cmd_hparams,
-            "divergence": _cmd_divergence}[a.cmd](a)
+    return {
+        "questions": _cmd_questions,
+        "tables": _cmd_tables,
+        "hparams": _cmd_hparams,
+        "divergence": _cmd_divergence,
+    }[a.cmd](a)
 
 
 if __name__ == "__main__":

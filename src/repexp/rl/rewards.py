@@ -88,8 +88,10 @@ def assert_nonzero_model(model, what: str = "model") -> None:
         raise RuntimeError(f"{what}: weights on the meta device (never loaded). {ZERO_FIX}")
     zero = [n for n, p in mats if not bool(p.detach().any())]
     if zero:
-        raise RuntimeError(f"{what}: {len(zero)} of {len(mats)} weight matrices are all zeros "
-                           f"({', '.join(zero[:3])}{', ...' if len(zero) > 3 else ''}). {ZERO_FIX}")
+        raise RuntimeError(
+            f"{what}: {len(zero)} of {len(mats)} weight matrices are all zeros "
+            f"({', '.join(zero[:3])}{', ...' if len(zero) > 3 else ''}). {ZERO_FIX}"
+        )
 
 
 def assert_nonzero_rows(x, what: str = "features") -> None:
@@ -98,9 +100,11 @@ def assert_nonzero_rows(x, what: str = "features") -> None:
     x = np.asarray(x)
     zero = np.flatnonzero(~x.any(axis=tuple(range(1, x.ndim))))
     if len(zero):
-        raise RuntimeError(f"{what}: {len(zero)} of {len(x)} rows are all zeros (rows "
-                           f"{zero[:8].tolist()}): the base model is zeroed or was never loaded. "
-                           f"{ZERO_FIX}")
+        raise RuntimeError(
+            f"{what}: {len(zero)} of {len(x)} rows are all zeros (rows "
+            f"{zero[:8].tolist()}): the base model is zeroed or was never loaded. "
+            f"{ZERO_FIX}"
+        )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -120,7 +124,7 @@ def check_whole_groups(keys: Sequence, group_size: int) -> None:
             f"(per_device_train_batch_size x steps_per_generation) a multiple of the group size."
         )
     for start in range(0, n, group_size):
-        block = list(keys[start:start + group_size])
+        block = list(keys[start : start + group_size])
         if any(k != block[0] for k in block):
             raise ValueError(
                 f"rows {start}..{start + group_size - 1} are not whole groups (keys {block}): the G completions "
@@ -144,7 +148,9 @@ def unlikeliness_ranks(mean_logprobs) -> np.ndarray:
     return ranks
 
 
-def unlikeliness_scale(rewards, mean_logprobs, beta_rank: float, group_size: int | None = None) -> np.ndarray:
+def unlikeliness_scale(
+    rewards, mean_logprobs, beta_rank: float, group_size: int | None = None
+) -> np.ndarray:
     """r̃_i = R_i · (1 − β_rank · rank_i / G), per group (paper.md §3.3).
 
     ``rewards`` and ``mean_logprobs`` are rows of consecutive groups of ``group_size`` (default: all
@@ -160,7 +166,7 @@ def unlikeliness_scale(rewards, mean_logprobs, beta_rank: float, group_size: int
         raise ValueError(f"{len(r)} rows is not a multiple of the group size {G}")
     out = np.empty_like(r)
     for s in range(0, len(r), G):
-        out[s:s + G] = r[s:s + G] * (1.0 - beta_rank * unlikeliness_ranks(lp[s:s + G]) / G)
+        out[s : s + G] = r[s : s + G] * (1.0 - beta_rank * unlikeliness_ranks(lp[s : s + G]) / G)
     return out
 
 
@@ -188,8 +194,14 @@ class CorrectnessReward:
 
     __name__ = "correct"
 
-    def __init__(self, task: str, *, source: str = "offline", verifier_options: dict | None = None,
-                 workers: int = 1):
+    def __init__(
+        self,
+        task: str,
+        *,
+        source: str = "offline",
+        verifier_options: dict | None = None,
+        workers: int = 1,
+    ):
         self.task_name, self.source = task, source
         self.verifier_options = dict(verifier_options or {})
         self.workers = int(workers)
@@ -214,9 +226,13 @@ class CorrectnessReward:
             from repexp.tasks import score_many
 
             return score_many(self.task, list(answer), texts, workers=self.workers)
-        return np.array([self.task.score(a, t) for a, t in zip(answer, texts, strict=True)], dtype=np.float64)
+        return np.array(
+            [self.task.score(a, t) for a, t in zip(answer, texts, strict=True)], dtype=np.float64
+        )
 
-    def __call__(self, prompts=None, completions=None, answer=None, log_metric=None, **kwargs) -> list[float]:
+    def __call__(
+        self, prompts=None, completions=None, answer=None, log_metric=None, **kwargs
+    ) -> list[float]:
         r = self.scores(completions, answer)
         if log_metric is not None:
             log_metric("reward_correct", float(r.mean()))
@@ -252,14 +268,35 @@ class RepExpReward:
 
     __name__ = "repexp"
 
-    def __init__(self, base_model: str, *, task: str, group_size: int, beta: float = 0.01, lam: float = 0.01,
-                 proj_dim: int = 32, seed: int = 0, zero_if_none_correct: bool = True, dtype: str = "bfloat16",
-                 device: str | None = None, batch_tokens: int = 4096, source: str = "offline",
-                 verifier_options: dict | None = None, workers: int = 1, offload: bool = False):
+    def __init__(
+        self,
+        base_model: str,
+        *,
+        task: str,
+        group_size: int,
+        beta: float = 0.01,
+        lam: float = 0.01,
+        proj_dim: int = 32,
+        seed: int = 0,
+        zero_if_none_correct: bool = True,
+        dtype: str = "bfloat16",
+        device: str | None = None,
+        batch_tokens: int = 4096,
+        source: str = "offline",
+        verifier_options: dict | None = None,
+        workers: int = 1,
+        offload: bool = False,
+    ):
         self.base_model = str(base_model)
-        self.correctness = CorrectnessReward(task, source=source, verifier_options=verifier_options,
-                                             workers=workers)
-        self.group_size, self.beta, self.lam, self.proj_dim = int(group_size), float(beta), float(lam), int(proj_dim)
+        self.correctness = CorrectnessReward(
+            task, source=source, verifier_options=verifier_options, workers=workers
+        )
+        self.group_size, self.beta, self.lam, self.proj_dim = (
+            int(group_size),
+            float(beta),
+            float(lam),
+            int(proj_dim),
+        )
         self.seed, self.zero_if_none_correct = int(seed), bool(zero_if_none_correct)
         self.dtype, self.device, self.batch_tokens = dtype, device, int(batch_tokens)
         self.offload = bool(offload)
@@ -298,8 +335,12 @@ class RepExpReward:
         """Token ids of ``prompts`` as TRL's ``_tokenize_prompts`` makes them (chat template, generation prompt)."""
         _, tok = self.load()
         if prompts and not isinstance(prompts[0], str):
-            out = tok.apply_chat_template(conversation=list(prompts), add_generation_prompt=True, tokenize=True,
-                                          return_dict=True)
+            out = tok.apply_chat_template(
+                conversation=list(prompts),
+                add_generation_prompt=True,
+                tokenize=True,
+                return_dict=True,
+            )
             return [list(map(int, ids)) for ids in out["input_ids"]]
         return [list(map(int, ids)) for ids in tok(text=list(prompts))["input_ids"]]
 
@@ -315,9 +356,14 @@ class RepExpReward:
         if moved:
             model.to(self._where)
         try:
-            feats = pooled_states(model, [list(p) for p in prompt_ids],
-                                  [list(c) for c in completion_ids], batch_tokens=self.batch_tokens,
-                                  poolings=("mean",), pad_id=pad)["mean"]
+            feats = pooled_states(
+                model,
+                [list(p) for p in prompt_ids],
+                [list(c) for c in completion_ids],
+                batch_tokens=self.batch_tokens,
+                poolings=("mean",),
+                pad_id=pad,
+            )["mean"]
         finally:
             if moved:
                 import torch
@@ -327,8 +373,18 @@ class RepExpReward:
         assert_nonzero_rows(feats, f"RepExp features of {len(feats)} rollouts")
         return feats
 
-    def __call__(self, prompts=None, completions=None, completion_ids=None, answer=None, prompt_ids=None,
-                 qid=None, trainer_state=None, log_metric=None, **kwargs) -> list[float]:
+    def __call__(
+        self,
+        prompts=None,
+        completions=None,
+        completion_ids=None,
+        answer=None,
+        prompt_ids=None,
+        qid=None,
+        trainer_state=None,
+        log_metric=None,
+        **kwargs,
+    ) -> list[float]:
         from repexp.bonus import group_bonuses, projection_seed, sparse_projection
 
         n = len(completion_ids)
@@ -342,8 +398,10 @@ class RepExpReward:
         else:  # the trainer's ids; the chat template must agree with them (checked on the first row)
             mine = self.prompt_ids_of(prompts[:1])[0]
             if list(prompt_ids[0]) != mine:
-                raise RuntimeError("the prompt ids TRL generated from differ from the chat template's: "
-                                   f"{list(prompt_ids[0])[:20]}... vs {mine[:20]}...")
+                raise RuntimeError(
+                    "the prompt ids TRL generated from differ from the chat template's: "
+                    f"{list(prompt_ids[0])[:20]}... vs {mine[:20]}..."
+                )
         t0 = time.perf_counter()
         feats = self.features(prompt_ids, completion_ids)
         t_forward = time.perf_counter() - t0
@@ -351,15 +409,33 @@ class RepExpReward:
         self._calls += 1
         R = sparse_projection(feats.shape[1], self.proj_dim, projection_seed(self.seed, step))
         groups = np.repeat(np.arange(n // self.group_size), self.group_size)
-        bonus = group_bonuses(feats, groups, correct, lam=self.lam, proj_matrix=R,
-                              zero_if_none_correct=self.zero_if_none_correct)
+        bonus = group_bonuses(
+            feats,
+            groups,
+            correct,
+            lam=self.lam,
+            proj_matrix=R,
+            zero_if_none_correct=self.zero_if_none_correct,
+        )
         total = correct + self.beta * bonus
-        self.last = {"correct": correct, "bonus": bonus, "total": total, "features": feats, "step": step,
-                     "forward_seconds": t_forward, "load_seconds": t_load}
+        self.last = {
+            "correct": correct,
+            "bonus": bonus,
+            "total": total,
+            "features": feats,
+            "step": step,
+            "forward_seconds": t_forward,
+            "load_seconds": t_load,
+        }
         if log_metric is not None:
             log_metric("reward_correct", float(correct.mean()))
             log_metric("reward_bonus", float(bonus.mean()))
             log_metric("timing/bonus_forward", t_forward)
-        log.debug("repexp reward step %d: correct %.3f bonus %.4f (forward %.2fs)", step, correct.mean(),
-                  bonus.mean(), t_forward)
+        log.debug(
+            "repexp reward step %d: correct %.3f bonus %.4f (forward %.2fs)",
+            step,
+            correct.mean(),
+            bonus.mean(),
+            t_forward,
+        )
         return total.tolist()

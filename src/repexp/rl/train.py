@@ -94,15 +94,42 @@ log = logging.getLogger("repexp.rl.train")
 DEV_BATCH_SEQUENCES = 64  # dev samples per generate call (several questions per batch)
 STATE = "state"  # folder of the tables and best model of a run in progress
 ROLLOUTS = "rollouts.csv"
-PUBLISHED = ("dev.csv", "train_log.csv", "best.json", ROLLOUTS)  # copied from state/ to the outputs at the end
+PUBLISHED = (
+    "dev.csv",
+    "train_log.csv",
+    "best.json",
+    ROLLOUTS,
+)  # copied from state/ to the outputs at the end
 SKETCH = "weights_sketch.npz"  # CountSketches of the final and the initial weights (divergence)
 DEV_COLUMNS = ["step", "update", "dev_pass1", "dev_questions", "dev_samples", "seconds"]
-DIAGNOSTICS = ("groups_all_correct", "groups_reordered", "shaping_share", "adv_abs", "adv_abs_all_correct")
+DIAGNOSTICS = (
+    "groups_all_correct",
+    "groups_reordered",
+    "shaping_share",
+    "adv_abs",
+    "adv_abs_all_correct",
+)
 LOG_COLUMNS = [
-    "step", "updates", "loss", "grad_norm", "lr", "reward_correct", "reward_bonus", "reward_total",
-    "unlikeliness_scale", "frac_reward_zero_std", *DIAGNOSTICS, "completion_length", "entropy", "clip_ratio",
-    "seconds_generation", "seconds_bonus_forward", "seconds_unlikeliness_forward", "seconds_reward",
-    "seconds_update", "seconds_step",
+    "step",
+    "updates",
+    "loss",
+    "grad_norm",
+    "lr",
+    "reward_correct",
+    "reward_bonus",
+    "reward_total",
+    "unlikeliness_scale",
+    "frac_reward_zero_std",
+    *DIAGNOSTICS,
+    "completion_length",
+    "entropy",
+    "clip_ratio",
+    "seconds_generation",
+    "seconds_bonus_forward",
+    "seconds_unlikeliness_forward",
+    "seconds_reward",
+    "seconds_update",
+    "seconds_step",
 ]
 ROLLOUT_COLUMNS = ["step", "update", "rollouts", "hashes"]
 
@@ -125,10 +152,17 @@ def read_questions(path, tok, max_prompt_length: int, what: str) -> list[dict]:
         if len(prompt_ids_of(tok, msgs)) <= max_prompt_length:
             rows.append({"prompt": msgs, "answer": str(answer), "qid": str(qid)})
     if len(rows) < len(df):
-        log.warning("%s: dropped %d of %d prompts longer than %d tokens", what, len(df) - len(rows), len(df),
-                    max_prompt_length)
+        log.warning(
+            "%s: dropped %d of %d prompts longer than %d tokens",
+            what,
+            len(df) - len(rows),
+            len(df),
+            max_prompt_length,
+        )
     if not rows:
-        raise ValueError(f"{path}: no prompt fits in max_prompt_length = {max_prompt_length} tokens")
+        raise ValueError(
+            f"{path}: no prompt fits in max_prompt_length = {max_prompt_length} tokens"
+        )
     return rows
 
 
@@ -181,7 +215,9 @@ def link_base_model(base: Path, dest: Path, manifest: dict) -> None:
         if f.name != MANIFEST and not f.name.startswith("."):
             (tmp / f.name).symlink_to(f.resolve())
     base_manifest = json.loads((base / MANIFEST).read_text())
-    (tmp / MANIFEST).write_text(json.dumps({**manifest, "base_manifest": base_manifest}, indent=2, sort_keys=True))
+    (tmp / MANIFEST).write_text(
+        json.dumps({**manifest, "base_manifest": base_manifest}, indent=2, sort_keys=True)
+    )
     _swap_in(tmp, dest)
 
 
@@ -216,9 +252,15 @@ def _callbacks():
         def on_save(self, args, state, control, **kw):
             u = self.run.s.updates_per_step
             step = state.global_step // u
-            if state.global_step % u == 0 and not self.run.has_dev(step) and (
-                    step % self.run.s.eval_every == 0 or state.global_step >= args.max_steps
-                    or self.run.stopped_by == "max_hours"):  # the last step, whichever limit ended the run
+            if (
+                state.global_step % u == 0
+                and not self.run.has_dev(step)
+                and (
+                    step % self.run.s.eval_every == 0
+                    or state.global_step >= args.max_steps
+                    or self.run.stopped_by == "max_hours"
+                )
+            ):  # the last step, whichever limit ended the run
                 self.run.evaluate(self.trainer, step, state.global_step)
 
     class TrainLogger(TrainerCallback):
@@ -272,8 +314,13 @@ def _callbacks():
                 raise TrainingOver(state.global_step)
             if _from_main(self.spent(self.base)):
                 self.run.stopped_by = "max_hours"
-                log.info("the time budget of %g h was spent at update %d (%.0f s of training): no further "
-                         "training", self.run.s.max_hours, state.global_step, self.base)
+                log.info(
+                    "the time budget of %g h was spent at update %d (%.0f s of training): no further "
+                    "training",
+                    self.run.s.max_hours,
+                    state.global_step,
+                    self.base,
+                )
                 raise BudgetSpent(state.global_step)
 
         def on_step_end(self, args, state, control, **kw):
@@ -287,9 +334,13 @@ def _callbacks():
                 self.run.stopped_by = "max_hours"
                 control.should_save = True  # saved, hence evaluated on the dev set
                 control.should_training_stop = True
-                log.info("time budget: %.2f h of training at step %d (update %d) >= max_hours %g: stopping",
-                         elapsed / 3600, state.global_step // self.run.s.updates_per_step, state.global_step,
-                         self.run.s.max_hours)
+                log.info(
+                    "time budget: %.2f h of training at step %d (update %d) >= max_hours %g: stopping",
+                    elapsed / 3600,
+                    state.global_step // self.run.s.updates_per_step,
+                    state.global_step,
+                    self.run.s.max_hours,
+                )
             return control
 
     return DevEvaluator, TrainLogger, TimeBudget
@@ -303,7 +354,9 @@ class BudgetSpent(TrainingOver):
     """A resumed run whose time budget was already spent."""
 
 
-ELAPSED = "elapsed.json"  # in state/: {"seconds": {"<update>": training seconds at that step boundary}}
+ELAPSED = (
+    "elapsed.json"  # in state/: {"seconds": {"<update>": training seconds at that step boundary}}
+)
 
 
 def read_elapsed(state: Path, update: int) -> float:
@@ -353,10 +406,14 @@ class Run:
         self.state = self.out / STATE  # the run's tables and best model until it is published
         self.dev = _read_csv(self.state / "dev.csv", DEV_COLUMNS)
         self.trainlog = _read_csv(self.state / "train_log.csv", LOG_COLUMNS)
-        self.rollout_log: list[dict] = []  # RLTrainer.rollout_log: generation rounds not yet written
+        self.rollout_log: list[
+            dict
+        ] = []  # RLTrainer.rollout_log: generation rounds not yet written
         self.pending: list[dict] = []  # the logged updates of the current step
         self.last_wall: float | None = None  # wall seconds of the last update (TrainLogger)
-        self.stopped_by: str | None = None  # "max_hours" when the time budget ended the run (TimeBudget)
+        self.stopped_by: str | None = (
+            None  # "max_hours" when the time budget ended the run (TimeBudget)
+        )
         self.train_seconds = 0.0  # training wall time over every attempt, at the last step boundary
         self.t0 = time.perf_counter()
 
@@ -370,7 +427,9 @@ class Run:
     def resume_tables(self, global_step: int) -> None:
         """Drop table rows after the step the run (re)starts from."""
         self.dev = self.dev[self.dev["update"] <= global_step].reset_index(drop=True)
-        self.trainlog = self.trainlog[self.trainlog["step"] <= global_step // self.s.updates_per_step]
+        self.trainlog = self.trainlog[
+            self.trainlog["step"] <= global_step // self.s.updates_per_step
+        ]
         self.trainlog = self.trainlog.reset_index(drop=True)
         self.pending = []
         if self.is_main:
@@ -378,8 +437,12 @@ class Run:
             rollouts = rollouts[rollouts["step"] <= global_step // self.s.updates_per_step]
             _write_csv(rollouts[ROLLOUT_COLUMNS], self.state / ROLLOUTS)
         if global_step:
-            log.info("resuming at update %d (step %d); %d dev rows kept", global_step,
-                     global_step // self.s.updates_per_step, len(self.dev))
+            log.info(
+                "resuming at update %d (step %d); %d dev rows kept",
+                global_step,
+                global_step // self.s.updates_per_step,
+                len(self.dev),
+            )
 
     def has_dev(self, step: int) -> bool:
         return bool((self.dev["step"] == step).any())
@@ -399,7 +462,7 @@ class Run:
 
         t0 = time.perf_counter()
         acc = trainer.accelerator
-        mine = self.dev_rows[acc.process_index::acc.num_processes]
+        mine = self.dev_rows[acc.process_index :: acc.num_processes]
         # every process gets the same number of questions (vLLM's tensor-parallel groups need it);
         # the padding repeats a question and is dropped below
         per_process = -(-len(self.dev_rows) // acc.num_processes)
@@ -422,13 +485,27 @@ class Run:
         improved = p1 > best_before
         if improved:
             self.save_best(trainer, step, update, p1)
-        row = {"step": step, "update": update, "dev_pass1": p1, "dev_questions": len(counts),
-               "dev_samples": self.s.dev_samples, "seconds": round(seconds, 2)}
+        row = {
+            "step": step,
+            "update": update,
+            "dev_pass1": p1,
+            "dev_questions": len(counts),
+            "dev_samples": self.s.dev_samples,
+            "seconds": round(seconds, 2),
+        }
         self.dev = pd.concat([self.dev, pd.DataFrame([row])], ignore_index=True)
         if self.is_main:
             _write_csv(self.dev[DEV_COLUMNS], self.state / "dev.csv")
-        log.info("dev step %d (update %d): pass@1 %.4f over %d questions x %d samples in %.1fs%s", step, update,
-                 p1, len(counts), self.s.dev_samples, seconds, " (new best)" if improved else "")
+        log.info(
+            "dev step %d (update %d): pass@1 %.4f over %d questions x %d samples in %.1fs%s",
+            step,
+            update,
+            p1,
+            len(counts),
+            self.s.dev_samples,
+            seconds,
+            " (new best)" if improved else "",
+        )
         return p1
 
     def _dev_counts_hf(self, model, rows, step) -> list[tuple[int, int]]:
@@ -444,27 +521,48 @@ class Run:
         n, tok = self.s.dev_samples, self.tok
         device = next(model.parameters()).device
         eos = model.generation_config.eos_token_id
-        eos_ids = sorted((({*eos} if isinstance(eos, list) else {eos}) | {tok.eos_token_id}) - {None})
+        eos_ids = sorted(
+            (({*eos} if isinstance(eos, list) else {eos}) | {tok.eos_token_id}) - {None}
+        )
         pad = tok.pad_token_id if tok.pad_token_id is not None else eos_ids[0]
-        gen_cfg = GenerationConfig(do_sample=True, temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=self.s.max_response_length,
-                                   eos_token_id=eos_ids, pad_token_id=pad)
-        amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+        gen_cfg = GenerationConfig(
+            do_sample=True,
+            temperature=1.0,
+            top_p=1.0,
+            top_k=0,
+            max_new_tokens=self.s.max_response_length,
+            eos_token_id=eos_ids,
+            pad_token_id=pad,
+        )
+        amp = (
+            torch.autocast("cuda", dtype=torch.bfloat16)
+            if device.type == "cuda"
+            else contextlib.nullcontext()
+        )
         per_batch = max(1, DEV_BATCH_SEQUENCES // n)
         answers, texts = [], []
         for b in range(0, len(rows), per_batch):
-            batch = rows[b:b + per_batch]
+            batch = rows[b : b + per_batch]
             prompts = [ids for r in batch for ids in [prompt_ids_of(tok, r["prompt"])] * n]
             width = max(map(len, prompts))
             ids = torch.tensor([[pad] * (width - len(x)) + x for x in prompts], device=device)
-            mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in prompts], device=device)
+            mask = torch.tensor(
+                [[0] * (width - len(x)) + [1] * len(x) for x in prompts], device=device
+            )
             rng = torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
             with rng, amp, torch.inference_mode():
-                torch.manual_seed(question_seed(self.a.seed, "rl-dev", str(step), batch[0]["qid"]) % 2**63)
+                torch.manual_seed(
+                    question_seed(self.a.seed, "rl-dev", str(step), batch[0]["qid"]) % 2**63
+                )
                 out = model.generate(input_ids=ids, attention_mask=mask, generation_config=gen_cfg)
             for i, r in enumerate(batch):
-                for row in out[i * n:(i + 1) * n, width:].tolist():
+                for row in out[i * n : (i + 1) * n, width:].tolist():
                     stop = next((j for j, t in enumerate(row) if t in eos_ids), None)
-                    texts.append(tok.decode(row if stop is None else row[:stop + 1], skip_special_tokens=True))
+                    texts.append(
+                        tok.decode(
+                            row if stop is None else row[: stop + 1], skip_special_tokens=True
+                        )
+                    )
                     answers.append(r["answer"])
         return self._counts(answers, texts, n)
 
@@ -476,7 +574,7 @@ class Run:
             scores = score_many(self.task, answers, texts, workers=self.s.reward_workers)
         else:
             scores = np.array([self.task.score(a, t) for a, t in zip(answers, texts, strict=True)])
-        return [(int(scores[i:i + n].sum()), n) for i in range(0, len(scores), n)]
+        return [(int(scores[i : i + n].sum()), n) for i in range(0, len(scores), n)]
 
     def _dev_counts_vllm(self, trainer, rows) -> list[tuple[int, int]]:
         """Dev samples from the trainer's colocated vLLM engine (its sampling: τ, top-p 1, max length)."""
@@ -487,15 +585,26 @@ class Run:
             trainer._last_loaded_step = trainer.state.global_step
         n = self.s.dev_samples
         prompts = [ids for r in rows for ids in [prompt_ids_of(self.tok, r["prompt"])] * n]
-        _, completions, _, _ = trainer.vllm_generation.generate(prompts=prompts, images=None, num_generations=n)
+        _, completions, _, _ = trainer.vllm_generation.generate(
+            prompts=prompts, images=None, num_generations=n
+        )
         texts = self.tok.batch_decode(completions, skip_special_tokens=True)
         return self._counts([r["answer"] for r in rows for _ in range(n)], texts, n)
 
     def _manifest(self, step: int, update: int, p1: float, dtype: str) -> dict:
-        return {"spec": {"source": "rl", "base_model": self.a.model_name, "task": self.a.task,
-                         "method": self.a.method, "seed": self.a.seed, "step": step, "update": update,
-                         "dtype": dtype},
-                "dev_pass1": p1}
+        return {
+            "spec": {
+                "source": "rl",
+                "base_model": self.a.model_name,
+                "task": self.a.task,
+                "method": self.a.method,
+                "seed": self.a.seed,
+                "step": step,
+                "update": update,
+                "dtype": dtype,
+            },
+            "dev_pass1": p1,
+        }
 
     def save_best(self, trainer, step: int, update: int, p1: float) -> None:
         from repexp.models import MANIFEST
@@ -513,12 +622,25 @@ class Run:
             if self.is_main:
                 self.tok.save_pretrained(tmp)
                 (tmp / "training_args.bin").unlink(missing_ok=True)
-                (tmp / MANIFEST).write_text(json.dumps(self._manifest(step, update, p1, "float32"), indent=2,
-                                                       sort_keys=True) + "\n")
+                (tmp / MANIFEST).write_text(
+                    json.dumps(
+                        self._manifest(step, update, p1, "float32"), indent=2, sort_keys=True
+                    )
+                    + "\n"
+                )
                 _swap_in(tmp, dest)
         if self.is_main:
-            _write_json({"step": step, "update": update, "dev_pass1": p1, "method": self.a.method,
-                         "seed": self.a.seed, "task": self.a.task}, self.state / "best.json")
+            _write_json(
+                {
+                    "step": step,
+                    "update": update,
+                    "dev_pass1": p1,
+                    "method": self.a.method,
+                    "seed": self.a.seed,
+                    "task": self.a.task,
+                },
+                self.state / "best.json",
+            )
         trainer.accelerator.wait_for_everyone()
 
     # ---------------------------------------------------------------- training log
@@ -532,39 +654,71 @@ class Run:
 
         step_time = self.last_wall if self.last_wall is not None else g("step_time")
         self.last_wall = None
-        self.pending.append({
-            "update": update, "loss": g("loss"), "grad_norm": g("grad_norm"), "lr": g("learning_rate"),
-            "reward_correct": g("reward_correct"), "reward_bonus": g("reward_bonus"), "reward_total": g("reward"),
-            "unlikeliness_scale": g("unlikeliness_scale"), "frac_reward_zero_std": g("frac_reward_zero_std"),
-            **{k: g(k) for k in DIAGNOSTICS},
-            "completion_length": g("completions/mean_length"), "entropy": g("entropy"),
-            "clip_ratio": g("clip_ratio/region_mean"),
-            "seconds_generation": g("timing/generation", 0.0), "seconds_bonus_forward": g("timing/bonus_forward", 0.0),
-            "seconds_unlikeliness_forward": g("timing/unlikeliness_forward", 0.0),
-            "seconds_reward": g("timing/reward", 0.0),
-            "seconds_update": step_time - g("timing/generate_and_score", 0.0), "seconds_step": step_time,
-        })
+        self.pending.append(
+            {
+                "update": update,
+                "loss": g("loss"),
+                "grad_norm": g("grad_norm"),
+                "lr": g("learning_rate"),
+                "reward_correct": g("reward_correct"),
+                "reward_bonus": g("reward_bonus"),
+                "reward_total": g("reward"),
+                "unlikeliness_scale": g("unlikeliness_scale"),
+                "frac_reward_zero_std": g("frac_reward_zero_std"),
+                **{k: g(k) for k in DIAGNOSTICS},
+                "completion_length": g("completions/mean_length"),
+                "entropy": g("entropy"),
+                "clip_ratio": g("clip_ratio/region_mean"),
+                "seconds_generation": g("timing/generation", 0.0),
+                "seconds_bonus_forward": g("timing/bonus_forward", 0.0),
+                "seconds_unlikeliness_forward": g("timing/unlikeliness_forward", 0.0),
+                "seconds_reward": g("timing/reward", 0.0),
+                "seconds_update": step_time - g("timing/generate_and_score", 0.0),
+                "seconds_step": step_time,
+            }
+        )
         row = step_row(math.ceil(update / u), self.pending, bonus=self.a.method == "repexp")
         table = pd.concat([self.trainlog, pd.DataFrame([row])], ignore_index=True)
         _write_csv(table[LOG_COLUMNS], self.state / "train_log.csv")
         if update % u == 0:
             self.trainlog, self.pending = table, []
             self.write_rollouts()
-            log.info("step %d/%d: loss %.4f correct %.3f bonus %.4f total %.3f grad-norm %.3g | generation %.1fs "
-                     "bonus-forward %.1fs reward %.1fs update %.1fs step %.1fs | elapsed %.0fs", row["step"],
-                     self.s.max_steps, row["loss"], row["reward_correct"], row["reward_bonus"], row["reward_total"],
-                     row["grad_norm"], row["seconds_generation"], row["seconds_bonus_forward"],
-                     row["seconds_reward"], row["seconds_update"], row["seconds_step"], time.perf_counter() - self.t0)
+            log.info(
+                "step %d/%d: loss %.4f correct %.3f bonus %.4f total %.3f grad-norm %.3g | generation %.1fs "
+                "bonus-forward %.1fs reward %.1fs update %.1fs step %.1fs | elapsed %.0fs",
+                row["step"],
+                self.s.max_steps,
+                row["loss"],
+                row["reward_correct"],
+                row["reward_bonus"],
+                row["reward_total"],
+                row["grad_norm"],
+                row["seconds_generation"],
+                row["seconds_bonus_forward"],
+                row["seconds_reward"],
+                row["seconds_update"],
+                row["seconds_step"],
+                time.perf_counter() - self.t0,
+            )
 
     def write_rollouts(self) -> None:
         """Append the generation rounds the trainer logged since the last call to ``rollouts.csv``."""
         u = self.s.updates_per_step
-        rows = [{"step": r["update"] // u + 1, "update": r["update"], "rollouts": len(r["hashes"]),
-                 "hashes": " ".join(r["hashes"])} for r in self.rollout_log]
+        rows = [
+            {
+                "step": r["update"] // u + 1,
+                "update": r["update"],
+                "rollouts": len(r["hashes"]),
+                "hashes": " ".join(r["hashes"]),
+            }
+            for r in self.rollout_log
+        ]
         self.rollout_log.clear()
         if rows:
-            table = pd.concat([_read_csv(self.state / ROLLOUTS, ROLLOUT_COLUMNS), pd.DataFrame(rows)],
-                              ignore_index=True)
+            table = pd.concat(
+                [_read_csv(self.state / ROLLOUTS, ROLLOUT_COLUMNS), pd.DataFrame(rows)],
+                ignore_index=True,
+            )
             _write_csv(table[ROLLOUT_COLUMNS], self.state / ROLLOUTS)
 
 
@@ -578,8 +732,19 @@ def step_row(step: int, updates: list[dict], *, bonus: bool) -> dict:
         return float(v.mean()) if len(v) else np.nan
 
     row = {"step": step, "updates": len(df), "lr": float(df["lr"].iloc[-1])}
-    for col in ("loss", "grad_norm", "reward_correct", "reward_bonus", "reward_total", "unlikeliness_scale",
-                "frac_reward_zero_std", *DIAGNOSTICS, "completion_length", "entropy", "clip_ratio"):
+    for col in (
+        "loss",
+        "grad_norm",
+        "reward_correct",
+        "reward_bonus",
+        "reward_total",
+        "unlikeliness_scale",
+        "frac_reward_zero_std",
+        *DIAGNOSTICS,
+        "completion_length",
+        "entropy",
+        "clip_ratio",
+    ):
         row[col] = mean(col)
     if not bonus:
         row["reward_bonus"] = 0.0
@@ -596,14 +761,31 @@ def reward_functions(args, s: RLSettings, verifier_options: dict):
 
     if args.method == "repexp":
         r = s.repexp
-        reward = RepExpReward(args.model, task=args.task, group_size=s.group_size, beta=r.beta, lam=r.lam,
-                              proj_dim=r.proj_dim, seed=args.seed, zero_if_none_correct=r.zero_if_none_correct,
-                              dtype=r.feature_dtype, source=args.source, verifier_options=verifier_options,
-                              workers=s.reward_workers, offload=r.offload_base)
+        reward = RepExpReward(
+            args.model,
+            task=args.task,
+            group_size=s.group_size,
+            beta=r.beta,
+            lam=r.lam,
+            proj_dim=r.proj_dim,
+            seed=args.seed,
+            zero_if_none_correct=r.zero_if_none_correct,
+            dtype=r.feature_dtype,
+            source=args.source,
+            verifier_options=verifier_options,
+            workers=s.reward_workers,
+            offload=r.offload_base,
+        )
         # loaded by its first call, once the trainer has sharded the policy (rewards.RepExpReward)
         return [reward]
-    return [CorrectnessReward(args.task, source=args.source, verifier_options=verifier_options,
-                              workers=s.reward_workers)]
+    return [
+        CorrectnessReward(
+            args.task,
+            source=args.source,
+            verifier_options=verifier_options,
+            workers=s.reward_workers,
+        )
+    ]
 
 
 def build_trainer(args, s: RLSettings, *, verifier_options: dict | None = None, **config_overrides):
@@ -620,8 +802,14 @@ def build_trainer(args, s: RLSettings, *, verifier_options: dict | None = None, 
     out = Path(args.out)
     cuda = torch.cuda.is_available()
     nproc = PartialState().num_processes
-    cfg = grpo_config(s, output_dir=str(out / "checkpoints"), seed=args.seed, num_processes=nproc, cuda=cuda,
-                      **config_overrides)
+    cfg = grpo_config(
+        s,
+        output_dir=str(out / "checkpoints"),
+        seed=args.seed,
+        num_processes=nproc,
+        cuda=cuda,
+        **config_overrides,
+    )
     tok = load_tokenizer(args.model)
     train_rows = read_questions(args.train, tok, s.max_prompt_length, "train")
     dev_rows = read_questions(args.dev, tok, s.max_prompt_length, "dev")
@@ -631,10 +819,18 @@ def build_trainer(args, s: RLSettings, *, verifier_options: dict | None = None, 
     DevEvaluator, TrainLogger, TimeBudget = _callbacks()
     dev_cb = DevEvaluator(run)
     trainer = rl_trainer_class()(
-        model=policy, reward_funcs=reward_functions(args, s, verifier_options), args=cfg,
-        train_dataset=Dataset.from_list(train_rows), processing_class=tok,
-        callbacks=[dev_cb, TrainLogger(run), TimeBudget(run)],  # this order: a step is evaluated before BudgetSpent
-        beta_rank=s.unlikeliness.beta_rank if args.method == "unlikeliness" else None, adv_eps=s.adv_eps,
+        model=policy,
+        reward_funcs=reward_functions(args, s, verifier_options),
+        args=cfg,
+        train_dataset=Dataset.from_list(train_rows),
+        processing_class=tok,
+        callbacks=[
+            dev_cb,
+            TrainLogger(run),
+            TimeBudget(run),
+        ],  # this order: a step is evaluated before BudgetSpent
+        beta_rank=s.unlikeliness.beta_rank if args.method == "unlikeliness" else None,
+        adv_eps=s.adv_eps,
     )
     dev_cb.trainer = trainer
     run.rollout_log = trainer.rollout_log  # the same list: the trainer appends, the Run writes
@@ -665,8 +861,15 @@ def last_checkpoint(out: Path) -> str | None:
     kill while it was being saved, and is removed (transformers' ``get_last_checkpoint`` would pick it).
     """
     ckpt = out / "checkpoints"
-    folders = sorted((p for p in ckpt.glob("checkpoint-*") if p.is_dir() and p.name[11:].isdigit()),
-                     key=lambda p: int(p.name[11:]), reverse=True) if ckpt.is_dir() else []
+    folders = (
+        sorted(
+            (p for p in ckpt.glob("checkpoint-*") if p.is_dir() and p.name[11:].isdigit()),
+            key=lambda p: int(p.name[11:]),
+            reverse=True,
+        )
+        if ckpt.is_dir()
+        else []
+    )
     for folder in folders:
         if (folder / "trainer_state.json").is_file():
             return str(folder)
@@ -676,7 +879,9 @@ def last_checkpoint(out: Path) -> str | None:
 
 
 def train(args, verifier_options: dict | None = None, **config_overrides) -> dict:
-    s = RLSettings.from_dict(json.loads(args.settings) if isinstance(args.settings, str) else args.settings)
+    s = RLSettings.from_dict(
+        json.loads(args.settings) if isinstance(args.settings, str) else args.settings
+    )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     resume = last_checkpoint(out)
@@ -692,34 +897,71 @@ def train(args, verifier_options: dict | None = None, **config_overrides) -> dic
     args.dev_task = getattr(args, "dev_task", None) or s.dev_task
     t0 = time.perf_counter()
     trainer, run = build_trainer(args, s, verifier_options=verifier_options, **config_overrides)
-    log.info("%s on %s, seed %d: %d train prompts, %d dev questions; %d steps of %d prompts x %d rollouts "
-             "(%d update(s) of %d prompts each); TRL: per-device batch %d, grad. accumulation %d, steps per "
-             "generation %d, %d process(es)", args.method, args.task, args.seed, len(trainer.train_dataset),
-             len(run.dev_rows), s.max_steps, s.train_batch_prompts, s.group_size, s.updates_per_step,
-             s.mini_batch_prompts, trainer.args.per_device_train_batch_size,
-             trainer.args.gradient_accumulation_steps, trainer.args.steps_per_generation,
-             trainer.accelerator.num_processes)
+    log.info(
+        "%s on %s, seed %d: %d train prompts, %d dev questions; %d steps of %d prompts x %d rollouts "
+        "(%d update(s) of %d prompts each); TRL: per-device batch %d, grad. accumulation %d, steps per "
+        "generation %d, %d process(es)",
+        args.method,
+        args.task,
+        args.seed,
+        len(trainer.train_dataset),
+        len(run.dev_rows),
+        s.max_steps,
+        s.train_batch_prompts,
+        s.group_size,
+        s.updates_per_step,
+        s.mini_batch_prompts,
+        trainer.args.per_device_train_batch_size,
+        trainer.args.gradient_accumulation_steps,
+        trainer.args.steps_per_generation,
+        trainer.accelerator.num_processes,
+    )
     if s.max_hours is not None:
-        log.info("time budget: %g h of training (stops at the first step boundary after it)", s.max_hours)
+        log.info(
+            "time budget: %g h of training (stops at the first step boundary after it)", s.max_hours
+        )
     if trainer.accelerator.num_processes != s.gpus_per_run:
-        log.warning("%d process(es), but rl.gpus_per_run is %d (the rule launches that many)",
-                    trainer.accelerator.num_processes, s.gpus_per_run)
+        log.warning(
+            "%d process(es), but rl.gpus_per_run is %d (the rule launches that many)",
+            trainer.accelerator.num_processes,
+            s.gpus_per_run,
+        )
     try:
         trainer.train(resume_from_checkpoint=resume)
-    except TrainingOver:  # resumed after the last step (max_steps, or the one that spent the budget)
+    except (
+        TrainingOver
+    ):  # resumed after the last step (max_steps, or the one that spent the budget)
         pass
     best, at = run.best
     if at is None:  # no step beat the initial best of 0: the base model stands
         if run.is_main:
             link_base_model(Path(args.model), run.state / "best", run._manifest(0, 0, 0.0, "base"))
-            _write_json({"step": 0, "update": 0, "dev_pass1": float(run.dev["dev_pass1"].iloc[0]) if len(run.dev)
-                         else 0.0, "method": args.method, "seed": args.seed, "task": args.task},
-                        run.state / "best.json")
-    done = {"method": args.method, "seed": args.seed, "task": args.task, "model": args.model_name,
-            "steps": trainer.state.global_step // s.updates_per_step, "updates": trainer.state.global_step,
-            "best_step": at or 0, "best_dev_pass1": best, "resumed_from": resume,
-            "stopped_by": run.stopped_by or "max_steps", "train_seconds": round(run.train_seconds, 1),
-            "seconds": round(time.perf_counter() - t0, 1), "settings": s.to_dict()}
+            _write_json(
+                {
+                    "step": 0,
+                    "update": 0,
+                    "dev_pass1": float(run.dev["dev_pass1"].iloc[0]) if len(run.dev) else 0.0,
+                    "method": args.method,
+                    "seed": args.seed,
+                    "task": args.task,
+                },
+                run.state / "best.json",
+            )
+    done = {
+        "method": args.method,
+        "seed": args.seed,
+        "task": args.task,
+        "model": args.model_name,
+        "steps": trainer.state.global_step // s.updates_per_step,
+        "updates": trainer.state.global_step,
+        "best_step": at or 0,
+        "best_dev_pass1": best,
+        "resumed_from": resume,
+        "stopped_by": run.stopped_by or "max_steps",
+        "train_seconds": round(run.train_seconds, 1),
+        "seconds": round(time.perf_counter() - t0, 1),
+        "settings": s.to_dict(),
+    }
     trainer.accelerator.wait_for_everyone()
     if run.is_main:
         publish(run.state, out)
@@ -734,34 +976,57 @@ def train(args, verifier_options: dict | None = None, **config_overrides) -> dic
             for folder in (out / "checkpoints", run.state):
                 if folder.exists():
                     shutil.rmtree(folder)
-    log.info("done (%s, step %d): best dev pass@1 %.4f at step %d; %.0fs", done["stopped_by"], done["steps"],
-             best, at or 0, done["seconds"])
+    log.info(
+        "done (%s, step %d): best dev pass@1 %.4f at step %d; %.0fs",
+        done["stopped_by"],
+        done["steps"],
+        best,
+        at or 0,
+        done["seconds"],
+    )
     return done
 
 
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m repexp.rl.train", description=__doc__.split("\n")[0])
-    ap.add_argument("--model", required=True, help="prepared model folder (the policy's and RepExp's base)")
+    ap = argparse.ArgumentParser(
+        prog="python -m repexp.rl.train", description=__doc__.split("\n")[0]
+    )
+    ap.add_argument(
+        "--model", required=True, help="prepared model folder (the policy's and RepExp's base)"
+    )
     ap.add_argument("--model-name", required=True)
     ap.add_argument("--task", required=True)
     ap.add_argument("--train", required=True, help="the task's train table (parquet)")
     ap.add_argument("--dev", required=True, help="the dev table (parquet)")
     ap.add_argument("--method", required=True, choices=METHODS)
     ap.add_argument("--seed", required=True, type=int)
-    ap.add_argument("--settings", required=True, help="the resolved rl settings of this task, as JSON")
+    ap.add_argument(
+        "--settings", required=True, help="the resolved rl settings of this task, as JSON"
+    )
     ap.add_argument("--source", default="offline", choices=["offline", "hub"])
-    ap.add_argument("--threads", type=int, default=2, help="CPU threads of the job (shared by its processes)")
+    ap.add_argument(
+        "--threads", type=int, default=2, help="CPU threads of the job (shared by its processes)"
+    )
     ap.add_argument("--out", required=True)
-    ap.add_argument("--verifiers", default="{}", help="the verifiers config section, as JSON (checker switches)")
-    ap.add_argument("--keep-checkpoints", action="store_true", help="keep checkpoints/ after a finished run")
+    ap.add_argument(
+        "--verifiers", default="{}", help="the verifiers config section, as JSON (checker switches)"
+    )
+    ap.add_argument(
+        "--keep-checkpoints", action="store_true", help="keep checkpoints/ after a finished run"
+    )
     return ap.parse_args(argv)
 
 
 def verifier_options_of(section: dict) -> dict:
     """``get_task`` options from the ``verifiers`` config section."""
-    m = {"gsm8k_last_number_fallback": "last_number_fallback", "math_timeout_s": "math_timeout_s",
-         "code_timeout_s": "code_timeout_s", "code_memory_mb": "code_memory_mb", "code_max_procs": "code_max_procs",
-         "math_reward": "math_reward"}  # the RL stage's MATH scorer (inference keeps math-verify)
+    m = {
+        "gsm8k_last_number_fallback": "last_number_fallback",
+        "math_timeout_s": "math_timeout_s",
+        "code_timeout_s": "code_timeout_s",
+        "code_memory_mb": "code_memory_mb",
+        "code_max_procs": "code_max_procs",
+        "math_reward": "math_reward",
+    }  # the RL stage's MATH scorer (inference keeps math-verify)
     return {m[k]: v for k, v in section.items() if k in m}
 
 
@@ -773,7 +1038,9 @@ def main(argv=None) -> int:
     # --threads is the job's; `accelerate launch` starts LOCAL_WORLD_SIZE processes that share them
     from repexp.parallel import cap_threads
 
-    cap_threads(max(1, args.threads // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))  # torch + BLAS
+    cap_threads(
+        max(1, args.threads // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    )  # torch + BLAS
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     train(args, verifier_options=verifier_options_of(json.loads(args.verifiers)))
     return 0

@@ -98,7 +98,9 @@ class RLSettings:
     ppo_epochs: int = 1
     temperature: float = 1.0
     loss_type: str = "dapo"
-    adv_eps: float = 1e-6  # ε of the group normalisation (r - mean) / (std + ε): verl's; TRL hard-codes 1e-4
+    adv_eps: float = (
+        1e-6  # ε of the group normalisation (r - mean) / (std + ε): verl's; TRL hard-codes 1e-4
+    )
     train_batch_prompts: int = 1024
     mini_batch_prompts: int = 256
     micro_batch_size: int = 16
@@ -106,15 +108,21 @@ class RLSettings:
     max_response_length: int = 1024
     eval_every: int = 20
     max_steps: int = 1000
-    max_hours: float | None = None  # time budget: stop at the first step boundary after it (train.py)
+    max_hours: float | None = (
+        None  # time budget: stop at the first step boundary after it (train.py)
+    )
     gpus_per_run: int = 1  # training processes (one per GPU) that the run is launched with
-    accelerate_config: str | None = None  # `accelerate launch --config_file` (FSDP); None: --multi_gpu
+    accelerate_config: str | None = (
+        None  # `accelerate launch --config_file` (FSDP); None: --multi_gpu
+    )
     dev_samples: int = 128
     gradient_checkpointing: bool = False
     use_vllm: bool = False
     vllm_gpu_memory_utilization: float = 0.5
     vllm_tensor_parallel_size: int = 1
-    vllm_enable_sleep_mode: bool = True  # vLLM frees its weights and KV cache between rollouts (verl)
+    vllm_enable_sleep_mode: bool = (
+        True  # vLLM frees its weights and KV cache between rollouts (verl)
+    )
     reward_workers: int = 1
     dev_task: str | None = None
     repexp: RepExpSettings = field(default_factory=RepExpSettings)
@@ -148,14 +156,18 @@ class RLSettings:
         if self.group_size < 2:
             raise ValueError(f"group_size must be >= 2 (GRPO needs a group), got {self.group_size}")
         if self.train_batch_prompts % self.mini_batch_prompts:
-            raise ValueError(f"train_batch_prompts ({self.train_batch_prompts}) must be a multiple of "
-                             f"mini_batch_prompts ({self.mini_batch_prompts})")
+            raise ValueError(
+                f"train_batch_prompts ({self.train_batch_prompts}) must be a multiple of "
+                f"mini_batch_prompts ({self.mini_batch_prompts})"
+            )
         if self.loss_type not in ("dapo", "bnpo", "grpo", "dr_grpo"):
             raise ValueError(f"loss_type {self.loss_type!r}: use dapo, bnpo, grpo or dr_grpo")
         if not self.adv_eps >= 0:
             raise ValueError(f"adv_eps must be >= 0 (verl: 1e-6), got {self.adv_eps}")
         if self.max_hours is not None and self.max_hours <= 0:
-            raise ValueError(f"max_hours must be > 0 (or null: no time budget), got {self.max_hours}")
+            raise ValueError(
+                f"max_hours must be > 0 (or null: no time budget), got {self.max_hours}"
+            )
         if self.gpus_per_run < 1:
             raise ValueError(f"gpus_per_run must be >= 1, got {self.gpus_per_run}")
         # the batches and vLLM's tensor-parallel groups must fit the processes the run is launched with
@@ -176,8 +188,9 @@ class BatchLayout:
         return self.per_device_train_batch_size * self.steps_per_generation
 
 
-def check_group_layout(per_device_train_batch_size: int, steps_per_generation: int, num_processes: int,
-                       group_size: int) -> None:
+def check_group_layout(
+    per_device_train_batch_size: int, steps_per_generation: int, num_processes: int, group_size: int
+) -> None:
     """Fail unless every process's slice of a generation batch holds whole groups (see the module doc)."""
     per_process = per_device_train_batch_size * steps_per_generation
     if per_process % group_size:
@@ -217,15 +230,27 @@ def batch_layout(s: RLSettings, num_processes: int = 1) -> BatchLayout:
                 f"rl.{name} x group_size = {rollouts} rollouts is not a multiple of micro_batch_size "
                 f"{micro} x {num_processes} process(es)"
             )
-    layout = BatchLayout(per_device_train_batch_size=micro, gradient_accumulation_steps=mini // (micro * num_processes),
-                         steps_per_generation=train // (micro * num_processes), num_processes=num_processes,
-                         group_size=G)
+    layout = BatchLayout(
+        per_device_train_batch_size=micro,
+        gradient_accumulation_steps=mini // (micro * num_processes),
+        steps_per_generation=train // (micro * num_processes),
+        num_processes=num_processes,
+        group_size=G,
+    )
     check_group_layout(micro, layout.steps_per_generation, num_processes, G)
     return layout
 
 
-def grpo_config(s: RLSettings, *, output_dir: str, seed: int, num_processes: int = 1, cuda: bool = False,
-                save_steps: int | None = None, **overrides):
+def grpo_config(
+    s: RLSettings,
+    *,
+    output_dir: str,
+    seed: int,
+    num_processes: int = 1,
+    cuda: bool = False,
+    save_steps: int | None = None,
+    **overrides,
+):
     """The ``GRPOConfig`` of paper.md §3.2 (verl recipe values; config/README.md has the mapping table)."""
     from trl import GRPOConfig
 
@@ -315,13 +340,17 @@ def grpo_advantages(rewards, group_size: int, eps: float) -> np.ndarray:
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = np.where(scored, g, 0.0).sum(1, keepdims=True) / n
         dev = np.where(scored, g - mean, 0.0)
-        std = np.sqrt((dev ** 2).sum(1, keepdims=True) / (n - 1))
-        adv = np.where(dev == 0, 0.0, dev / (std + eps))  # a group of equal rewards: 0 (also for eps 0)
+        std = np.sqrt((dev**2).sum(1, keepdims=True) / (n - 1))
+        adv = np.where(
+            dev == 0, 0.0, dev / (std + eps)
+        )  # a group of equal rewards: 0 (also for eps 0)
     adv = np.where(scored & (n >= 2), adv, 0.0)
     return adv.reshape(-1)
 
 
-def advantage_diagnostics(correct, rewards, group_size: int, eps: float, tol: float = ORDER_TOL) -> dict:
+def advantage_diagnostics(
+    correct, rewards, group_size: int, eps: float, tol: float = ORDER_TOL
+) -> dict:
     """Per-step diagnostics of the reward shaping (RepExp's bonus, Unlikeliness's rank scaling).
 
     ``correct`` is r* ∈ {0, 1} of each rollout, ``rewards`` the shaped reward the advantages come
@@ -358,9 +387,13 @@ def advantage_diagnostics(correct, rewards, group_size: int, eps: float, tol: fl
     return {
         "groups_all_correct": float(all_correct.mean()),
         "groups_reordered": float(reordered.mean()),
-        "shaping_share": float(np.abs(a_shaped - a_correct).sum() / total) if total > 0 else float("nan"),
+        "shaping_share": float(np.abs(a_shaped - a_correct).sum() / total)
+        if total > 0
+        else float("nan"),
         "adv_abs": float(np.abs(a_shaped).mean()),
-        "adv_abs_all_correct": float(np.abs(a_shaped[all_correct]).mean()) if all_correct.any() else float("nan"),
+        "adv_abs_all_correct": float(np.abs(a_shaped[all_correct]).mean())
+        if all_correct.any()
+        else float("nan"),
     }
 
 
@@ -414,25 +447,38 @@ def _trainer_class():
 
         def __init__(self, *args, beta_rank: float | None = None, adv_eps: float = 1e-6, **kwargs):
             super().__init__(*args, **kwargs)
-            if self.scale_rewards != "group" or self.multi_objective_aggregation != "sum_then_normalize":
+            if (
+                self.scale_rewards != "group"
+                or self.multi_objective_aggregation != "sum_then_normalize"
+            ):
                 raise ValueError(
                     f"RLTrainer computes verl's per-group advantages: it needs scale_rewards='group' and "
                     f"multi_objective_aggregation='sum_then_normalize' (got {self.scale_rewards!r}, "
-                    f"{self.multi_objective_aggregation!r}); build the config with repexp.rl.trainer.grpo_config")
+                    f"{self.multi_objective_aggregation!r}); build the config with repexp.rl.trainer.grpo_config"
+                )
             self.beta_rank = beta_rank
             self.adv_eps = float(adv_eps)
             self._last_prompt_ids = None
             self._scored = None
             # plain reward functions report their exact values (reward models stay TRL's float32)
-            self.reward_funcs = [f if isinstance(f, torch.nn.Module) or is_async_callable(f) else RewardTap(f)
-                                 for f in self.reward_funcs]
+            self.reward_funcs = [
+                f if isinstance(f, torch.nn.Module) or is_async_callable(f) else RewardTap(f)
+                for f in self.reward_funcs
+            ]
             self.last_scores: dict = {}  # the last training batch (gathered): rewards, advantages, ...
-            self.rollout_log: list[dict] = []  # main process: {"update", "hashes"} per generation round
-            if self.use_vllm and self.vllm_mode == "colocate":  # TRL seeds vLLM without the run's seed
+            self.rollout_log: list[
+                dict
+            ] = []  # main process: {"update", "hashes"} per generation round
+            if (
+                self.use_vllm and self.vllm_mode == "colocate"
+            ):  # TRL seeds vLLM without the run's seed
                 from repexp.rl.distributed import reseed_rollouts
 
-                reseed_rollouts(self.args.seed, self.accelerator.process_index,
-                                self.args.vllm_tensor_parallel_size)
+                reseed_rollouts(
+                    self.args.seed,
+                    self.accelerator.process_index,
+                    self.args.vllm_tensor_parallel_size,
+                )
 
         def _generate(self, prompts):
             t0 = time.perf_counter()
@@ -454,7 +500,9 @@ def _trainer_class():
             if self.beta_rank is not None:
                 r64[:, 0] = self._unlikeliness(r64[:, 0], completion_ids_list)
                 rewards = rewards.clone()
-                rewards[:, 0] = torch.as_tensor(r64[:, 0], dtype=rewards.dtype, device=rewards.device)
+                rewards[:, 0] = torch.as_tensor(
+                    r64[:, 0], dtype=rewards.dtype, device=rewards.device
+                )
             self._scored = {"rewards": r64, "correct": correct, "bonus": bonus}
             self._log_rollouts(completion_ids_list)
             self._metrics["train"]["timing/reward"].append(time.perf_counter() - t0)
@@ -474,8 +522,12 @@ def _trainer_class():
                     if i == 0:  # r* is the first function's (the only one in this project)
                         parts["correct"] = f.parts.get("correct", f.values)
                         parts["bonus"] = f.parts.get("bonus", parts["bonus"])
-            stacked = np.concatenate([local, parts["correct"][:, None], parts["bonus"][:, None]], axis=1)
-            stacked = gather(torch.as_tensor(stacked, dtype=torch.float64, device=device)).cpu().numpy()
+            stacked = np.concatenate(
+                [local, parts["correct"][:, None], parts["bonus"][:, None]], axis=1
+            )
+            stacked = (
+                gather(torch.as_tensor(stacked, dtype=torch.float64, device=device)).cpu().numpy()
+            )
             r64 = stacked[:, :-2]
             exact = ~np.isnan(r64)
             theirs = rewards32.detach().double().cpu().numpy()  # gathered by TRL
@@ -487,25 +539,48 @@ def _trainer_class():
             from accelerate.utils import gather_object
 
             prompts = self._last_prompt_ids or [[] for _ in completion_ids_list]
-            hashes = gather_object([rollout_hash(p, c) for p, c in zip(prompts, completion_ids_list, strict=True)])
+            hashes = gather_object(
+                [rollout_hash(p, c) for p, c in zip(prompts, completion_ids_list, strict=True)]
+            )
             if self.accelerator.is_main_process:
-                self.rollout_log.append({"update": int(self.state.global_step), "hashes": list(hashes)})
+                self.rollout_log.append(
+                    {"update": int(self.state.global_step), "hashes": list(hashes)}
+                )
 
         def mean_logprobs(self, prompt_ids, completion_ids) -> torch.Tensor:
             """Mean per-token log-probability of each completion under the current policy (no grad)."""
             device = self.accelerator.device
-            p = pad([torch.tensor(x) for x in prompt_ids], padding_value=self._tokenizer.pad_token_id,
-                    padding_side="left").to(device)
-            pm = pad([torch.ones(len(x), dtype=torch.long) for x in prompt_ids], padding_value=0,
-                     padding_side="left").to(device)
-            c = pad([torch.tensor(x) for x in completion_ids], padding_value=self._tokenizer.pad_token_id,
-                    padding_side="right").to(device)
-            cm = pad([torch.ones(len(x), dtype=torch.long) for x in completion_ids], padding_value=0,
-                     padding_side="right").to(device)
-            with torch.no_grad(), disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs):
+            p = pad(
+                [torch.tensor(x) for x in prompt_ids],
+                padding_value=self._tokenizer.pad_token_id,
+                padding_side="left",
+            ).to(device)
+            pm = pad(
+                [torch.ones(len(x), dtype=torch.long) for x in prompt_ids],
+                padding_value=0,
+                padding_side="left",
+            ).to(device)
+            c = pad(
+                [torch.tensor(x) for x in completion_ids],
+                padding_value=self._tokenizer.pad_token_id,
+                padding_side="right",
+            ).to(device)
+            cm = pad(
+                [torch.ones(len(x), dtype=torch.long) for x in completion_ids],
+                padding_value=0,
+                padding_side="right",
+            ).to(device)
+            with (
+                torch.no_grad(),
+                disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs),
+            ):
                 logps, _, _ = self._get_per_token_logps_and_entropies(
-                    self.model, torch.cat([p, c], 1), torch.cat([pm, cm], 1), c.size(1),
-                    batch_size=self.args.per_device_train_batch_size)
+                    self.model,
+                    torch.cat([p, c], 1),
+                    torch.cat([pm, cm], 1),
+                    c.size(1),
+                    batch_size=self.args.per_device_train_batch_size,
+                )
             return (logps * cm).sum(1) / cm.sum(1).clamp(min=1)
 
         def _unlikeliness(self, r, completion_ids_list) -> np.ndarray:
@@ -520,7 +595,9 @@ def _trainer_class():
             self._metrics["train"]["timing/unlikeliness_forward"].append(time.perf_counter() - t0)
             scaled = unlikeliness_scale(r, lp, self.beta_rank, group_size=self.num_generations)
             if (r > 0).any():
-                self._metrics["train"]["unlikeliness_scale"].append(float((scaled[r > 0] / r[r > 0]).mean()))
+                self._metrics["train"]["unlikeliness_scale"].append(
+                    float((scaled[r > 0] / r[r > 0]).mean())
+                )
             self._metrics["train"]["policy_mean_logprob"].append(float(lp.mean()))
             return scaled
 
@@ -544,15 +621,23 @@ def _trainer_class():
             n_local = out["advantages"].shape[0]
             start = self.accelerator.process_index * n_local
             trl = out["advantages"]
-            out["advantages"] = torch.as_tensor(adv[start:start + n_local], dtype=trl.dtype, device=trl.device)
+            out["advantages"] = torch.as_tensor(
+                adv[start : start + n_local], dtype=trl.dtype, device=trl.device
+            )
             correct = scored["correct"]
             shaped = np.where(np.isnan(total), correct, total)
             diag = advantage_diagnostics(correct, shaped, G, self.adv_eps)
             for key, value in diag.items():
                 self._metrics["train"][key].append(value)
-            self.last_scores = {"rewards": total, "correct": correct, "bonus": scored["bonus"], "advantages": adv,
-                                "trl_advantages": trl.detach().double().cpu().numpy(), "process_slice":
-                                slice(start, start + n_local), **diag}
+            self.last_scores = {
+                "rewards": total,
+                "correct": correct,
+                "bonus": scored["bonus"],
+                "advantages": adv,
+                "trl_advantages": trl.detach().double().cpu().numpy(),
+                "process_slice": slice(start, start + n_local),
+                **diag,
+            }
 
     return RLTrainer
 

@@ -38,7 +38,7 @@ from repexp.tasks import sources as src
 log = logging.getLogger(__name__)
 
 BOXED = "Let's think step by step and output the final answer within \\boxed{{}}."  # braces escaped for str.format
-HASH = "Let's think step by step and output the final answer after \"####\"."
+HASH = 'Let\'s think step by step and output the final answer after "####".'
 
 # Default prompt templates; `{question}` is the raw question text. Overridable per task in the
 # config (`tasks.<name>.template`); config/README.md lists them.
@@ -95,12 +95,22 @@ SIZES = {
     ("aime", "offline"): {"test": 15},
     ("aime2024", "offline"): {"test": 15},
     ("dapo", "offline"): {"train": 42},
-    ("arith", "offline"): {"test": 60, "train": 40, "dev": 30, "test_rest": 30},  # any chain_sum setting
+    ("arith", "offline"): {
+        "test": 60,
+        "train": 40,
+        "dev": 30,
+        "test_rest": 30,
+    },  # any chain_sum setting
 }
 
 
-def expected_questions(task: str, source: str, split: str, n_questions: int | None = None,
-                       qids: list[str] | None = None) -> int | None:
+def expected_questions(
+    task: str,
+    source: str,
+    split: str,
+    n_questions: int | None = None,
+    qids: list[str] | None = None,
+) -> int | None:
     """How many questions ``prepare_task`` will write (None when the source size is not pinned)."""
     if qids:
         return len(qids)
@@ -141,9 +151,13 @@ class Task:
         if self.name not in SPLITS:
             raise ValueError(f"unknown task {self.name!r}; known tasks: {', '.join(TASK_NAMES)}")
         if self.source not in ("hub", "offline"):
-            raise ValueError(f"task {self.name}: source must be 'hub' or 'offline', not {self.source!r}")
+            raise ValueError(
+                f"task {self.name}: source must be 'hub' or 'offline', not {self.source!r}"
+            )
         if (self.name, self.source) not in SIZES:
-            raise ValueError(f"task {self.name} has no {self.source!r} source (it is generated offline only)")
+            raise ValueError(
+                f"task {self.name} has no {self.source!r} source (it is generated offline only)"
+            )
 
     # ---------------------------------------------------------------- prompts
     @property
@@ -159,15 +173,21 @@ class Task:
         return [{"role": "user", "content": self.prompt_template.format(question=question)}]
 
     # ---------------------------------------------------------------- data
-    def load(self, split: str, *, wheel_dir: Path | None = None, load: Callable | None = None) -> list[dict]:
+    def load(
+        self, split: str, *, wheel_dir: Path | None = None, load: Callable | None = None
+    ) -> list[dict]:
         if split not in SPLITS[self.name]:
             raise src.TaskDataError(
                 f"task {self.name} has no split {split!r}; it has {', '.join(SPLITS[self.name])}"
             )
         if self.source == "hub":
             fn = {
-                "math": src.math_hub, "gsm8k": src.gsm8k_hub, "mbppplus": src.mbppplus_hub,
-                "game24": src.game24_hub, "aime": src.aime2025_hub, "aime2024": src.aime2024_hub,
+                "math": src.math_hub,
+                "gsm8k": src.gsm8k_hub,
+                "mbppplus": src.mbppplus_hub,
+                "game24": src.game24_hub,
+                "aime": src.aime2025_hub,
+                "aime2024": src.aime2024_hub,
                 "dapo": src.dapo_hub,
             }[self.name]
             return fn(split, load or src.hub_load)
@@ -208,7 +228,9 @@ class Task:
         if self.name == "gsm8k":
             from repexp.verifiers.gsm8k import check_gsm8k
 
-            return check_gsm8k(answer, response, last_number_fallback=o.get("last_number_fallback", False))
+            return check_gsm8k(
+                answer, response, last_number_fallback=o.get("last_number_fallback", False)
+            )
         if self.name == "arith":
             from repexp.verifiers.gsm8k import check_gsm8k
 
@@ -222,8 +244,15 @@ class Task:
 
         ref = json.loads(answer)
         program = ref["setup"] + "\n\n" + extract_code(response)
-        return float(passes(program, ref["tests"], timeout_s=o.get("code_timeout_s", 10.0),
-                            memory_mb=o.get("code_memory_mb", 2048), max_procs=o.get("code_max_procs", 32)))
+        return float(
+            passes(
+                program,
+                ref["tests"],
+                timeout_s=o.get("code_timeout_s", 10.0),
+                memory_mb=o.get("code_memory_mb", 2048),
+                max_procs=o.get("code_max_procs", 32),
+            )
+        )
 
 
 def get_task(name: str, *, source: str = "offline", template: str | None = None, **options) -> Task:
@@ -237,11 +266,16 @@ def get_task(name: str, *, source: str = "offline", template: str | None = None,
     """
     if options.get("chain_sum") is not None:
         if name != "arith":
-            raise ValueError(f"the option chain_sum (the problems' difficulty) is for the task arith only, not {name}")
-        src.arith_difficulty(options["chain_sum"])  # a bad setting fails here, not when the data is read
+            raise ValueError(
+                f"the option chain_sum (the problems' difficulty) is for the task arith only, not {name}"
+            )
+        src.arith_difficulty(
+            options["chain_sum"]
+        )  # a bad setting fails here, not when the data is read
     if options.get("math_reward", "math_verify") not in ("math_verify", "recipe"):
-        raise ValueError(f"math_reward must be 'math_verify' or 'recipe', "
-                         f"not {options['math_reward']!r}")
+        raise ValueError(
+            f"math_reward must be 'math_verify' or 'recipe', not {options['math_reward']!r}"
+        )
     return Task(name=name, source=source, template=template, options=dict(options))
 
 
@@ -268,8 +302,15 @@ def _check_one(task: Task, answer: str, response: str) -> float:
     return task.check(answer, response)
 
 
-def score_many(task: Task, answers: Sequence[str], responses: Sequence[str], *, workers: int = 2,
-               timeout_s: float | None = None, desc: str | None = None) -> np.ndarray:
+def score_many(
+    task: Task,
+    answers: Sequence[str],
+    responses: Sequence[str],
+    *,
+    workers: int = 2,
+    timeout_s: float | None = None,
+    desc: str | None = None,
+) -> np.ndarray:
     """Score ``responses[i]`` against ``answers[i]`` in ``workers`` processes, one timeout per item.
 
     An item that exceeds ``timeout_s`` (default: the task's math or code timeout + 5 s) is scored
@@ -280,16 +321,35 @@ def score_many(task: Task, answers: Sequence[str], responses: Sequence[str], *, 
     if len(answers) != len(responses):
         raise ValueError(f"{len(answers)} answers but {len(responses)} responses")
     if timeout_s is None:
-        timeout_s = max(task.options.get("math_timeout_s", 5.0), task.options.get("code_timeout_s", 10.0)) + 5.0
-    out = map_with_timeout(_check_one, [(task, a, r) for a, r in zip(answers, responses, strict=True)],
-                           timeout_s=timeout_s, workers=workers, on_timeout=0.0, desc=desc)
+        timeout_s = (
+            max(task.options.get("math_timeout_s", 5.0), task.options.get("code_timeout_s", 10.0))
+            + 5.0
+        )
+    out = map_with_timeout(
+        _check_one,
+        [(task, a, r) for a, r in zip(answers, responses, strict=True)],
+        timeout_s=timeout_s,
+        workers=workers,
+        on_timeout=0.0,
+        desc=desc,
+    )
     return np.asarray(out, dtype=np.float64)
 
 
 # -------------------------------------------------------------------------------------------------
 # the question table
 # -------------------------------------------------------------------------------------------------
-TABLE_COLUMNS = ["qid", "question", "prompt", "answer", "difficulty", "task", "split", "source", "meta"]
+TABLE_COLUMNS = [
+    "qid",
+    "question",
+    "prompt",
+    "answer",
+    "difficulty",
+    "task",
+    "split",
+    "source",
+    "meta",
+]
 
 
 def subset(records: list[dict], n: int | None, seed: int) -> list[dict]:
@@ -300,8 +360,16 @@ def subset(records: list[dict], n: int | None, seed: int) -> list[dict]:
     return [records[i] for i in keep]
 
 
-def build_table(task: Task, split: str, *, n_questions: int | None = None, subset_seed: int = 0,
-                qids: list[str] | None = None, wheel_dir: Path | None = None, load: Callable | None = None):
+def build_table(
+    task: Task,
+    split: str,
+    *,
+    n_questions: int | None = None,
+    subset_seed: int = 0,
+    qids: list[str] | None = None,
+    wheel_dir: Path | None = None,
+    load: Callable | None = None,
+):
     """The questions of one task split as a DataFrame with :data:`TABLE_COLUMNS`.
 
     ``qids`` (an explicit list of question ids, in that order) takes precedence over the seeded
@@ -319,7 +387,9 @@ def build_table(task: Task, split: str, *, n_questions: int | None = None, subse
         by_id = {r["qid"]: r for r in recs}
         missing = [q for q in qids if q not in by_id]
         if missing:
-            raise src.TaskDataError(f"task {task.name} split {split}: unknown question ids {missing[:5]}")
+            raise src.TaskDataError(
+                f"task {task.name} split {split}: unknown question ids {missing[:5]}"
+            )
         recs = [by_id[q] for q in qids]
     else:
         recs = subset(recs, n_questions, subset_seed)

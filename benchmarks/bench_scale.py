@@ -125,7 +125,8 @@ def main() -> None:
     print(
         f"# load average {os.getloadavg()[0]:.2f}; OPENBLAS_CORETYPE="
         f"{os.environ.get('OPENBLAS_CORETYPE', '(unset)')}; hidden {HIDDEN}, N = {N} per question "
-        f"(one question per shard), d = {PROJ}, {TRIALS} trials, k_max {a.k_max}, --threads {a.threads}\n"
+        f"(one question per shard), d = {PROJ}, {TRIALS} trials, k_max {a.k_max}, "
+        f"--threads {a.threads}\n"
     )
     with tempfile.TemporaryDirectory(dir=a.dir) as tmp:
         tmp = Path(tmp)
@@ -133,7 +134,7 @@ def main() -> None:
         manifests, scores = write_shards(tmp, a.large)
         print(
             f"wrote {a.large} shards in {time.perf_counter() - t0:.1f}s "
-            f"({sum(os.path.getsize(Path(m).with_suffix('.safetensors')) for m in manifests) / 2**20:.0f} MiB)"
+            f"({sum(os.path.getsize(Path(m).with_suffix('.safetensors')) for m in manifests) / 2**20:.0f} MiB)"  # noqa: E501
         )
         runs = {}
         for q in (a.small, a.large):
@@ -189,17 +190,21 @@ def main() -> None:
     )
     if a.k_max == "all":
         print(
-            f"MATH at paper scale ({MATH_QUESTIONS:,} questions x N = {N:,}), per select_pool job, from "
-            f"the CLI's seconds per question (wall {per_q_cli:.1f} s, cpu {per_q_cpu:.1f} s) divided by "
-            f"the worker processes (--threads; linear scaling assumed beyond those measured):"
+            f"MATH at paper scale ({MATH_QUESTIONS:,} questions x N = {N:,}), "
+            "per select_pool job, from "
+            f"the CLI's seconds per question (wall {per_q_cli:.1f} s, cpu {per_q_cpu:.1f} s) "
+            "divided by "
+            "the worker processes (--threads; linear scaling assumed beyond those measured):"
         )
         for w in (1, 8, 16):
             print(
-                f"    {w:2d} worker(s): wall {MATH_QUESTIONS * per_q_cli * a.threads / w / 3600:5.2f} h, "
+                f"    {w:2d} worker(s): wall "
+                f"{MATH_QUESTIONS * per_q_cli * a.threads / w / 3600:5.2f} h, "
                 f"cpu-bound {MATH_QUESTIONS * per_q_cpu / w / 3600:5.2f} h"
             )
     print(
-        f"# peak RSS of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB"
+        "# peak RSS of this process: "
+        f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB"
     )
 
 

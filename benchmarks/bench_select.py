@@ -85,7 +85,8 @@ class BusyCore:
 
 
 def busy_rows(F, firsts, threads, reps):
-    """(e): (b) idle and busy, interleaved; one trial at N = 800 with default vs capped BLAS threads."""
+    """(e): (b) idle and busy, interleaved; one trial at N = 800 with default vs capped BLAS
+    threads."""
     rows, t = [], {"idle": [], "busy": []}
     N = len(F)
     for _ in range(reps):
@@ -277,7 +278,8 @@ def main() -> None:
             else "n/a in --quick"
         )
         print(
-            f"(e) busy machine, wall per trial (best of {len(busy['busy'])}): idle {idle_w / TRIALS:5.2f} s, "
+            f"(e) busy machine, wall per trial (best of {len(busy['busy'])}): "
+            f"idle {idle_w / TRIALS:5.2f} s, "
             f"busy {busy_w / TRIALS:5.2f} s, busy/idle {busy_w / idle_w:4.2f}x   "
             f"(target <= 2 s and <= 1.3x at N = 6400: {verdict})"
         )

@@ -1,4 +1,4 @@
-"""Token-level RepExp cost (``repexp.tokenlevel``, ``repexp.tokenbatch``): the candidate step,
+"""Token-level RepExp cost (``repexp.tokenlevel`` and its batched engine): the candidate step,
 generation speed, and the batched engine against the sequential one.
 
 (a) One bonus step at a ``--prefix``-token prefix with ``--candidates`` candidates: ours computes
@@ -27,9 +27,9 @@ import time
 import numpy as np
 import torch
 
-from repexp.models import cpu_capability_line, load_model, load_tokenizer
-from repexp.tokenbatch import BatchedExplorer, Run
-from repexp.tokenlevel import CentredInverse, Decoder, Settings, eos_ids_of, explore, make_generator
+from repexp.elliptical import CentredInverse
+from repexp.models import cpu_capability_line, eos_ids_of, load_model, load_tokenizer
+from repexp.tokenlevel import BatchedExplorer, Decoder, Run, Settings, explore, make_generator
 
 
 def best_of(fn, repeats: int) -> float:
@@ -170,11 +170,13 @@ def bench_batched(a, model, tok, prompt) -> None:
         f"beta = 1) of at most {a.run_tokens} tokens"
     )
     print(
-        "tok/s per CPU-second of this process (one thread: robust to other processes on the machine), "
+        "tok/s per CPU-second of this process "
+        "(one thread: robust to other processes on the machine), "
         "then per wall-second"
     )
     print(
-        "| runs | B | sequential tok/CPU-s | batched tok/CPU-s | speed-up (CPU) | speed-up (wall) | "
+        "| runs | B | sequential tok/CPU-s | batched tok/CPU-s | "
+        "speed-up (CPU) | speed-up (wall) | "
         "tokens (seq / batched) | same responses |"
     )
     print("|---|---:|---:|---:|---:|---:|---:|---|")
@@ -198,7 +200,8 @@ def bench_batched(a, model, tok, prompt) -> None:
             name = "vanilla" if beta is None else f"beta = {beta:g}"
             print(
                 f"| {name} | {slots} | {n_seq / c_seq:.1f} | {n_bat / c_bat:.1f} | "
-                f"{(n_bat / c_bat) / (n_seq / c_seq):.2f}x | {(n_bat / t_bat) / (n_seq / t_seq):.2f}x | "
+                f"{(n_bat / c_bat) / (n_seq / c_seq):.2f}x | "
+                f"{(n_bat / t_bat) / (n_seq / t_seq):.2f}x | "
                 f"{n_seq} / {n_bat} | {same} of {slots} runs |",
                 flush=True,
             )

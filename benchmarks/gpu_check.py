@@ -27,7 +27,7 @@ numbers are not GPU numbers and lines that need CUDA say so):
 * ``tokenlevel_speed``: seconds per token of token-level decoding with the bonus and without it
   (vanilla), 7B shape, bf16, top-k 128 / top-p 0.95 (the config's filters).
 * ``tokenlevel_batched``: tokens/s of the batched token-level engine
-  (``repexp.tokenlevel.benchmark_rate``, :mod:`repexp.tokenbatch`) at batch 1, 16, 64, against
+  (``repexp.tokenlevel.benchmark_rate``, :mod:`repexp.tokenlevel.batch`) at batch 1, 16, 64, against
   the sequential engine (SKIP if the package has no batched engine).
 * ``grpo_repexp``: two GRPO steps with the RepExp reward (``python -m repexp.rl.train``) on one GPU,
   tiny model (SKIP without trl).
@@ -398,7 +398,7 @@ def check_tokenlevel_speed(ctx):
     return "PASS", out
 
 
-BATCHED_ENTRY = ("repexp.tokenlevel", "repexp.tokenbatch")  # modules searched for benchmark_rate
+BATCHED_ENTRY = ("repexp.tokenlevel",)  # modules searched for benchmark_rate
 
 
 def check_tokenlevel_batched(ctx):

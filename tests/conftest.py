@@ -1,4 +1,13 @@
-"""Shared fixtures: the pinned offline wheels (fetched once into resources/wheels/) and paths."""
+"""Shared fixtures (the pinned offline wheels, fetched once into resources/wheels/; the tiny model;
+paths) and the test tiers.
+
+Every test gets exactly one tier marker (README.md, "Tests"):
+- ``workflow``: runs Snakemake jobs (the workflow, Slurm and resilience files, or marked ``slow``);
+- ``model``: loads a model or runs a notebook (uses the ``tiny`` fixture, directly or through
+  another fixture, or lives in a file that always does);
+- ``unit``: everything else: pure functions, tables, verifiers, the sandbox, config checks.
+The heavier opt-in markers (``distributed``, ``scale``, ``vllm``) are never ``unit``.
+"""
 
 from __future__ import annotations
 
@@ -49,6 +58,29 @@ def tiny(tmp_path_factory, wheel_dir) -> Path:
     )
 
 
+@pytest.fixture(scope="module")
+def tiny_lm(tiny):
+    """The tiny model loaded in float32 (one torch thread) and its tokenizer, once per module."""
+    import torch
+
+    from repexp.models import load_model, load_tokenizer
+
+    torch.set_num_threads(1)
+    return load_model(tiny, dtype="float32"), load_tokenizer(tiny)
+
+
+def arith_tables(d: Path, wheel_dir: Path, n_train: int, n_dev: int = 2) -> Path:
+    """``train.parquet`` and ``dev.parquet`` of the offline ``arith`` task in ``d`` (RL tests)."""
+    from repexp.tasks import build_table, get_task
+
+    task = get_task("arith")
+    build_table(task, "train", n_questions=n_train, wheel_dir=wheel_dir).to_parquet(
+        d / "train.parquet"
+    )
+    build_table(task, "dev", n_questions=n_dev, wheel_dir=wheel_dir).to_parquet(d / "dev.parquet")
+    return d
+
+
 def fresh_run_dir(d: Path, wheel_dir: Path) -> Path:
     """A fresh working directory ``d`` for a workflow run: the configs (linked), copies of the
     notebooks and links to the cached wheels, nothing else."""
@@ -61,3 +93,29 @@ def fresh_run_dir(d: Path, wheel_dir: Path) -> Path:
     for w in wheel_dir.glob("*.whl"):
         (d / "resources" / "wheels" / w.name).symlink_to(w)
     return d
+
+
+# files whose every test runs Snakemake jobs, or loads a model / runs papermill without `tiny`
+WORKFLOW_FILES = {"test_workflow.py", "test_slurm.py", "test_resilience.py"}
+MODEL_FILES = {"test_models.py", "test_gpu_check.py", "test_notebooks.py", "test_vllm_cpu.py"}
+HEAVY_MARKERS = ("slow", "distributed", "scale", "vllm")
+
+
+def tier_of(item) -> str:
+    """The one tier of a collected test: ``workflow``, ``model`` or ``unit``."""
+    name = Path(str(item.fspath)).name
+    explicit = [t for t in ("unit", "model", "workflow") if item.get_closest_marker(t)]
+    if explicit:
+        return explicit[0]
+    if name in WORKFLOW_FILES or item.get_closest_marker("slow"):
+        return "workflow"
+    if name in MODEL_FILES or "tiny" in getattr(item, "fixturenames", ()):
+        return "model"
+    if any(item.get_closest_marker(m) for m in HEAVY_MARKERS):
+        return "model"
+    return "unit"
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        item.add_marker(getattr(pytest.mark, tier_of(item)))

@@ -65,9 +65,30 @@ def test_task_from_config_carries_the_verifier_switches():
     cfg["verifiers"] = {"gsm8k_last_number_fallback": True, "code_timeout_s": 3.0}
     check_config(cfg, SCHEMA)
     task = task_from_config("gsm8k", cfg)
-    assert task.source == "offline" and task.options["last_number_fallback"] is True
-    assert task.options["code_timeout_s"] == 3.0 and task.options["math_timeout_s"] == 5.0
+    assert task.source == "offline" and task.verifiers.gsm8k_last_number_fallback is True
+    assert task.verifiers.code_timeout_s == 3.0 and task.verifiers.math_timeout_s == 5.0
     assert task.score("72", "so it is 72") == 1.0  # the fallback is on
+    # math_reward (default recipe) is the RL stage's MATH scorer; inference keeps math-verify
+    assert cfg["verifiers"]["math_reward"] == "recipe"
+    assert task.verifiers.math_reward == "math_verify"
+    assert task_from_config("math", cfg, stage="rl").verifiers.math_reward == "recipe"
+    assert task_from_config("math", cfg).score("1000", "\\boxed{1,000}") == 1.0  # math-verify
+    assert task_from_config("math", cfg, stage="rl").score("1000", "\\boxed{1,000}") == 0.0
+
+
+def test_verifier_settings_defaults_are_the_schemas():
+    """The dataclass defaults (for Python callers that pass nothing) equal the schema's, except
+    math_reward: the schema's is the RL stage's scorer, the dataclass's the inference one."""
+    from repexp.verifiers.settings import VerifierSettings
+
+    schema = yaml.safe_load(SCHEMA.read_text())["properties"]["verifiers"]["properties"]
+    defaults = {k: v["default"] for k, v in schema.items()}
+    assert VerifierSettings.for_stage(defaults, "rl") == VerifierSettings(math_reward="recipe")
+    assert VerifierSettings.for_stage(defaults, "inference") == VerifierSettings()
+    with pytest.raises(ValueError, match="unknown verifier setting"):
+        VerifierSettings.from_dict({"math_timeout": 1.0})
+    with pytest.raises(ValueError, match="math_reward"):
+        VerifierSettings(math_reward="lighteval")
 
 
 def test_paper_grid_matches_the_paper():
@@ -126,6 +147,26 @@ BAD = [
         "unknown task",
         lambda c: c["tasks"].update({"gsm8kk": {}}),
         ["'gsm8kk'", "under `tasks`", "allowed:", "gsm8k", "mbppplus"],
+    ),
+    (
+        "unknown task in the rl overrides",
+        lambda c: c["rl"].setdefault("task_overrides", {}).update({"mathh": {"proj_dim": 8}}),
+        ["'mathh'", "under `rl.task_overrides`", "allowed:", "dapo", "gsm8k"],
+    ),
+    (
+        "unknown task in the response lengths",
+        lambda c: c.setdefault("cluster", {}).update({"response_tokens": {"gsm9k": 100}}),
+        ["'gsm9k'", "under `cluster.response_tokens`", "allowed:", "gsm8k"],
+    ),
+    (
+        "a source the task lacks",
+        lambda c: c["tasks"]["arith"].update({"source": "hub"}),
+        ["`tasks.arith.source`", "'hub'", "allowed for arith: 'offline'"],
+    ),
+    (
+        "a data option of another task",
+        lambda c: c["tasks"]["game24"].update({"chain_sum": {"terms": 3}}),
+        ["`tasks.game24.chain_sum`", "arith only"],
     ),
     (
         "unknown model",

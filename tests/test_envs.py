@@ -1,5 +1,5 @@
-"""The conda environments of `--sdm conda` (envs/*.yaml) against pyproject.toml, the constraints file
-that CI installs from, the test environment itself, and the rules that use them."""
+"""The conda environments of `--sdm conda` (envs/*.yaml) against pyproject.toml, the constraints
+file that CI installs from, the test environment itself, and the rules that use them."""
 
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ from packaging.utils import canonicalize_name
 ENVS = REPO / "envs"
 ENV_NAMES = ("analysis", "generation", "training")
 GPU_ENVS = ("generation", "training")
-# The one documented deviation from the constraints: vLLM 0.31 needs numpy < 2.4 (envs/*.yaml header)
+# The one documented deviation from the constraints: vLLM 0.31 needs numpy < 2.4
+# (envs/*.yaml header)
 GPU_OVERRIDES = {"numpy": "2.3.5"}
 # Launcher-side only: Snakemake submits and runs the jobs from the environment it was started in
 LAUNCHER_ONLY = {"snakemake", "snakemake-executor-plugin-slurm"}
@@ -102,7 +103,8 @@ def test_env_pins_match_constraints_and_pyproject(name):
 
 
 def test_test_environment_has_exactly_the_constrained_versions():
-    """What CI tests is what the cluster envs get (scripts/install.sh installs with the constraints)."""
+    """What CI tests is what the cluster envs get (scripts/install.sh installs with the
+    constraints)."""
     for key, req in CONSTRAINTS.items():
         try:
             installed = importlib.metadata.version(req.name)
@@ -128,7 +130,8 @@ def test_every_rule_uses_an_existing_env():
 
 
 def _post_deploy(cwd, tmp_path, env=None):
-    """Run the post-deploy script with a `python` on PATH that records its arguments instead of pip."""
+    """Run the post-deploy script with a `python` on PATH that records its arguments instead of
+    pip."""
     fake = tmp_path / "bin"
     fake.mkdir(exist_ok=True)
     (fake / "python").write_text(f'#!/bin/sh\necho "$@" > {tmp_path}/pip-args\n')

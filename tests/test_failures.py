@@ -46,7 +46,8 @@ def _write(tmp_path):
         "  Command: snakemake --attempt 2 --directory /tmp/test_out_of_memory\n"
         "  Working directory: /tmp/OUT_OF_MEMORY-looking/path\n"
         "    resources: tmpdir=<TBD>, mem_mb=2000, mem=2 GB\n"
-        "slurmstepd: error: StepId=12.0 exceeded memory limit (2600000000 > 2097152000), being killed\n"
+        "slurmstepd: error: StepId=12.0 exceeded memory limit (2600000000 > 2097152000), "
+        "being killed\n"
     )
     (tmp_path / "slurm" / "13.log").write_text(
         "slurmstepd: error: *** JOB 13 ON n1 CANCELLED DUE TO TIME LIMIT ***\n"
@@ -62,7 +63,8 @@ def test_final_failures_with_their_causes(tmp_path):
         f.rule: f
         for f in explain([str(tmp_path / "older.log"), _write(tmp_path)], workdir=tmp_path)
     }
-    # flaky failed once, was restarted and finished: not a failure; hog's first attempt is superseded
+    # flaky failed once, was restarted and finished: not a failure; hog's first attempt is
+    # superseded
     assert sorted(got) == ["hog", "plain", "slow"]
     hog = got["hog"]
     assert (hog.cause, hog.job, hog.mem_mb, hog.attempt) == ("memory", "12", 2000, 2)

@@ -1,15 +1,17 @@
-"""The inference-time stage on synthetic pools: per-question tables, summaries, the overview view."""
+"""The inference-time stage on synthetic pools: per-question tables, summaries, the overview
+view; the long tables against the wide ones of the code before them; selectors in the tables."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from repexp.inference import overview, pass_ks, select_pool, summarize
-from repexp.metrics import pass_at_k
+from repexp.metrics import methods_wide, pass_at_k, versus
 from repexp.pools import question_seed
 from repexp.select import first_picks, project, repexp_order
 
@@ -45,7 +47,9 @@ def pool():
 def test_questions_table_closed_forms(pool):
     feats, rows = pool
     trials, questions, passk = select_pool(feats, rows, **KW)
-    q = questions.set_index("qid")
+    assert list(questions.columns) == ["qid", "method", "n", "c", "pass1", "stc"]
+    assert questions["method"].tolist() == ["random", "repexp"] * 4
+    q = methods_wide(questions).set_index("qid")
     assert q["c"].tolist() == [0, 1, 5, 12] and (q["n"] == 12).all()
     assert np.isnan(q.loc["q0", "stc_random"]) and np.isnan(q.loc["q0", "stc_repexp"])
     for qid in ["q1", "q2", "q3"]:
@@ -56,6 +60,7 @@ def test_questions_table_closed_forms(pool):
 def test_trials_follow_algorithm_1_with_seeded_first_picks(pool):
     feats, rows = pool
     trials, questions, _ = select_pool(feats, rows, **KW)
+    assert set(trials["method"]) == {"repexp"}  # random's STC and pass@k are closed forms
     phi = project(feats, KW["proj_dim"], KW["projection_seed"])
     for qid, grp in rows.groupby("qid"):
         idx = grp.index.to_numpy()
@@ -92,7 +97,9 @@ def test_batched_torch_path_gives_the_same_tables(pool):
 
 def test_passk_table(pool):
     feats, rows = pool
-    _, questions, passk = select_pool(feats, rows, **KW)
+    _, questions, long = select_pool(feats, rows, **KW)
+    assert list(long.columns) == ["qid", "method", "k", "pass_at_k"]
+    passk = methods_wide(long, "pass_at_k", name="{method}")
     assert pass_ks(12) == [1, 2, 4, 8, 12] and pass_ks(8) == [1, 2, 4, 8]
     q2 = passk[passk.qid == "q2"].set_index("k")
     for k in [1, 2, 4, 8, 12]:
@@ -120,7 +127,11 @@ def test_summarize_means_ranks_and_unsolved(pool):
     weak["pass1"] = weak["pass1"] / 2
     qb, pb = _keyed(weak, pk, "weak", "t")
     stc, deciles, passk = summarize(pd.concat([qa, qb]), pd.concat([pa, pb]))
+    assert stc["method"].tolist() == ["random", "repexp"] * 2
+    assert "reduction" not in stc  # a comparison, not a per-method column: metrics.versus
+    stc = versus(stc)
     row = stc[stc.model == "strong"].iloc[0]
+    q = methods_wide(q)
     solved = q.dropna(subset=["stc_random"])
     assert row["unsolved"] == 1 and row["used"] == 3
     assert row["stc_random"] == pytest.approx(solved["stc_random"].mean())
@@ -128,6 +139,7 @@ def test_summarize_means_ranks_and_unsolved(pool):
     assert row["speedup"] == pytest.approx(row.stc_random / row.stc_repexp - 1)
     assert stc.set_index("model")["model_rank"].to_dict() == {"strong": 1, "weak": 2}
     incl, _, _ = summarize(qa, pa, exclude_unsolved=False)
+    incl = versus(incl)
     # an unsolved question counts n + 1 = 13 for both methods
     assert incl.iloc[0]["stc_random"] == pytest.approx((solved["stc_random"].sum() + 13) / 4)
     assert set(passk["k"]) == {1, 2, 4, 8, 12}
@@ -141,11 +153,13 @@ def test_deciles_from_the_dataset_difficulty_field(pool):
         {"qid": ["q0", "q1", "q2", "q3"], "task": "game24", "difficulty": [0.9, 0.8, 0.1, 0.5]}
     )
     _, deciles, _ = summarize(qa, pa, difficulty=diff)
+    assert deciles["method"].tolist() == ["random", "repexp"] * 3
+    deciles = methods_wide(deciles)
     # bins are over every question (4 bins for 4): q2 -> 0, q3 -> 1, q1 -> 2, q0 -> 3; q0 is
     # unsolved, so its bin has no STC row
     assert deciles["decile"].tolist() == [0.0, 1.0, 2.0]
     assert deciles["stc_random"].tolist() == pytest.approx(
-        q.set_index("qid").loc[["q2", "q3", "q1"], "stc_random"].tolist()
+        methods_wide(q).set_index("qid").loc[["q2", "q3", "q1"], "stc_random"].tolist()
     )
 
 
@@ -172,6 +186,7 @@ def test_format_miss_rate_per_pool(pool):
     qb, pb = _keyed(q, pk, "m", "t", pooling="last")
     stats = _stats("m", "t", [0, 1, 5, 12], format_ok=[12, 6, 0, 12])  # 30 of 48 in the format
     stc, _, _ = summarize(pd.concat([qa, qb]), pd.concat([pa, pb]), pool_stats=stats)
+    stc = versus(stc)
     # both poolings of the pool
     assert stc["format_miss"].tolist() == pytest.approx([18 / 48, 18 / 48])
     stc, _, _ = summarize(qa, pa)
@@ -189,8 +204,9 @@ def test_deciles_of_a_pools_only_reference_model(pool):
     ref["c"] = [6, 0, 2, 11]
     stats = pd.concat([_stats("m", "math", [0, 1, 5, 12]), ref])
     stc, deciles, _ = summarize(qa, pa, reference_model="ref", pool_stats=stats)
+    deciles = methods_wide(deciles)
     assert set(stc["model"]) == {"m"}  # the reference is no row of the tables
-    by_q = q.set_index("qid")
+    by_q = methods_wide(q).set_index("qid")
     # 4 bins of one question: q3 -> 0, q0 -> 1 (unsolved by m: no STC row), q2 -> 2, q1 -> 3
     assert deciles["decile"].tolist() == [0.0, 2.0, 3.0]
     want = by_q.loc[["q3", "q2", "q1"], "stc_random"].tolist()
@@ -267,8 +283,8 @@ def test_summarize_cli_reads_the_pool_stats(pool, tmp_path):
         == 0
     )
     stc = pd.read_csv(out / "stc.csv")
-    assert stc["format_miss"].tolist() == pytest.approx([12 / 48])
-    deciles = pd.read_csv(out / "deciles.csv")
+    assert stc["format_miss"].tolist() == pytest.approx([12 / 48] * 2)  # random and repexp rows
+    deciles = methods_wide(pd.read_csv(out / "deciles.csv"))
     assert deciles["decile"].tolist() == [0.0, 2.0, 3.0] and set(deciles["reference"]) == {"ref"}
     assert not deciles["self_referenced"].any()
 
@@ -279,16 +295,19 @@ def test_overview_marks_picks_of_a_mixed_question(pool):
     assert (
         view["qid"].nunique() == 1 and view["qid"].iloc[0] == "q2"
     )  # 5/12 correct: closest to half
-    assert sorted(view["repexp_pick"].dropna()) == [1, 2, 3, 4, 5]
-    assert sorted(view["random_pick"].dropna()) == [1, 2, 3, 4, 5]
-    assert len(view) == 12 and np.isfinite(view[["x", "y"]].to_numpy()).all()
+    picks = methods_wide(view, "pick", name="{method}_pick")
+    assert sorted(picks["repexp_pick"].dropna()) == [1, 2, 3, 4, 5]
+    assert sorted(picks["random_pick"].dropna()) == [1, 2, 3, 4, 5]
+    assert len(picks) == 12 and np.isfinite(picks[["x", "y"]].to_numpy()).all()
+    assert len(view) == 24 and view["method"].tolist() == ["repexp"] * 12 + ["random"] * 12
 
 
 # ------------------------------------------------------------------------------------------------
 # pools on disk: shard by shard (the select and overview CLIs)
 # ------------------------------------------------------------------------------------------------
 def _write_shards(tmp_path, feats, rows, per_shard, dtype="float32"):
-    """The pool as feature shards (the real cache writer) and score shards, ``per_shard`` questions each."""
+    """The pool as feature shards (the real cache writer) and score shards, ``per_shard``
+    questions each."""
     from repexp.atomic import write_parquet
     from repexp.features import write_cache
 
@@ -366,8 +385,9 @@ def test_select_cli_shard_by_shard_equals_the_whole_pool(pool, tmp_path, threads
 
 
 def test_select_shards_workers_and_load_pool_agree(tmp_path):
-    """9 questions in shards of 2 (the last of 1), 2 workers: at most 4 questions in flight, so shards
-    finish while later ones are submitted; the tables come out shard by shard, in pool order."""
+    """9 questions in shards of 2 (the last of 1), 2 workers: at most 4 questions in flight, so
+    shards finish while later ones are submitted; the tables come out shard by shard, in pool
+    order."""
     from repexp.inference import load_pool, pool_shards, select_shards
 
     feats, rows = synthetic_pool(np.random.default_rng(1), n_questions=9)
@@ -377,7 +397,7 @@ def test_select_shards_workers_and_load_pool_agree(tmp_path):
     pd.testing.assert_frame_equal(merged[["qid", "sample", "correct"]], rows)
     ref = select_pool(whole, merged, **KW)
     parts = list(select_shards(pool_shards(manifests, scores, "mean"), **KW, workers=2))
-    assert [len(p[1]) for p in parts] == [2, 2, 2, 2, 1]
+    assert [p[1]["qid"].nunique() for p in parts] == [2, 2, 2, 2, 1]
     for i, table in enumerate(ref):
         pd.testing.assert_frame_equal(pd.concat([p[i] for p in parts], ignore_index=True), table)
 
@@ -419,3 +439,211 @@ def test_a_worker_error_reaches_the_caller(pool):
     bad[13, 2] = np.nan  # question q1
     with pytest.raises(ValueError, match="NaN or Inf"):
         list(select_shards([(bad, rows)], **KW, workers=2))
+
+
+# ------------------------------------------------------------------------------------------------
+# the long tables against the wide ones of the code before them (tests/fixtures/golden)
+# ------------------------------------------------------------------------------------------------
+GOLDEN = Path(__file__).parent / "fixtures" / "golden"
+GOLDEN_KW = dict(proj_dim=8, lam=1.0, trials=3, center=True, projection_seed=0, seed=7)
+GOLDEN_POOLS = [  # model, task, sampler, pooling, rng seed, questions, k_max
+    ("strong", "math", "vanilla", "mean", 0, 4, None),
+    ("strong", "math", "vanilla", "last", 1, 4, None),
+    ("weak", "math", "vanilla", "mean", 2, 4, 4),  # k_max < n: some RepExp STCs unknown (NaN)
+    ("weak", "math", "temp1.5", "mean", 3, 4, None),
+    ("strong", "game24", "vanilla", "mean", 4, 5, None),
+]
+
+
+def golden_input(methods=("random", "repexp")):
+    """The seeded synthetic pools of tests/fixtures/golden/README.md, selected and summarised:
+    (trials, questions, passk per question) and the summaries with and without unsolved ones."""
+    tables = [], [], []
+    for model, task, sampler, pooling, s, nq, k_max in GOLDEN_POOLS:
+        feats, rows = synthetic_pool(np.random.default_rng(s), n_questions=nq)
+        keys = dict(model=model, task=task, sampler=sampler, pooling=pooling)
+        parts = select_pool(
+            feats,
+            rows,
+            **GOLDEN_KW,
+            k_max=k_max,
+            seed_parts=(model, task, sampler, pooling),
+            methods=methods,
+        )
+        for acc, part in zip(tables, parts, strict=True):
+            acc.append(part.assign(**keys))
+    trials, questions, passk = (pd.concat(t, ignore_index=True) for t in tables)
+    stats = pd.DataFrame(
+        {
+            "model": "ref",
+            "task": "math",
+            "sampler": "vanilla",
+            "qid": ["q0", "q1", "q2", "q3"],
+            "n": 12,
+            "c": [6, 0, 2, 11],
+            "format_ok": [12, 10, 12, 3],
+        }
+    )
+    own = (
+        questions[questions.pooling == "mean"]
+        .groupby(["model", "task", "sampler", "qid"], as_index=False)[["n", "c"]]
+        .first()
+    )
+    own["format_ok"] = own["n"] - own["c"] % 3
+    stats = pd.concat([stats, own], ignore_index=True)
+    difficulty = pd.DataFrame(
+        {
+            "qid": [f"q{i}" for i in range(5)],
+            "task": "game24",
+            "difficulty": [0.9, 0.8, 0.1, 0.5, 0.3],
+        }
+    )
+    summary = summarize(
+        questions, passk, reference_model="ref", difficulty=difficulty, pool_stats=stats
+    )
+    summary_all = summarize(questions, passk, exclude_unsolved=False, difficulty=difficulty)
+    return (trials, questions, passk), summary, summary_all
+
+
+def _same(got: pd.DataFrame, name: str) -> None:
+    want = pd.read_parquet(GOLDEN / f"{name}.parquet")
+    assert set(got.columns) == set(want.columns), name
+    pd.testing.assert_frame_equal(
+        got[want.columns].reset_index(drop=True),
+        want,
+        check_dtype=False,
+        check_exact=False,
+        rtol=1e-12,
+        atol=1e-12,
+        obj=name,
+    )
+
+
+def test_long_tables_pivot_back_to_the_wide_golden_tables():
+    """Issue 16: the long tables, one column per method again, equal the wide tables the code
+    wrote before them (same seeds, same numbers; the pairwise columns from metrics.versus)."""
+    (trials, questions, passk), (stc, deciles, pk), (stc_all, deciles_all, _) = golden_input()
+    assert set(trials["method"]) == {"repexp"}
+    _same(trials[trials["method"] == "repexp"].drop(columns="method"), "trials")
+    _same(methods_wide(questions), "questions")
+    _same(methods_wide(passk, "pass_at_k", name="{method}"), "passk_questions")
+    _same(versus(stc), "stc")
+    _same(methods_wide(deciles), "deciles")
+    _same(methods_wide(pk, "pass_at_k", name="{method}"), "passk")
+    _same(versus(stc_all), "stc_all")
+    _same(methods_wide(deciles_all), "deciles_all")
+    # the long schemas
+    assert list(stc.columns[:5]) == ["model", "task", "sampler", "pooling", "method"]
+    assert list(deciles.columns[:4]) == ["model", "task", "decile", "method"]
+    assert list(pk.columns) == [
+        "model",
+        "task",
+        "sampler",
+        "pooling",
+        "method",
+        "k",
+        "pass_at_k",
+        "questions",
+    ]
+
+
+# ------------------------------------------------------------------------------------------------
+# selectors of repexp.selectors in the tables
+# ------------------------------------------------------------------------------------------------
+def test_a_new_selector_is_one_function_and_one_table_entry(pool, monkeypatch):
+    """A throwaway selector registered in SELECTORS alone reaches every long table, with its own
+    seeded trials, beside random and RepExp (whose rows do not change)."""
+    from repexp import selectors
+
+    def reverse(ctx, rng, k=None):
+        """The pool backwards from a random first pick."""
+        first = int(rng.integers(ctx.n))
+        return np.roll(np.arange(ctx.n)[::-1], first)
+
+    monkeypatch.setitem(
+        selectors.SELECTORS, "reverse", selectors.Selector(reverse, frozenset(), "reverse")
+    )
+    feats, rows = pool
+    methods = ("random", "repexp", "reverse")
+    trials, questions, passk = select_pool(feats, rows, **KW, methods=methods)
+    ref = select_pool(feats, rows, **KW)
+    for got, want in zip((trials, questions, passk), ref, strict=True):
+        mine = got[got["method"] != "reverse"].reset_index(drop=True)
+        pd.testing.assert_frame_equal(mine, want)
+    assert set(trials["method"]) == {"repexp", "reverse"}
+    for qid, g in rows.groupby("qid"):
+        mine = trials[(trials.qid == qid) & (trials.method == "reverse")].sort_values("trial")
+        correct = g["correct"].to_numpy() > 0
+        for t, order in enumerate(mine["order"]):
+            seed = question_seed(7, "m", "t", "vanilla", "mean", qid, "reverse", str(t))
+            want = reverse(SimpleNamespace(n=len(g)), np.random.default_rng(seed))
+            assert order == g["sample"].to_numpy()[want].tolist()
+            stc = mine["stc"].iloc[t]
+            pos = np.flatnonzero(correct[want])
+            assert np.isnan(stc) if not pos.size else stc == pos[0] + 1
+    q = methods_wide(questions).set_index("qid")
+    assert np.isnan(q.loc["q0", "stc_reverse"]) and q.loc["q3", "stc_reverse"] == 1.0
+    stc, deciles, pk = summarize(*_keyed(questions, passk, "m", "t"))
+    assert stc["method"].tolist() == list(methods)
+    assert set(pk["method"]) == set(methods)
+    assert methods_wide(pk, "pass_at_k", name="{method}").query("k == 12")["reverse"].item() == 0.75
+
+
+def test_selectors_in_the_tables_match_run_selector_on_every_path(pool):
+    """maxmin and oracle through select_pool: their orders are run_selector's on the question's
+    projected features (seeded per question, method and trial), the same on the worker and the
+    torch paths; oracle's STC is 1 on every solved question; and the SELECTORS entry of RepExp
+    gives the orders of the fast path."""
+    from repexp.selectors import PoolContext, run_selector
+
+    feats, rows = pool
+    methods = ("random", "repexp", "maxmin", "oracle")
+    ref = select_pool(feats, rows, **KW, methods=methods)
+    for kw in (dict(workers=2), dict(device="cpu:0", batch_questions=3)):
+        got = select_pool(feats, rows, **KW, methods=methods, **kw)
+        for a, b in zip(ref, got, strict=True):
+            pd.testing.assert_frame_equal(a, b)
+    trials, questions, _ = ref
+    phi = project(feats, KW["proj_dim"], KW["projection_seed"])
+    q = methods_wide(questions).set_index("qid")
+    assert (q.loc[q["c"] > 0, "stc_oracle"] == 1.0).all()
+    for qid, g in rows.groupby("qid"):
+        idx, samples = g.index.to_numpy(), g["sample"].to_numpy()
+        ctx = PoolContext(len(idx), features=phi[idx], correct=g["correct"].to_numpy() > 0)
+        mine = trials[trials.qid == qid]
+        for t in range(KW["trials"]):
+            seed = question_seed(7, "m", "t", "vanilla", "mean", qid, "maxmin", str(t))
+            want = run_selector("maxmin", ctx, np.random.default_rng(seed))
+            got = mine[(mine.method == "maxmin") & (mine.trial == t)]["order"].item()
+            assert got == samples[want].tolist()
+        firsts = first_picks(
+            len(idx), 3, question_seed(7, "m", "t", "vanilla", "mean", qid, "first-picks")
+        )
+        for t, first in enumerate(firsts):
+            want = run_selector("repexp", ctx, np.random.default_rng(0), first=int(first))
+            got = mine[(mine.method == "repexp") & (mine.trial == t)]["order"].item()
+            assert got == samples[want].tolist()
+
+
+def test_selection_methods_are_checked():
+    from repexp.inference import check_methods
+
+    assert check_methods(["random", "repexp"]) == ("random", "repexp")
+    with pytest.raises(ValueError, match="unknown selection method 'nope'"):
+        check_methods(["random", "nope"])
+    with pytest.raises(ValueError, match="needs \\['texts'\\], which the select stage"):
+        check_methods(["ngram"])
+    with pytest.raises(ValueError, match="distinct"):
+        check_methods(["random", "random"])
+
+
+def test_results_page_shows_repexp_against_random_from_the_long_stc_table(tmp_path):
+    from repexp import report
+
+    _, (stc, _, _), _ = golden_input()
+    page = report.index_page([], [], stc, out=tmp_path / "index.html", config_name="c.yaml")
+    want = versus(stc[(stc.sampler == "vanilla") & (stc.pooling == "mean")])
+    cols = ["model", "task", "questions", "unsolved", "pass1"]
+    cols += ["stc_random", "stc_repexp", "reduction", "speedup"]
+    assert want[cols].round(3).to_html(index=False, na_rep="-") in page
+    assert "stc_repexp" in page and "reduction" in page

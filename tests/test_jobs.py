@@ -1,4 +1,5 @@
-"""The runtime model of the GPU jobs (repexp.jobs): shard sizes, the job table and its counts."""
+"""The jobs of a config (repexp.jobs, from Snakemake's DAG), the runtime model (repexp.runtime),
+the DAG facts (repexp.dag): shard sizes, the job table and its counts, the profiles' resources."""
 
 from __future__ import annotations
 
@@ -12,14 +13,15 @@ import pytest
 import yaml
 from conftest import REPO
 
-from repexp import jobs
+from repexp import dag, jobs, runtime
 from repexp.jobs import JobModelError, RuntimeModel, exceeds_bound, questions_per_shard
 
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 
 
 def load(*names: str, extra: dict | None = None) -> dict:
-    """The checked config of `--configfile config/<names>` (plus an overlay), as Snakemake sees it."""
+    """The checked config of `--configfile config/<names>` (plus an overlay), as Snakemake sees
+    it."""
     files = [REPO / "config" / n for n in names]
     cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     for f in files:
@@ -157,7 +159,7 @@ def test_a_question_over_the_bound_is_a_warning_in_the_table():
 
 
 # ------------------------------------------------------------------------------------------------
-# the table's counts are the DAG's
+# the table's jobs are the DAG's: Snakemake's API lists what `snakemake -n -F` runs
 # ------------------------------------------------------------------------------------------------
 BOUNDED_TEST = {
     # 8 responses of 12 tokens at 0.09 tok/s: 1,067 s per question, so 3 questions per 1 h shard
@@ -306,7 +308,8 @@ def test_rl_train_jobs_are_the_paper_runs_under_the_time_budget():
 def test_doctests():
     import doctest
 
-    assert doctest.testmod(jobs).failed == 0
+    for module in (jobs, dag, runtime):
+        assert doctest.testmod(module).failed == 0, module.__name__
 
 
 # ------------------------------------------------------------------------------------------------
@@ -358,3 +361,136 @@ def test_ablation_models_must_be_inference_models():
 
     with pytest.raises(ConfigError, match="ablation_models.0.*'nope'.*inference.models"):
         load("paper.yaml", extra={"inference": {"features": {"ablation_models": ["nope"]}}})
+
+
+# ------------------------------------------------------------------------------------------------
+# the DAG from Snakemake: every job with its rule, wildcards and resources
+# ------------------------------------------------------------------------------------------------
+def test_snakemake_jobs_carry_wildcards_and_the_profiles_resources():
+    cfg = load("test.yaml")
+    listed = jobs.snakemake_jobs(cfg)
+    pools = [j for j in listed if j.rule == "generate_pool"]
+    assert {tuple(j.wildcards[k] for k in ("model", "task", "sampler")) for j in pools} == set(
+        dag.inference_pools(cfg)
+    )
+    for j in listed:
+        if j.rule == "all":
+            continue
+        # every job's memory request is the memory model's, its time the Slurm profile's
+        assert j.resources["mem_mb"] >= 1000, j
+        assert j.resources["runtime"] == runtime.profile_runtime(j.rule), j
+    # the Slurm profile's set-threads and gpu reach the jobs (hf backend: the rule asks for none)
+    select = next(j for j in listed if j.rule == "select_pool")
+    assert select.threads == 16
+    assert {j.resources["gpu"] for j in pools} == {1}
+    own = jobs.snakemake_jobs(cfg, profile=None)
+    assert {j.resources["gpu"] for j in own if j.rule == "generate_pool"} == {0}
+    assert next(j for j in own if j.rule == "select_pool").threads == 1
+    # a GPU job's hours from its rule, wildcards and the config: the shard's questions x the
+    # per-question estimate + the overhead
+    bounded = load("test.yaml", extra=BOUNDED_TEST)
+    rm = RuntimeModel.from_config(bounded)
+    gen_q = runtime.pool_question_hours(bounded, "tiny-random", "game24")[0]
+    wc = {"model": "tiny-random", "task": "game24", "sampler": "vanilla", "shard": "2"}
+    assert dag.pool_shard_questions(bounded, "tiny-random", "game24", 2) == 2  # 3, 3, 2
+    assert runtime.job_hours(bounded, "generate_pool", wc) == pytest.approx(
+        (rm.overhead_hours + 2 * gen_q,) * 2
+    )
+    assert runtime.job_hours(bounded, "score_pool", wc) is None
+
+
+def test_no_rule_and_profile_disagree():
+    """Where a rule and a profile both set a resource of a job (the paper config, the cluster's),
+    they agree; memory is the memory model's alone (no profile sets `mem_mb`), and every rule's
+    time request is in the Slurm profile (the rules read it: common.smk `job_runtime`)."""
+    cfg = load("paper.yaml")
+    own = jobs.snakemake_dag(cfg, profile=None)
+    by_rule = {}
+    for j in own.jobs:
+        by_rule.setdefault(j.rule, []).append(j)
+    assert set(by_rule) == set(own.rules)  # the paper DAG runs every rule
+    profiles = {
+        name: yaml.safe_load((REPO / "profiles" / name / "profile.yaml").read_text())
+        for name in ("slurm", "local-gpu")
+    }
+    for name, profile in profiles.items():
+        for rule, res in (profile.get("set-resources") or {}).items():
+            assert rule in own.rules, (name, rule)
+            assert "mem_mb" not in res, (name, rule)
+            for key, value in res.items():
+                if key.startswith("slurm_"):
+                    continue
+                for j in by_rule[rule]:
+                    if key in j.resources:
+                        assert j.resources[key] == runtime.resource_value(value), (name, rule, key)
+    slurm = profiles["slurm"]["set-resources"]
+    for rule in own.rules:
+        if rule != "all":
+            assert "runtime" in slurm[rule], rule
+            assert runtime.profile_runtime(rule, 2) == 2 * runtime.profile_runtime(rule), rule
+    # the GPU rules: one GPU each from both profiles, rl_train its rl.gpus_per_run from the rule
+    gpu_rules = {r for r, v in slurm.items() if v.get("gpu") == 1}
+    assert gpu_rules == {r for r, v in profiles["local-gpu"]["set-resources"].items() if v["gpu"]}
+    assert {j.resources["gpu"] for j in by_rule["rl_train"]} == {cfg["rl"]["gpus_per_run"]}
+
+
+def test_paper_dag_builds_in_reasonable_time():
+    """The job table builds the paper DAG with Snakemake (13,000 jobs): well under a minute on an
+    idle core, a few times that on a loaded one."""
+    import time
+
+    cfg = load("paper.yaml", extra={"seed": 12345})  # a config not built before: no memo
+    start = time.perf_counter()
+    listed = jobs.snakemake_jobs(cfg)
+    assert time.perf_counter() - start < 180
+    readme = jobs.readme_table((REPO / "README.md").read_text())
+    assert len(listed) == sum(jobs.table_counts(readme).values())
+
+
+# ------------------------------------------------------------------------------------------------
+# settings a stage checks itself fail with the config, before any job
+# ------------------------------------------------------------------------------------------------
+def test_bad_rl_settings_fail_the_config_check(tmp_path, monkeypatch):
+    from repexp.config import ConfigError, check_workflow_config, stage_errors
+
+    monkeypatch.chdir(REPO)
+    cfg = load("test.yaml")
+    assert stage_errors(cfg) == []
+    bad = load("test.yaml", extra={"rl": {"train_batch_prompts": 3, "mini_batch_prompts": 2}})
+    errors = stage_errors(bad)
+    assert errors and all("mini_batch_prompts" in e for e in errors)
+    with pytest.raises(ConfigError, match="multiple of"):
+        check_workflow_config(bad, SCHEMA)
+    missing = load(
+        "paper.yaml", extra={"rl": {"accelerate_config": str(tmp_path / "missing.yaml")}}
+    )
+    assert any("rl.accelerate_config" in e and "does not exist" in e for e in stage_errors(missing))
+    # without an RL stage nothing is checked
+    off = load("test.yaml", extra={"rl": {"model": None, "train_batch_prompts": 3}})
+    assert stage_errors(off) == []
+    # and Snakemake stops before building a job
+    overlay = tmp_path / "bad.yaml"
+    overlay.write_text(yaml.safe_dump({"rl": {"train_batch_prompts": 3, "mini_batch_prompts": 2}}))
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "--configfile", "config/test.yaml", str(overlay)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode != 0 and "multiple of" in proc.stdout + proc.stderr
+
+
+def test_bad_selection_methods_fail_the_config_check():
+    from repexp.config import stage_errors
+
+    assert stage_errors(load("test.yaml")) == []
+    unknown = load("test.yaml", extra={"inference": {"selection": {"methods": ["random", "nope"]}}})
+    (error,) = stage_errors(unknown)
+    assert "inference.selection.methods" in error and "'nope'" in error and "maxmin" in error
+    # a selector the select stage cannot feed (it needs the response texts) is refused up front
+    texts = load("test.yaml", extra={"inference": {"selection": {"methods": ["random", "ngram"]}}})
+    (error,) = stage_errors(texts)
+    assert "'ngram' needs" in error and "leave it out" in error

@@ -112,7 +112,7 @@ def test_rl_phases_reproduce_the_hand_budget():
     """config/README.md's hand-computed per-GPU budget (another helper's table, GiB): Qwen2.5-7B on
     8 GPUs, FSDP, gradient checkpointing, vLLM 0.6 (DAPO 0.5) with sleep mode, RepExp offloaded."""
     cfg = load("paper.yaml")
-    from repexp.rl.evaluate import task_settings
+    from repexp.rl.settings import task_settings
 
     shape = memory.model_shape(cfg, "qwen2.5-7b-instruct")
     hand = {

@@ -1,24 +1,30 @@
-"""The figure notebooks run under papermill on small synthetic tables and write a PDF and a PNG.
+"""The figure notebooks run under papermill on small synthetic tables and draw what the tables hold.
 
-Three table sets with the exact schemas of ``results/tables``: a rich one (several models, tasks,
-samplers and poolings, with an unsolved model–task pair and scattered NaNs), a degenerate one (one
-model, one task, one sampler, one pooling, one solved question, NaNs) and one in which no question
-is solved at all. Every notebook must still draw a figure for each.
+Three table sets with the exact schemas of ``results/tables`` (the inference tables long, one row
+per method): a rich one (several models, tasks, samplers and poolings, with an unsolved model–task
+pair and scattered NaNs), a degenerate one (one model, one task, one sampler, one pooling, one
+solved question, NaNs) and one in which no question is solved at all. Every notebook must still
+draw a figure for each; on the rich tables, what each figure plots (``<name>.plotted.json``,
+:func:`repexp.plots.plotted`) is held against the synthetic table it was drawn from.
 """
 
 from __future__ import annotations
 
-import multiprocessing
 import os
-from concurrent.futures import ProcessPoolExecutor
+import re
 from pathlib import Path
 
-import nbformat
 import numpy as np
 import pandas as pd
-import papermill
 import pytest
-from conftest import REPO
+from nbharness import (
+    assert_committed_clean,
+    assert_figure,
+    execute_all,
+    line,
+    panel,
+)
+from nbharness import plotted as read_plotted
 
 NOTEBOOKS = [
     "overview",
@@ -138,7 +144,8 @@ def _stc(questions: pd.DataFrame) -> pd.DataFrame:
 
 
 def _passk(questions: pd.DataFrame) -> pd.DataFrame:
-    """passk.csv: random = the exact without-replacement pass@k; RepExp = a better synthetic curve."""
+    """passk.csv: random = the exact without-replacement pass@k; RepExp = a better synthetic
+    curve."""
     rows = []
     for (model, task, sampler, pooling), g in questions.groupby(
         ["model", "task", "sampler", "pooling"]
@@ -193,7 +200,8 @@ def _deciles(questions: pd.DataFrame) -> pd.DataFrame:
 
 
 def _overview(rng, variant: str) -> pd.DataFrame:
-    """overview.parquet: one question's pool in a 2-D view, with the first K picks of each method."""
+    """overview.parquet: one question's pool in a 2-D view, with the first K picks of each
+    method."""
     centers = rng.normal(0, 3, size=(5, 2))
     which = rng.integers(0, 5, size=N)
     xy = centers[which] + rng.normal(0, 0.6, size=(N, 2))
@@ -225,22 +233,59 @@ def _overview(rng, variant: str) -> pd.DataFrame:
     )
 
 
-def make_tables(root: Path, variant: str) -> Path:
-    """Write the five tables of ``variant`` under ``root`` and return ``root``."""
+METHODS = {"random": "random", "repexp": "repexp"}
+
+
+def _long(wide: pd.DataFrame, columns: dict[str, str], value: str) -> pd.DataFrame:
+    """The long form of a wide synthetic table (the schema the workflow writes): one row per
+    method, ``columns`` mapping each wide column to its method, its values under ``value``;
+    method rows of one key next to each other, random first."""
+    rest = [c for c in wide.columns if c not in columns and c not in ("reduction", "speedup")]
+    parts = [
+        wide[rest].assign(_row=np.arange(len(wide)), _m=i, method=m, **{value: wide[col]})
+        for i, (col, m) in enumerate(columns.items())
+    ]
+    out = pd.concat(parts).sort_values(["_row", "_m"], kind="stable")
+    return out.drop(columns=["_row", "_m"]).reset_index(drop=True)
+
+
+def wide_tables(variant: str) -> dict[str, pd.DataFrame]:
+    """The synthetic tables of ``variant`` one column per method (the reference of the plotted
+    values); :func:`make_tables` writes them long."""
     rng = np.random.default_rng(0)
-    root.mkdir(parents=True, exist_ok=True)
     questions = _questions(rng, variant)
-    questions.to_parquet(root / "questions.parquet", index=False)
     stc = _stc(questions)
     passk = _passk(questions)
     if variant == "rich":  # scattered NaNs, as a failed metric would leave them
         stc.loc[stc.index[-1], ["stc_repexp", "reduction", "speedup"]] = np.nan
         passk.loc[passk.index[::17], "repexp"] = np.nan
+    return {
+        "questions": questions,
+        "stc": stc,
+        "passk": passk,
+        "deciles": _deciles(questions),
+        "overview": _overview(rng, variant),
+        "rng": rng,
+    }
+
+
+def make_tables(root: Path, variant: str) -> Path:
+    """Write the tables of ``variant`` under ``root`` (the inference ones long) and return it."""
+    root.mkdir(parents=True, exist_ok=True)
+    t = wide_tables(variant)
+    stc_cols = {"stc_random": "random", "stc_repexp": "repexp"}
+    _long(t["questions"], stc_cols, "stc").to_parquet(root / "questions.parquet", index=False)
+    stc = _long(t["stc"], stc_cols, "stc")
+    stc = stc[
+        ["model", "task", "sampler", "pooling", "method"]
+        + [c for c in stc.columns if c not in ("model", "task", "sampler", "pooling", "method")]
+    ]
     stc.to_csv(root / "stc.csv", index=False)
-    passk.to_csv(root / "passk.csv", index=False)
-    _deciles(questions).to_csv(root / "deciles.csv", index=False)
-    _overview(rng, variant).to_parquet(root / "overview.parquet", index=False)
-    _token_level(rng, variant, root)
+    _long(t["passk"], METHODS, "pass_at_k").to_csv(root / "passk.csv", index=False)
+    _long(t["deciles"], stc_cols, "stc").to_csv(root / "deciles.csv", index=False)
+    picks = {"repexp_pick": "repexp", "random_pick": "random"}
+    _long(t["overview"], picks, "pick").to_parquet(root / "overview.parquet", index=False)
+    _token_level(t["rng"], variant, root)
     _stamp(root)
     return root
 
@@ -307,66 +352,180 @@ def _token_level(rng, variant: str, root: Path) -> None:
         df.to_csv(root / name, index=False)
 
 
-def _execute(notebook: str, out_dir: str, tables_dir: str) -> str | None:
-    """Run one notebook with papermill; None on success, else the error text (picklable). The
-    figures go to ``out_dir``, which the notebook must create; the executed copy next to it."""
-    name = Path(notebook).stem
-    try:
-        papermill.execute_notebook(
-            notebook,
-            str(Path(out_dir).parent / f"{name}.ipynb"),
-            parameters={
-                "tables_dir": tables_dir,
-                "out_pdf": str(Path(out_dir) / f"{name}.pdf"),
-                "out_png": str(Path(out_dir) / f"{name}.png"),
-            },
-            kernel_name="python3",
-            cwd=str(REPO),
-            progress_bar=False,
-        )
-    except Exception as err:  # noqa: BLE001 -- reported by the test of this notebook
-        return f"{type(err).__name__}: {err}"
-    return None
+class _Runs:
+    """The notebooks run per table set on first use (so ``-k rich`` runs only the rich set)."""
+
+    def __init__(self, root: Path):
+        self.root, self.done = root, {}
+
+    def __getitem__(self, key: tuple[str, str]) -> tuple[Path, str | None]:
+        variant = key[0]
+        if variant not in self.done:
+            workers = min(4, max(2, os.cpu_count() or 1))
+            self.done[variant] = execute_all(
+                self.root, [variant], NOTEBOOKS, make_tables, workers=workers
+            )
+        return self.done[variant][key]
 
 
 @pytest.fixture(scope="module")
-def executed(tmp_path_factory) -> dict[tuple[str, str], tuple[Path, str | None]]:
-    """Every notebook on every table set, a few at a time (each run is mostly kernel start-up)."""
-    root = tmp_path_factory.mktemp("notebooks")
-    jobs = {}
-    workers = min(4, max(2, os.cpu_count() or 1))
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        for variant in VARIANTS:
-            tables = make_tables(root / variant / "tables", variant)
-            for name in NOTEBOOKS:
-                out = root / variant / "figures"
-                jobs[variant, name] = (
-                    out,
-                    pool.submit(
-                        _execute, str(REPO / "notebooks" / f"{name}.ipynb"), str(out), str(tables)
-                    ),
-                )
-        return {key: (out, future.result()) for key, (out, future) in jobs.items()}
+def executed(tmp_path_factory) -> _Runs:
+    """{(variant, notebook): (figures folder, None or the error)}, each variant run once."""
+    return _Runs(tmp_path_factory.mktemp("notebooks"))
 
 
 def test_notebooks_are_committed_clean():
-    for name in NOTEBOOKS:
-        nb = nbformat.read(REPO / "notebooks" / f"{name}.ipynb", as_version=4)
-        assert nb.metadata["kernelspec"]["name"] == "python3"
-        tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
-        assert len(tagged) == 1, f"{name}: exactly one cell must be tagged 'parameters'"
-        for param in ("tables_dir", "out_pdf", "out_png"):
-            assert f"{param} = " in tagged[0].source, f"{name}: no parameter {param}"
-        for cell in nb.cells:
-            if cell.cell_type == "code":
-                assert not cell.outputs and cell.execution_count is None, f"{name} has outputs"
+    assert_committed_clean(NOTEBOOKS)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_notebook_draws_figure(executed, name, variant):
     out, error = executed[variant, name]
-    assert error is None, f"{name} failed on the {variant} tables:\n{error}"
-    pdf, png = out / f"{name}.pdf", out / f"{name}.png"
-    assert pdf.exists() and pdf.read_bytes().startswith(b"%PDF") and pdf.stat().st_size > 2_000
-    assert png.exists() and png.stat().st_size > 5_000, f"{variant}/{name}: the PNG is nearly empty"
+    assert_figure(out, name, variant, error)
+
+
+# ------------------------------------------------------------------------------------------------
+# what the figures show, against the tables they were drawn from (the rich set)
+# ------------------------------------------------------------------------------------------------
+def _figure(executed, name, variant="rich"):
+    out, error = executed[variant, name]
+    assert error is None, error
+    return read_plotted(out, name), wide_tables(variant)
+
+
+def _close(got, want):
+    """Plotted values (None = NaN or masked) against the table's."""
+    want = [None if v is None or not np.isfinite(v) else float(v) for v in want]
+    assert len(got) == len(want), (got, want)
+    for g, w in zip(got, want, strict=True):
+        assert (g is None) == (w is None), (got, want)
+        assert g is None or g == pytest.approx(w, rel=1e-9), (got, want)
+
+
+def test_stc_figure_plots_the_stc_table(executed):
+    panels, t = _figure(executed, "stc")
+    stc = t["stc"][(t["stc"].sampler == "vanilla") & (t["stc"].pooling == "mean")]
+    left = panel(panels, "One point per model–task pair")
+    assert len(left["points"]) == len(stc)  # one point per model–task pair
+    # one scatter call per row of the table, in its order
+    _close([v for pt in left["points"] for v in pt["x"]], stc["stc_random"])
+    _close([v for pt in left["points"] for v in pt["y"]], stc["stc_repexp"])
+    right = panel(panels, "Per question: ")
+    m, task = re.match(r"Per question: (\S+) on (\S+)", right["title"]).groups()
+    q = t["questions"]
+    q = q[(q.model == m) & (q.task == task) & (q.sampler == "vanilla") & (q.pooling == "mean")]
+    q = q[q.c > 0].dropna(subset=["stc_random", "stc_repexp"])
+    (points,) = right["points"]
+    _close(points["x"], q["stc_random"])
+    _close(points["y"], q["stc_repexp"])
+
+
+def test_samplers_figure_plots_the_passk_rows(executed):
+    panels, t = _figure(executed, "samplers")
+    pk = t["passk"]
+    pk = pk[(pk.model == "qwen2.5-7b-instruct") & (pk.task == "math") & (pk.pooling == "mean")]
+    from repexp import plots
+
+    assert len(panels) == pk["sampler"].nunique() == 5
+    for sampler, d in pk.groupby("sampler"):
+        p = panel(panels, plots.sampler_label(sampler))
+        for method, label in (("random", plots.RANDOM_LABEL), ("repexp", plots.REPEXP_LABEL)):
+            want = d[["k", method]].dropna().sort_values("k")
+            _close(line(p, label)["x"], want["k"])
+            _close(line(p, label)["y"], want[method])
+        stc = t["stc"].set_index(["model", "task", "sampler", "pooling"])
+        r = stc.loc[("qwen2.5-7b-instruct", "math", sampler, "mean")]
+        if np.isfinite(r.stc_repexp):
+            assert f"mean STC {r.stc_random:.3g} → {r.stc_repexp:.3g}" in p["title"]
+
+
+def test_features_figure_plots_passk_and_stc_ratios(executed):
+    from repexp import plots
+
+    panels, t = _figure(executed, "features")
+    pk = t["passk"][t["passk"].sampler == "vanilla"]
+    model = plots.pick(
+        None, pk.groupby("model").apply(lambda g: len(g[["task", "pooling"]].drop_duplicates())), ""
+    )
+    pk = pk[pk.model == model]
+    for task, d in pk.groupby("task"):
+        p = panel(panels, f"pass@k on {task} (")
+        base = d[d.pooling == "mean"][["k", "random"]].dropna().sort_values("k")
+        _close(line(p, plots.RANDOM_LABEL)["y"], base["random"])
+        for pooling, g in d.groupby("pooling"):
+            want = g[["k", "repexp"]].dropna().sort_values("k")
+            _close(line(p, f"RepExp, {pooling}")["y"], want["repexp"])
+    bars = panel(panels, "Samples-to-correct vs random")
+    stc = t["stc"][(t["stc"].sampler == "vanilla") & (t["stc"].model == model)]
+    ratio = (stc.stc_repexp / stc.stc_random).dropna()
+    got = sorted(h for b in bars["bars"] for h in b["heights"])
+    assert got == pytest.approx(sorted(ratio))
+
+
+def test_model_rank_difficulty_figure_plots_reductions_and_deciles(executed):
+    from repexp import plots
+
+    panels, t = _figure(executed, "model_rank_difficulty")
+    stc = t["stc"][(t["stc"].sampler == "vanilla") & (t["stc"].pooling == "mean")]
+    left = panel(panels, "Gain by model strength")
+    for task, d in stc.dropna(subset=["reduction"]).groupby("task"):
+        d = d.sort_values("model_rank")
+        _close(line(left, task)["x"], d["model_rank"])
+        _close(line(left, task)["y"], d["reduction"])
+    deciles = t["deciles"]
+    shown = 0
+    for p in panels:
+        m = re.match(r"(\S+) on (\S+)\n", p["title"])
+        if not m:
+            continue
+        d = deciles[(deciles.model == m[1]) & (deciles.task == m[2])].sort_values("decile")
+        for col, label in (("stc_random", plots.RANDOM_LABEL), ("stc_repexp", plots.REPEXP_LABEL)):
+            v = d.dropna(subset=[col])
+            _close(line(p, label)["x"], v["decile"])
+            _close(line(p, label)["y"], v[col])
+        shown += 1
+    assert shown == 4
+
+
+def test_overview_figure_plots_each_methods_first_picks(executed):
+    from repexp import plots
+
+    panels, t = _figure(executed, "overview")
+    view = t["overview"]
+    drawn = view.dropna(subset=["x", "y"])
+    for col, label in (("repexp_pick", plots.REPEXP_LABEL), ("random_pick", plots.RANDOM_LABEL)):
+        p = panel(panels, f"{label}: ")
+        bad, ok, picks = p["points"]
+        assert len(bad["x"]) + len(ok["x"]) == len(drawn)
+        _close(ok["x"], drawn[drawn.correct]["x"])
+        want = view.dropna(subset=[col]).sort_values(col).head(10).dropna(subset=["x", "y"])
+        _close(picks["x"], want["x"])
+        _close(picks["y"], want["y"])
+
+
+@pytest.mark.parametrize("name", ["tokenlevel", "tokenlevel_se"])
+def test_tokenlevel_figures_plot_the_tokenlevel_tables(executed, name):
+    from repexp import plots
+
+    out, error = executed["rich", name]
+    assert error is None, error
+    panels = read_plotted(out, name)
+    passk = plots.load(out.parent / "tables", "tokenlevel_passk.csv")
+    left = panel(panels, "pass@k against the number of generations")
+    for method, d in passk.groupby("method"):
+        d = d.sort_values("k")
+        got = line(left, plots.token_method_label(method, d["beta"].iloc[0]))
+        _close(got["x"], d["k"])
+        _close(got["y"], d["pass_at_k"])
+    difficulty = plots.load(out.parent / "tables", "tokenlevel_difficulty.csv")
+    right = panel(panels, "improvement over vanilla by question difficulty")
+    betas = sorted(m for m in passk["method"].unique() if m != "vanilla")
+    shown = betas[-1:] if name == "tokenlevel" else betas
+    assert [b["label"] for b in right["bars"]] == [
+        plots.token_method_label(m, difficulty[difficulty.method == m]["beta"].iloc[0])
+        for m in shown
+    ]
+    for bars, m in zip(right["bars"], shown, strict=True):
+        d = difficulty[difficulty.method == m].sort_values("bin")
+        _close(bars["heights"], d["improvement"])

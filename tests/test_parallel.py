@@ -216,7 +216,8 @@ from repexp.parallel import cap_threads
 cap_threads(1)
 import torch  # loaded after the cap (torch-after): reads OMP_NUM_THREADS
 from threadpoolctl import threadpool_info
-print(json.dumps({"pools": {f"{i['internal_api']}:{i['filepath']}": i["num_threads"] for i in threadpool_info()},
+print(json.dumps({"pools": {f"{i['internal_api']}:{i['filepath']}": i["num_threads"] \
+for i in threadpool_info()},
                   "torch": torch.get_num_threads(), "env": os.environ.get("OPENBLAS_NUM_THREADS")}))
 """
 

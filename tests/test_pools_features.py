@@ -1,4 +1,5 @@
-"""Pools (hf backend on the tiny model; vLLM arguments through a stand-in module) and the feature cache."""
+"""Pools (hf backend on the tiny model; vLLM arguments through a stand-in module) and the feature
+cache."""
 
 from __future__ import annotations
 
@@ -192,7 +193,8 @@ def test_length_batches_respect_the_budget():
 
 
 def test_pooled_states_match_a_hand_computation(tiny):
-    """Response positions only: mean over [P, P+T), last = P+T-1, penultimate = P+T-2 (EOS included)."""
+    """Response positions only: mean over [P, P+T), last = P+T-1, penultimate = P+T-2 (EOS
+    included)."""
     base = load_model(tiny, dtype="float32", lm_head=False)
     rng = np.random.default_rng(0)
     prompts = [rng.integers(0, 1000, size=p).tolist() for p in (5, 9, 3, 7)]

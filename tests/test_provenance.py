@@ -1,4 +1,5 @@
-"""Provenance of the result tables: config hash, git commit, package versions, stamping, the index page."""
+"""Provenance of the result tables: config hash, git commit, package versions, stamping, the index
+page."""
 
 from __future__ import annotations
 
@@ -255,21 +256,21 @@ def test_summarize_cli_stamps_every_table(tmp_path):
     questions = pd.DataFrame(
         {
             **keys,
-            "qid": ["q0", "q1"],
+            "qid": ["q0", "q0", "q1", "q1"],
+            "method": ["random", "repexp"] * 2,
             "n": 8,
-            "c": [2, 0],
-            "pass1": [0.25, 0.0],
-            "stc_random": [3.0, np.nan],
-            "stc_repexp": [2.0, np.nan],
+            "c": [2, 2, 0, 0],
+            "pass1": [0.25, 0.25, 0.0, 0.0],
+            "stc": [3.0, 2.0, np.nan, np.nan],
         }
     )
     passk = pd.DataFrame(
         {
             **keys,
-            "qid": ["q0", "q0", "q1", "q1"],
-            "k": [1, 2, 1, 2],
-            "random": [0.25, 0.46, 0.0, 0.0],
-            "repexp": [0.25, 0.6, 0.0, 0.0],
+            "qid": ["q0"] * 4 + ["q1"] * 4,
+            "method": ["random", "random", "repexp", "repexp"] * 2,
+            "k": [1, 2] * 4,
+            "pass_at_k": [0.25, 0.46, 0.25, 0.6, 0.0, 0.0, 0.0, 0.0],
         }
     )
     questions.to_parquet(tmp_path / "q.parquet")

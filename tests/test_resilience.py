@@ -1,7 +1,7 @@
-"""Nothing lost on failure: the whole workflow SIGKILLed in the middle of pool generation, of feature
-caching and of RL training, then rerun, ends with the tables of an uninterrupted run; finished jobs
-are kept and training resumes from its last checkpoint. A cached file changed on disk is caught by
-its checksum, with a message that names the file and the rule that rebuilds it."""
+"""Nothing lost on failure: the whole workflow SIGKILLed in the middle of pool generation, of
+feature caching and of RL training, then rerun, ends with the tables of an uninterrupted run;
+finished jobs are kept and training resumes from its last checkpoint. A cached file changed on
+disk is caught by its checksum, with a message that names the file and the rule that rebuilds it."""
 
 from __future__ import annotations
 

@@ -26,10 +26,11 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import yaml
+from conftest import arith_tables
 
 from repexp.rl.distributed import launch_env, main_process_port, reseed_rollouts, rollout_seed
 from repexp.rl.rewards import RepExpReward, assert_nonzero_model, assert_nonzero_rows, own_weights
-from repexp.tasks import Task, build_table, get_task
+from repexp.tasks import Task
 
 REPO = Path(__file__).resolve().parents[1]
 FSDP_YAML = REPO / "profiles" / "accelerate" / "fsdp.yaml"
@@ -200,7 +201,7 @@ def test_every_run_of_the_paper_grid_gets_its_own_port():
 def test_paper_rl_settings_sleep_vllm_and_offload_the_frozen_model(tmp_path):
     """The memory choices of config/README.md ("RL memory per GPU") reach TRL's config."""
     from repexp.jobs import load_config, merge
-    from repexp.rl.evaluate import train_settings
+    from repexp.rl.settings import train_settings
     from repexp.rl.trainer import RLSettings, grpo_config
 
     cfg = load_config(
@@ -231,11 +232,7 @@ def test_fsdp_config_is_fsdp2_and_launch_exports_it():
 # ------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tables(tmp_path_factory, wheel_dir):
-    d = tmp_path_factory.mktemp("arith2")
-    task = get_task("arith")
-    build_table(task, "train", n_questions=8, wheel_dir=wheel_dir).to_parquet(d / "train.parquet")
-    build_table(task, "dev", n_questions=2, wheel_dir=wheel_dir).to_parquet(d / "dev.parquet")
-    return d
+    return arith_tables(tmp_path_factory.mktemp("arith2"), wheel_dir, n_train=8)
 
 
 def untied_copy(tiny: Path, dest: Path) -> Path:

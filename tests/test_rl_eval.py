@@ -1,5 +1,6 @@
-"""RL evaluation (repexp.rl.evaluate): splits, settings, checkpoint picking, pass@k over seeds, sample
-efficiency, base-model log-likelihood, the tables CLI on hand-made runs, and the RL notebooks.
+"""RL evaluation (repexp.rl.evaluate): splits, settings, checkpoint picking, pass@k over seeds,
+sample efficiency, base-model log-likelihood, the tables CLI on hand-made runs, and the RL
+notebooks.
 
 The hand-made runs mimic what ``repexp.rl.train`` and the test-pool rules write (``done.json``,
 ``best.json``, ``dev.csv``, ``train_log.csv``, per-run ``questions.parquet``), so the tables and the
@@ -10,14 +11,12 @@ from __future__ import annotations
 
 import json
 import math
-import multiprocessing
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import nbformat
+import nbharness
 import numpy as np
 import pandas as pd
-import papermill
 import pytest
 import yaml
 from conftest import REPO
@@ -148,7 +147,8 @@ def test_passk_table_uses_every_power_of_two_and_n():
 
 def test_efficiency_factor_closed_form():
     ks, p = [1, 2, 4, 8, 16], [0.1, 0.3, 0.5, 0.6, 0.7]
-    # 0.4 is halfway between k = 2 (0.3) and k = 4 (0.5) in log k: k* = sqrt(8), factor = 16 / sqrt(8)
+    # 0.4 is halfway between k = 2 (0.3) and k = 4 (0.5) in log k: k* = sqrt(8), factor = 16 /
+    # sqrt(8)
     k_star, factor = ev.efficiency_factor(ks, p, 0.4)
     assert k_star == pytest.approx(math.sqrt(8)) and factor == pytest.approx(16 / math.sqrt(8))
     # a quarter of the way from k = 8 to k = 16: k* = 8 * 2**0.25
@@ -198,16 +198,6 @@ def test_efficiency_table_rows_per_baseline():
 # ------------------------------------------------------------------------------------------------
 # log-likelihood under the base model
 # ------------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def tiny_lm(tiny):
-    import torch
-
-    from repexp.models import load_model, load_tokenizer
-
-    torch.set_num_threads(1)
-    return load_model(tiny, dtype="float32"), load_tokenizer(tiny)
-
-
 def test_base_loglik_matches_a_hand_loop(tiny_lm):
     import torch
 
@@ -230,7 +220,8 @@ def test_base_loglik_matches_a_hand_loop(tiny_lm):
 
 
 def test_base_loglik_of_base_samples_is_the_pool_logprob(tiny_lm):
-    """A base-model pool records each response's raw log-probability while sampling: the same number."""
+    """A base-model pool records each response's raw log-probability while sampling: the same
+    number."""
     from repexp.pools import Sampler, generate_hf, prompt_ids_of
 
     model, tok = tiny_lm
@@ -521,7 +512,8 @@ def test_tables_command_on_hand_made_runs(tmp_path):
     out = build_tables(tmp_path, "rich")
     passk = pd.read_csv(out / "rl_passk.csv")
     assert list(passk.columns[:7]) == ["task", "method", "k", "mean", "se", "seeds", "questions"]
-    # provenance at the end: what the workflow passed, and the git commit and packages of this process
+    # provenance at the end: what the workflow passed, and the git commit and packages of this
+    # process
     assert [c for c in passk.columns if c.startswith("prov_")] == [
         "prov_stage",
         "prov_git_commit",
@@ -582,7 +574,8 @@ def test_tables_command_on_hand_made_runs(tmp_path):
     assert (row["steps"], row["steps_differing"], row["first_step_differing"]) == (50, 49, 2)
     assert (row["rollouts"], row["rollouts_differing"]) == (200, 49 * 3)
     assert row["frac_rollouts_differing"] == pytest.approx(49 * 3 / 200)
-    # same coordinate (seed % 8): |3 - 1| = 2, GRPO's update 1, GRPO's final weights (0..7, +1 at index 2)
+    # same coordinate (seed % 8): |3 - 1| = 2, GRPO's update 1, GRPO's final weights (0..7, +1 at
+    # index 2)
     assert (
         row["weights_l2"],
         row["weights_rel_update"],
@@ -593,6 +586,35 @@ def test_tables_command_on_hand_made_runs(tmp_path):
         2 / np.sqrt(sum(x * x for x in range(8)) + 2 * 2 + 1)
     )
     assert (div["prov_config_hash"].astype(str) == PROVENANCE["config_hash"]).all()
+    # the per-run summary (python -m repexp.rl.evaluate summary) reads these tables back
+    summary = ev.summary_table(
+        *(
+            provenance.strip(pd.read_csv(out / f"rl_{n}.csv"))
+            for n in ("best", "train", "passk", "divergence")
+        )
+    )
+    assert len(summary) == 27 + 3 and (summary["k"] == 64).all()
+    one = summary[(summary["task"] == "math") & (summary["method"] == "repexp")]
+    one = one[one["seed"] == 42].iloc[0]
+    b = best[(best["task"] == "math") & (best["method"] == "repexp") & (best["seed"] == 42)].iloc[0]
+    assert (one["dev_pass1_step0"], one["dev_pass1_best"], one["best_step"]) == (
+        b["base_dev_pass1"],
+        b["dev_pass1"],
+        b["step"],
+    )
+    pk = passk[(passk["task"] == "math") & (passk["method"] == "repexp")].set_index("k")["mean"]
+    assert (one["test_pass1"], one["test_passk"]) == (pk[1], pk[64])
+    assert one["frac_rollouts_differing"] == pytest.approx(49 * 3 / 200)
+    assert one["weights_rel_update"] == 2
+    t = train[(train["task"] == "math") & (train["method"] == "repexp") & (train["seed"] == 42)]
+    for c in ("groups_all_correct", "groups_reordered", "shaping_share"):
+        assert one[c] == pytest.approx(t[c].mean()) if c in t else np.isnan(one[c])
+    grpo = summary[summary["method"] == "grpo"]
+    assert grpo["frac_rollouts_differing"].isna().all()  # GRPO is the reference
+    base = summary[summary["method"] == "base"].set_index("task")
+    pb = passk[passk["method"] == "base"].set_index(["task", "k"])["mean"]
+    assert base.loc["math", "test_pass1"] == pb[("math", 1)]
+    assert ev.main(["summary", "--tables-dir", str(out)]) == 0
     hp = pd.read_csv(out / "rl_hparams.csv")
     assert list(hp.columns) == ["section", "parameter", "key", "math", "gsm8k", "dapo"]
     rows = hp[hp["section"] == "provenance"].set_index(
@@ -622,7 +644,8 @@ def test_rollout_divergence_by_hand():
 
 def test_weight_sketch_estimates_the_distance_of_sparse_and_dense_updates(tmp_path):
     """CountSketch of two 'trained' models against the exact L2 distances: a dense update of every
-    tensor, plus a sparse one (a few embedding rows, as a batch's tokens) that only one run makes."""
+    tensor, plus a sparse one (a few embedding rows, as a batch's tokens) that only one run
+    makes."""
     from safetensors.numpy import save_file
 
     rng = np.random.default_rng(0)
@@ -714,65 +737,199 @@ NOTEBOOKS = [
 VARIANTS = ["rich", "degenerate"]
 
 
-def _execute(notebook: str, out_dir: str, tables_dir: str) -> str | None:
-    name = Path(notebook).stem
-    try:
-        papermill.execute_notebook(
-            notebook,
-            str(Path(out_dir).parent / f"{name}.ipynb"),
-            parameters={
-                "tables_dir": tables_dir,
-                "out_pdf": str(Path(out_dir) / f"{name}.pdf"),
-                "out_png": str(Path(out_dir) / f"{name}.png"),
-            },
-            kernel_name="python3",
-            cwd=str(REPO),
-            progress_bar=False,
-        )
-    except Exception as err:  # noqa: BLE001 -- reported by the test of this notebook
-        return f"{type(err).__name__}: {err}"
-    return None
-
-
 @pytest.fixture(scope="module")
 def executed(tmp_path_factory):
+    """Every RL notebook on the tables of every variant: {(variant, notebook): (figures folder,
+    None or the error)}; the tables are in the folder next to the figures."""
     root = tmp_path_factory.mktemp("rl_notebooks")
-    jobs = {}
-    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
-        for variant in VARIANTS:
-            tables = build_tables(root / variant, variant)
-            for name in NOTEBOOKS:
-                out = root / variant / "figures"
-                jobs[variant, name] = (
-                    out,
-                    pool.submit(
-                        _execute, str(REPO / "notebooks" / f"{name}.ipynb"), str(out), str(tables)
-                    ),
-                )
-        return {key: (out, future.result()) for key, (out, future) in jobs.items()}
+    return nbharness.execute_all(root, VARIANTS, NOTEBOOKS, lambda d, v: build_tables(d.parent, v))
 
 
 def test_rl_notebooks_are_committed_clean():
-    for name in NOTEBOOKS:
-        nb = nbformat.read(REPO / "notebooks" / f"{name}.ipynb", as_version=4)
-        assert nb.metadata["kernelspec"]["name"] == "python3"
-        tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
-        assert len(tagged) == 1, f"{name}: exactly one cell must be tagged 'parameters'"
-        for param in ("tables_dir", "out_pdf", "out_png"):
-            assert f"{param} = " in tagged[0].source, f"{name}: no parameter {param}"
-        for cell in nb.cells:
-            if cell.cell_type == "code":
-                assert not cell.outputs and cell.execution_count is None, f"{name} has outputs"
+    nbharness.assert_committed_clean(NOTEBOOKS)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_rl_notebook_draws_figure(executed, name, variant):
     out, error = executed[variant, name]
+    nbharness.assert_figure(out, name, variant, error)
+
+
+# what each figure plots (``<png stem>.plotted.json``) against the tables it was drawn from
+def _figure(executed, variant: str, name: str) -> tuple[list[dict], Path]:
+    out, error = executed[variant, name]
     assert error is None, f"{name} failed on the {variant} tables:\n{error}"
-    pdf, png = out / f"{name}.pdf", out / f"{name}.png"
-    assert pdf.exists() and pdf.read_bytes().startswith(b"%PDF") and pdf.stat().st_size > 2_000
-    assert png.exists() and png.stat().st_size > 5_000, f"{variant}/{name}: the PNG is nearly empty"
+    return nbharness.plotted(out, name), out.parent / "tables"
+
+
+def _titled(panels: list[dict], title: str) -> dict:
+    hits = [p for p in panels if p["title"] == title]
+    assert len(hits) == 1, (title, [p["title"] for p in panels])
+    return hits[0]
+
+
+def _labelled(p: dict) -> dict[str, dict]:
+    """The panel's labelled lines (matplotlib names the unlabelled ones ``_child<N>``)."""
+    return {ln["label"]: ln for ln in p["lines"] if not ln["label"].startswith("_")}
+
+
+def _curves(p: dict) -> list[tuple]:
+    """Every line of the panel as (x, y), NaN as None, in a canonical order."""
+    return sorted((tuple(ln["x"]), tuple(ln["y"])) for ln in p["lines"])
+
+
+def _as_curve(x, y) -> tuple:
+    def clean(v):
+        return tuple(None if not np.isfinite(f) else float(f) for f in np.asarray(v, dtype=float))
+
+    return clean(x), clean(y)
+
+
+def _tasks_of(table: pd.DataFrame) -> list[str]:
+    from repexp import plots
+
+    return plots.rl_tasks(table)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_rl_passk_plots_the_mean_pass_at_k(executed, variant):
+    """Each task's panel: one curve per method of the table, y = the table's mean per k."""
+    from repexp import plots
+
+    panels, tables = _figure(executed, variant, "rl_passk")
+    passk = pd.read_csv(tables / "rl_passk.csv")
+    tasks = _tasks_of(passk)
+    assert [p["title"] for p in panels] == [plots.RL_TASK_LABELS.get(t, t) for t in tasks]
+    for task in tasks:
+        p = _titled(panels, plots.RL_TASK_LABELS.get(task, task))
+        assert (p["xlabel"], p["ylabel"]) == ("k", "pass@k")
+        d = passk[passk["task"] == task]
+        lines = _labelled(p)
+        assert set(lines) == {plots.RL_LABELS[m] for m in d["method"]}
+        for m, g in d.groupby("method"):
+            g = g.sort_values("k")
+            ln = lines[plots.RL_LABELS[m]]
+            assert ln["x"] == g["k"].astype(float).tolist()
+            assert ln["y"] == pytest.approx(g["mean"].tolist(), abs=1e-12)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_rl_passk_alt_plots_pass_at_k_and_its_difference_to_the_base_model(executed, variant):
+    from repexp import plots
+
+    panels, tables = _figure(executed, variant, "rl_passk_alt")
+    passk = pd.read_csv(tables / "rl_passk.csv")
+    for task in _tasks_of(passk):
+        label = plots.RL_TASK_LABELS.get(task, task)
+        d = passk[passk["task"] == task]
+        top = _labelled(_titled(panels, label))
+        assert set(top) == {plots.RL_LABELS[m] for m in d["method"]}
+        base = d[d["method"] == "base"].set_index("k")["mean"]
+        bottom = _titled(panels, f"{label}: difference to the base model")
+        diffs = _labelled(bottom)
+        assert set(diffs) == {plots.RL_LABELS[m] for m in d["method"] if m != "base"}
+        for m, g in d.groupby("method"):
+            g = g.sort_values("k")
+            assert top[plots.RL_LABELS[m]]["y"] == pytest.approx(g["mean"].tolist(), abs=1e-12)
+            if m == "base":
+                continue
+            ln = diffs[plots.RL_LABELS[m]]
+            assert ln["x"] == g["k"].astype(float).tolist()
+            want = (g["mean"] - g["k"].map(base)).tolist()
+            assert ln["y"] == pytest.approx(want, abs=1e-12)
+        # the dashed zero line of the base model
+        assert [ln["y"] for ln in bottom["lines"] if ln["label"].startswith("_")] == [[0.0, 0.0]]
+
+
+def _assert_medians(p: dict, d: pd.DataFrame, column: str, methods) -> None:
+    """A log-likelihood panel: one dashed median line per method with finite values."""
+    want = sorted(
+        float(np.median(v[np.isfinite(v)]))
+        for m in methods
+        for v in [d.loc[d["method"] == m, column].to_numpy(dtype=float)]
+        if np.isfinite(v).any()
+    )
+    got = sorted(ln["x"][0] for ln in p["lines"])
+    assert all(ln["x"][0] == ln["x"][1] for ln in p["lines"])  # vertical lines
+    assert got == pytest.approx(want, abs=1e-9)
+
+
+LOGLIK_METHODS = ["base", "grpo", "repexp"]  # the notebooks' default
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_rl_loglik_plots_the_medians_of_the_table(executed, variant):
+    from repexp import plots
+
+    panels, tables = _figure(executed, variant, "rl_loglik")
+    loglik = pd.read_parquet(tables / "rl_loglik.parquet")
+    task = "math" if "math" in set(loglik["task"]) else _tasks_of(loglik)[0]
+    label = plots.RL_TASK_LABELS.get(task, task)
+    d = loglik[loglik["task"] == task]
+    assert len(panels) == 2
+    for column, title in (("loglik_sum", "sequence"), ("loglik_mean", "per-token")):
+        p = _titled(panels, f"{label}: {title} log-likelihood")
+        assert p["ylabel"] == "density"
+        _assert_medians(p, d, column, LOGLIK_METHODS)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_rl_loglik_tasks_plots_the_medians_of_every_task(executed, variant):
+    from repexp import plots
+
+    panels, tables = _figure(executed, variant, "rl_loglik_tasks")
+    loglik = pd.read_parquet(tables / "rl_loglik.parquet")
+    tasks = _tasks_of(loglik)
+    assert len(panels) == 2 * len(tasks)
+    for task in tasks:
+        label = plots.RL_TASK_LABELS.get(task, task)
+        d = loglik[loglik["task"] == task]
+        for column, title in (("loglik_sum", "sequence"), ("loglik_mean", "per-token")):
+            _assert_medians(
+                _titled(panels, f"{label}: {title} log-likelihood"), d, column, LOGLIK_METHODS
+            )
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_rl_training_plots_the_dev_curves_rewards_and_diagnostics(executed, variant):
+    """Per task: the dev curve of every run with its chosen checkpoint circled, the rewards
+    (correct; RepExp's bonus), and the shaping diagnostics (rich runs only)."""
+    from repexp import plots
+
+    panels, tables = _figure(executed, variant, "rl_training")
+    dev = pd.read_csv(tables / "rl_dev.csv")
+    train = pd.read_csv(tables / "rl_train.csv")
+    for task in _tasks_of(dev):
+        label = plots.RL_TASK_LABELS.get(task, task)
+        d, t = dev[dev["task"] == task], train[train["task"] == task]
+        runs = [g.sort_values("step") for _, g in d.groupby(["method", "seed"])]
+        p = _titled(panels, f"{label}: dev pass@1")
+        assert _curves(p) == sorted(_as_curve(g["step"], g["dev_pass1"]) for g in runs)
+        chosen = sorted(
+            (x, y) for pts in p["points"] for x, y in zip(pts["x"], pts["y"], strict=True)
+        )
+        best = d[d["best"].astype(bool)]
+        assert chosen == sorted(zip(best["step"].astype(float), best["dev_pass1"], strict=True))
+        assert len(best) == len(runs)  # one chosen checkpoint per run
+        want_r, want_g, want_s = [], [], []
+        for (method, _seed), g in t.groupby(["method", "seed"]):
+            g = g.groupby("step", as_index=False).mean(numeric_only=True)
+            want_r.append(_as_curve(g["step"], g["reward_correct"]))
+            if g["reward_bonus"].abs().sum() > 0:
+                want_r.append(_as_curve(g["step"], g["reward_bonus"]))
+            if "groups_all_correct" in g:
+                want_g.append(_as_curve(g["step"], g["groups_all_correct"]))
+                if method != "grpo":
+                    want_g.append(_as_curve(g["step"], g["groups_reordered"]))
+                want_s.append(_as_curve(g["step"], g["shaping_share"]))
+        title = f"{label}: training reward (solid: correct; dotted: bonus)"
+        assert _curves(_titled(panels, title)) == sorted(want_r)
+        assert any(m == "repexp" for m in t["method"]) == (len(want_r) > len(runs))
+        groups = _titled(panels, f"{label}: groups all correct (solid), reordered (dashed)")
+        share = _titled(panels, f"{label}: shaping's share of mean |A|")
+        assert _curves(groups) == sorted(want_g) and _curves(share) == sorted(want_s)
+        assert bool(want_g) == (variant == "rich")  # the degenerate runs predate the diagnostics
 
 
 def test_degenerate_notes_are_visible(executed):

@@ -1,6 +1,6 @@
 """RL post-training on TRL (repexp.rl): the verl -> TRL batch mapping, the RepExp reward against an
-independent forward pass, the policy log-probabilities of the Unlikeliness hook, and short runs of the
-training CLI on the tiny random model (every method; a kill and a resume)."""
+independent forward pass, the policy log-probabilities of the Unlikeliness hook, and short runs of
+the training CLI on the tiny random model (every method; a kill and a resume)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import arith_tables
 
 from repexp.bonus import projection_seed, sparse_projection
 from repexp.rl.rewards import RepExpReward
@@ -36,11 +37,7 @@ SETTINGS = {
 
 @pytest.fixture(scope="module")
 def tables(tmp_path_factory, wheel_dir):
-    d = tmp_path_factory.mktemp("arith")
-    task = get_task("arith")
-    build_table(task, "train", n_questions=16, wheel_dir=wheel_dir).to_parquet(d / "train.parquet")
-    build_table(task, "dev", n_questions=2, wheel_dir=wheel_dir).to_parquet(d / "dev.parquet")
-    return d
+    return arith_tables(tmp_path_factory.mktemp("arith"), wheel_dir, n_train=16)
 
 
 @pytest.fixture()
@@ -283,7 +280,7 @@ def test_grpo_config_has_the_paper_values(tmp_path):
 
 def _paper_settings(task: str, **rl) -> RLSettings:
     from repexp.jobs import load_config, merge
-    from repexp.rl.evaluate import train_settings
+    from repexp.rl.settings import train_settings
 
     repo = Path(__file__).resolve().parents[1]
     cfg = load_config(
@@ -325,7 +322,8 @@ def test_processes_must_fit_the_batches_and_the_vllm_engines(tmp_path):
         _paper_settings("math", gpus_per_run=1)
     _paper_settings("math", gpus_per_run=1, vllm_tensor_parallel_size=1)
     _paper_settings("math", gpus_per_run=4)
-    # 6 processes: 256 prompts x 8 rollouts per update do not split into micro-batches of 16 on 6 GPUs
+    # 6 processes: 256 prompts x 8 rollouts per update do not split into micro-batches of 16
+    # on 6 GPUs
     with pytest.raises(ValueError, match="x 6 process"):
         _paper_settings("math", gpus_per_run=6, vllm_tensor_parallel_size=1)
     # the launched process count is checked again when the trainer is configured
@@ -387,12 +385,12 @@ def _train(budget, run, start: int, max_updates: int, clock: FakeClock, seconds_
 
 
 def test_time_budget_stops_at_the_first_step_boundary_after_it(tmp_path):
-    from repexp.rl.train import BudgetSpent, _callbacks, read_elapsed, record_elapsed
+    from repexp.rl.callbacks import BudgetSpent, callback_classes, read_elapsed, record_elapsed
 
-    TimeBudget = _callbacks()[2]
+    TimeBudget = callback_classes()[2]
     state = tmp_path / "state"
-    # 1 h budget, 2 updates per step, 700 s per update: 1,400 s per step -> 2,800 s at step 2 (update
-    # 4), 4,200 s at step 3 (update 6): the first boundary at or after 3,600 s
+    # 1 h budget, 2 updates per step, 700 s per update: 1,400 s per step -> 2,800 s at step 2
+    # (update 4), 4,200 s at step 3 (update 6): the first boundary at or after 3,600 s
     run, clock = _budget_run(state, 1.0), FakeClock(1000.0)
     at, stops = _train(TimeBudget(run, clock=clock), run, 0, 20, clock, 700.0)
     assert (at, stops, run.stopped_by) == (6, [6], "max_hours")
@@ -403,9 +401,9 @@ def test_time_budget_stops_at_the_first_step_boundary_after_it(tmp_path):
     }
     assert run.train_seconds == 4200.0
 
-    # killed after the checkpoint at update 4 (step 2); the earlier attempt's record at update 6 and a
-    # stale one at 8 are in the file. A new process (its clock starts anywhere) resumes from update
-    # 4 with the 2,800 s recorded there: 500 s per update -> 3,800 s at update 6, the stop
+    # killed after the checkpoint at update 4 (step 2); the earlier attempt's record at update 6 and
+    # a stale one at 8 are in the file. A new process (its clock starts anywhere) resumes from
+    # update 4 with the 2,800 s recorded there: 500 s per update -> 3,800 s at update 6, the stop
     record_elapsed(state, 8, 9999.0)
     run, clock = _budget_run(state, 1.0), FakeClock(50.0)
     budget = TimeBudget(run, clock=clock)
@@ -425,7 +423,8 @@ def test_time_budget_stops_at_the_first_step_boundary_after_it(tmp_path):
         _train(TimeBudget(run, clock=clock), run, 6, 20, clock, 500.0)
     assert run.stopped_by == "max_hours" and run.train_seconds == 3800.0
 
-    # a longer budget on the same records goes on from 3,800 s: 7,200 s reached at update 14 (step 7)
+    # a longer budget on the same records goes on from 3,800 s: 7,200 s reached at update 14
+    # (step 7)
     run, clock = _budget_run(state, 2.0), FakeClock()
     assert _train(TimeBudget(run, clock=clock), run, 6, 20, clock, 500.0) == (14, [14])
 
@@ -441,9 +440,9 @@ def test_the_stopping_step_is_evaluated():
     """DevEvaluator.on_save evaluates the step the budget stopped at, like max_steps."""
     from transformers import TrainerControl, TrainerState
 
-    from repexp.rl.train import _callbacks
+    from repexp.rl.callbacks import callback_classes
 
-    DevEvaluator = _callbacks()[0]
+    DevEvaluator = callback_classes()[0]
     calls = []
     run = SimpleNamespace(
         s=SimpleNamespace(updates_per_step=2, eval_every=20),
@@ -466,7 +465,8 @@ def test_the_stopping_step_is_evaluated():
         (
             "config/paper.yaml",
             "results/rl/qwen2.5-7b-instruct/dapo/repexp/seed41/done.json",
-            "accelerate launch --config_file profiles/accelerate/fsdp.yaml --num_processes 8 --main_process_port 29525 "
+            "accelerate launch --config_file profiles/accelerate/fsdp.yaml --num_processes 8 "
+            "--main_process_port 29525 "
             "-m repexp.rl.train ",
             "8",
         ),
@@ -559,7 +559,8 @@ def test_repexp_reward_equals_an_independent_forward_and_inverse(tiny):
             trainer_state=state,
         )
     )
-    # reference: one full forward per sequence, mean over the completion positions, projection, brute-force inverse
+    # reference: one full forward per sequence, mean over the completion positions, projection,
+    # brute-force inverse
     base = load_model(tiny, dtype="float32", lm_head=False)
     feats = []
     for p, c in zip(prompts, completion_ids, strict=True):
@@ -579,7 +580,8 @@ def test_repexp_reward_equals_an_independent_forward_and_inverse(tiny):
     np.testing.assert_allclose(got, expect, rtol=1e-4, atol=1e-6)
     np.testing.assert_array_equal(reward.last["correct"], correct)
     assert (reward.last["bonus"] > 0).all() and (reward.last["bonus"] < 1).all()
-    # the exact prompt ids from the trainer give the same; ids that are not the chat template's are an error
+    # the exact prompt ids from the trainer give the same; ids that are not the chat template's are
+    # an error
     ids = reward.prompt_ids_of(prompts)
     again = reward(
         prompts=prompts,
@@ -685,8 +687,9 @@ def test_policy_mean_logprobs_match_a_direct_computation(tiny, tables, tmp_path)
 # verl's advantages, computed by the trainer
 # ------------------------------------------------------------------------------------------------
 def verl_grpo_advantages(scores, group_size, epsilon):
-    """verl's compute_grpo_outcome_advantage (norm_adv_by_std_in_grpo=True), step by step as verl does
-    it, in float64: per group torch.mean and torch.std (unbiased), (score - mean) / (std + epsilon)."""
+    """verl's compute_grpo_outcome_advantage (norm_adv_by_std_in_grpo=True), step by step as verl
+    does it, in float64: per group torch.mean and torch.std (unbiased), (score - mean) / (std +
+    epsilon)."""
     import torch
 
     scores = torch.tensor(scores, dtype=torch.float64)
@@ -784,7 +787,8 @@ def test_trainer_advantages_are_verls(tiny, tables, tmp_path):
         if eps == 1e-6:
             assert 0.4 < a_all < 0.8 and 0.9 < a_mixed < 1.0
         else:
-            # TRL's own epsilon: its (float32) advantages agree, and the bonus signal is ~30x smaller
+            # TRL's own epsilon: its (float32) advantages agree, and the bonus signal is ~30x
+            # smaller
             trl = trainer.last_scores["trl_advantages"]
             np.testing.assert_allclose(trl[G:], want[G:], atol=1e-5)
             np.testing.assert_allclose(trl[:G], want[:G], atol=3e-3)
@@ -816,8 +820,8 @@ def test_advantage_diagnostics_by_hand():
         grpo_advantages([1.0, np.nan, 0.0, 1.0], 2, 0.0), [0, 0, -(2**-0.5), 2**-0.5]
     )
     correct = [1, 1, 1, 0, 1, 0, 0, 0]
-    # group 1: the shaping orders two correct rollouts; group 2: it reverses them (Unlikeliness can't,
-    # but the check must see it); group 3: a shaping within ORDER_TOL; group 4: none
+    # group 1: the shaping orders two correct rollouts; group 2: it reverses them (Unlikeliness
+    # can't, but the check must see it); group 3: a shaping within ORDER_TOL; group 4: none
     shaped = [1.0, 0.9, 0.2, 0.9, 1.0 + 1e-9, 0.0, 0.0, 0.0]
     d = advantage_diagnostics(correct, shaped, 2, 1e-6)
     assert d["groups_all_correct"] == 0.25 and d["groups_reordered"] == 0.5
@@ -957,7 +961,7 @@ def test_cli_same_seed_runs_differ_only_after_the_first_update(
 
 
 def test_last_checkpoint_skips_and_removes_one_cut_off_while_saved(tmp_path):
-    from repexp.rl.train import last_checkpoint
+    from repexp.rl.checkpoints import last_checkpoint
 
     assert last_checkpoint(tmp_path) is None
     ckpt = tmp_path / "checkpoints"
@@ -1015,8 +1019,8 @@ def test_cli_resumes_after_a_kill(tiny, tables, tmp_path, coin_checker, monkeypa
 
 
 def test_cli_stops_at_the_time_budget(tiny, tables, tmp_path, coin_checker):
-    """A budget of 0.36 ms: the run stops after its first step (of max_steps 2), saves and evaluates it
-    although eval_every is 2; a rerun resumes from that checkpoint and trains no further."""
+    """A budget of 0.36 ms: the run stops after its first step (of max_steps 2), saves and evaluates
+    it although eval_every is 2; a rerun resumes from that checkpoint and trains no further."""
     out = tmp_path / "budget"
     budget = {**SETTINGS, "eval_every": 2, "max_hours": 1e-7}
     assert cli(tiny, tables, out, "grpo", settings=budget, extra=["--keep-checkpoints"]) == 0
@@ -1041,8 +1045,8 @@ def test_cli_stops_at_the_time_budget(tiny, tables, tmp_path, coin_checker):
 
 
 def test_paper_fsdp_config_is_a_valid_accelerate_config():
-    """The FSDP file the paper's runs are launched with parses as an accelerate config: full sharding,
-    bf16 compute, a full state dict on save (best/ must load with transformers)."""
+    """The FSDP file the paper's runs are launched with parses as an accelerate config: full
+    sharding, bf16 compute, a full state dict on save (best/ must load with transformers)."""
     import yaml
     from accelerate.commands.config.config_args import load_config_from_file
 
@@ -1057,3 +1061,218 @@ def test_paper_fsdp_config_is_a_valid_accelerate_config():
     )  # FULL_SHARD
     assert cfg.fsdp_config["fsdp_state_dict_type"] == "FULL_STATE_DICT"
     assert cfg.num_machines == 1 and paper["gpus_per_run"] == 8
+
+
+# ------------------------------------------------------------------------------------------------
+# a new RL method through the table alone (CONTRIBUTING.md): config, DAG, trainer, tables
+# ------------------------------------------------------------------------------------------------
+BONUS = 0.1
+
+
+class ConstantBonus:
+    """A throwaway method's reward: r* + 0.1 for every rollout (TRL's reward-function protocol)."""
+
+    __name__ = "constant_bonus"
+
+    def __init__(self, correctness):
+        self.correctness = correctness
+        self.last: dict = {}
+
+    def __call__(self, prompts=None, completions=None, answer=None, log_metric=None, **kwargs):
+        r = np.asarray(self.correctness(prompts, completions, answer, log_metric, **kwargs))
+        self.last = {"correct": r, "bonus": np.full(len(r), BONUS)}
+        if log_metric is not None:
+            log_metric("reward_bonus", BONUS)
+        return (r + BONUS).tolist()
+
+
+def constant_bonus_reward(ctx):
+    from repexp.rl.methods import correctness_reward
+
+    return ConstantBonus(correctness_reward(ctx))
+
+
+@pytest.fixture()
+def bonus_method(monkeypatch):
+    """Registers the method `bonus` in repexp.rl.methods.METHODS (and only there)."""
+    from repexp.rl.methods import METHODS, RLMethod
+
+    m = RLMethod("bonus", constant_bonus_reward, "Constant bonus", "#123456", bonus=True)
+    monkeypatch.setitem(METHODS, "bonus", m)
+    return m
+
+
+def test_a_new_method_passes_the_config_check_and_the_wildcards(bonus_method):
+    import re
+
+    from repexp.config import check_config, reference_errors
+    from repexp.rl.methods import METHODS, run_pattern, wildcard_pattern
+
+    repo = Path(__file__).resolve().parents[1]
+    cfg = yaml_load(repo / "config" / "config.yaml")
+    cfg["rl"]["methods"] = ["grpo", "bonus"]
+    check_config(cfg, repo / "workflow" / "schemas" / "config.schema.yaml")  # no schema edit
+    cfg["rl"]["methods"] = ["bonus", "ppo"]
+    assert reference_errors(cfg) == [
+        "config key `rl.methods.1` has value 'ppo'; allowed: one of 'grpo', 'unlikeliness', "
+        "'repexp', 'bonus' (repexp.rl.methods.METHODS)"
+    ]
+    # rl.smk's constraints: the method wildcard and the evaluated policies' run names
+    assert re.fullmatch(wildcard_pattern(), "bonus") and not re.fullmatch(wildcard_pattern(), "b")
+    for run in ("base", "bonus/seed41", "grpo/seed0"):
+        assert re.fullmatch(run_pattern(), run)
+    for run in ("bonus", "bonus/seed", "ppo/seed41", "base/seed1"):
+        assert not re.fullmatch(run_pattern(), run)
+    assert list(METHODS)[-1] == "bonus"
+
+
+def yaml_load(path: Path) -> dict:
+    import yaml
+
+    return yaml.safe_load(path.read_text())
+
+
+def test_a_new_method_reaches_the_dag(tmp_path):
+    """`snakemake -n` with the method registered in the workflow's own process (a test-only entry
+    point: the table entry, then Snakemake's CLI) and listed in `rl.methods`: its training, test
+    pool and question table are jobs, and the RL tables read its runs."""
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    extra = tmp_path / "bonus.yaml"
+    extra.write_text("rl:\n  methods: [grpo, bonus]\n  seeds: [41]\n")
+    entry = (
+        "import sys\n"
+        "from repexp.rl import methods as m\n"
+        "m.METHODS['bonus'] = m.RLMethod('bonus', m.correctness_reward, 'Constant bonus', "
+        "'#123456', bonus=True)\n"
+        "from snakemake.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    target = "results/tables/rl_passk.csv"
+    args = ["-n", "-p", "-F", target, "--configfile", "config/test.yaml", str(extra)]
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    out = subprocess.run(
+        [sys.executable, "-c", entry, *args],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    run = "results/rl/tiny-random/gsm8k/bonus/seed41"
+    assert f"{run}/done.json" in out.stdout and "--method bonus --seed 41" in out.stdout
+    assert f"{run}/test/questions.parquet" in out.stdout
+    assert "repexp.rl.evaluate tables" in out.stdout
+    tables = out.stdout[out.stdout.index("rule rl_tables:") :].split("\n\n")[0]
+    assert f"{run}/test/questions.parquet" in tables and f"{run}/done.json" in tables
+    # without the table entry the same config is refused before any job is scheduled
+    plain = subprocess.run(
+        [sys.executable, "-m", "snakemake", *args],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert plain.returncode != 0 and "`rl.methods.1` has value 'bonus'" in (
+        plain.stdout + plain.stderr
+    )
+
+
+def test_a_new_method_reaches_the_trainer_and_the_job_models(bonus_method):
+    from repexp import memory
+    from repexp.rl.methods import method
+    from repexp.rl.settings import task_settings
+    from repexp.rl.train import parse_args, reward_functions
+
+    argv = ["--model", "m", "--model-name", "m", "--task", "arith", "--train", "t"]
+    argv += ["--dev", "d", "--method", "bonus", "--seed", "3", "--settings", "{}", "--out", "o"]
+    args = parse_args(argv)
+    (reward,) = reward_functions(args, RLSettings(), {})
+    assert isinstance(reward, ConstantBonus) and reward.correctness.task_name == "arith"
+    task = get_task("arith")
+    rows = build_table(task, "test", n_questions=2)
+    answers = [str(a) for a in rows["answer"]]
+    completions = [[{"role": "assistant", "content": f"The answer is {answers[0]}."}], "no"]
+    r = reward(completions=completions, answer=answers)
+    assert r == [1.0 + BONUS, 0.0 + BONUS]
+    assert np.array_equal(reward.last["correct"], [1.0, 0.0])
+    assert method("bonus").extra_forwards == 0  # neither ranks nor a frozen model
+    # the job-time and memory models: no frozen model, no rank forward, so GRPO's costs
+    from snakemake.utils import update_config
+
+    from repexp import jobs
+    from repexp.config import check_config
+
+    repo = Path(__file__).resolve().parents[1]
+    cfg = yaml_load(repo / "config" / "config.yaml")
+    update_config(cfg, yaml_load(repo / "config" / "paper.yaml"))
+    cfg = check_config(cfg, repo / "workflow" / "schemas" / "config.schema.yaml")
+    shape = memory.model_shape(cfg, cfg["rl"]["model"])
+    s = task_settings(cfg["rl"], "math")
+    phases = {m: memory.rl_gpu_phases(shape, s, m, gpus=8) for m in ("bonus", "grpo", "repexp")}
+    assert phases["bonus"] == phases["grpo"] != phases["repexp"]
+    host = {m: memory.rl_host(shape, s, m, gpus=1, on_gpu=False) for m in ("bonus", "grpo")}
+    assert host["bonus"] == host["grpo"]
+    hours = {m: jobs.rl_train_hours(cfg, "math", m) for m in ("bonus", "grpo", "repexp")}
+    assert hours["bonus"] == hours["grpo"] < hours["repexp"]
+
+
+def test_cli_trains_a_new_method(tiny, tables, tmp_path, coin_checker, bonus_method):
+    """Two steps of the throwaway method: its reward reaches TRL and the log (r* + 0.1 per rollout;
+    a constant shifts no group's advantages, so the shaping is none, as GRPO's)."""
+    out = tmp_path / "bonus"
+    assert cli(tiny, tables, out, "bonus") == 0
+    done = json.loads((out / "done.json").read_text())
+    assert (done["method"], done["steps"], done["updates"]) == ("bonus", 2, 4)
+    log = pd.read_csv(out / "train_log.csv")
+    # logged through TRL's metrics (float32)
+    assert log["reward_bonus"].tolist() == pytest.approx([BONUS, BONUS], abs=1e-7)
+    assert (log["reward_total"] - log["reward_correct"]).tolist() == pytest.approx(
+        [BONUS, BONUS], abs=1e-6
+    )  # TRL's float32 mean of r* + 0.1
+    assert log["unlikeliness_scale"].isna().all()  # no rank scaling
+    assert (log["seconds_bonus_forward"] == 0).all() and (
+        log["seconds_unlikeliness_forward"] == 0
+    ).all()
+    assert (log["groups_reordered"] == 0).all() and (log["shaping_share"].fillna(0) < 1e-9).all()
+    assert json.loads((out / "best.json").read_text())["method"] == "bonus"
+
+
+def test_a_new_method_reaches_the_tables_and_figures(bonus_method):
+    import matplotlib.colors as mcolors
+    import matplotlib.pyplot as plt
+
+    from repexp import plots
+    from repexp.rl import evaluate as ev
+
+    rows = [
+        {"task": "gsm8k", "method": m, "seed": s, "qid": f"q{i}", "n": 4, "c": c}
+        for m, s, cs in [("base", None, [2, 0]), ("bonus", 41, [4, 1]), ("repexp", 41, [3, 1])]
+        for i, c in enumerate(cs)
+    ]
+    q = pd.DataFrame(rows).astype({"seed": "Int64"})
+    passk = ev.passk_table(q)
+    assert list(dict.fromkeys(passk["method"])) == ["base", "repexp", "bonus"]  # the table's order
+    bonus = passk[passk["method"] == "bonus"]
+    # pass@k by hand: q0 (c = 4 of 4) always; q1 (c = 1): 1/4, 1 - C(3,2)/C(4,2) = 1/2, 1
+    assert bonus["k"].tolist() == [1, 2, 4]
+    assert bonus["mean"].tolist() == pytest.approx([(1 + 1 / 4) / 2, (1 + 1 / 2) / 2, 1.0])
+    eff = ev.efficiency_table(passk).set_index("baseline")
+    assert list(eff.index) == ["base", "grpo", "unlikeliness", "bonus"]  # RepExp against it too
+    # RepExp: 0.5, 0.75, 1 at k = 1, 2, 4; the bonus's pass@4 = 1 is first reached at k* = 4
+    assert (eff.loc["bonus", "k_star"], eff.loc["bonus", "factor"]) == (4.0, 1.0)
+    assert eff.loc["grpo", "note"] == "no grpo curve"
+    assert plots.rl_methods(passk) == ["base", "repexp", "bonus"]
+    assert plots.rl_labels()["bonus"] == "Constant bonus"
+    assert plots.rl_colors()["bonus"] == mcolors.to_rgb("#123456")
+    fig, ax = plt.subplots()
+    assert plots.rl_curve(ax, bonus, "bonus")
+    (drawn,) = plots.plotted(fig)[0]["lines"]
+    plt.close(fig)
+    assert drawn["label"] == "Constant bonus" and drawn["x"] == [1.0, 2.0, 4.0]
+    assert drawn["y"] == pytest.approx(bonus["mean"].tolist())

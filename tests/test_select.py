@@ -59,8 +59,9 @@ def test_matches_brute_force(N, d, lam, k, first, center):
 
 
 def test_hand_computed_2d():
-    # λ = 1, no centring: Λ0 = I, bonuses 1, 4, 9; first = 0 -> u = [1, 0], s = 2, Λ1 = diag(1/2, 1):
-    # row 1 keeps 4 (orthogonal), row 2 drops to 9/2; pick row 2 -> Λ2 = diag(1/11, 1): row 1 keeps 4.
+    # λ = 1, no centring: Λ0 = I, bonuses 1, 4, 9; first = 0 -> u = [1, 0], s = 2,
+    # Λ1 = diag(1/2, 1): row 1 keeps 4 (orthogonal), row 2 drops to 9/2; pick row 2
+    # -> Λ2 = diag(1/11, 1): row 1 keeps 4.
     F = [[1.0, 0.0], [0.0, 2.0], [3.0, 0.0]]
     order, bonus = repexp_order(F, 3, center=False, return_bonus=True)
     np.testing.assert_array_equal(order, [0, 2, 1])

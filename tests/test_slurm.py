@@ -25,8 +25,8 @@ LOCAL_GPU_PROFILE = REPO / "profiles" / "local-gpu" / "profile.yaml"
 # A slice of the test config's default target that runs every GPU rule and every kind of
 # inference-time, token-level and RL job once (19 jobs: pool, scores, features, a selection, the
 # token-level questions, runs and tables, one GRPO training with its test pool, scores and
-# log-likelihoods, one figure): the whole target (66 jobs, three trainings) takes far too long through
-# Slurm on two cores, where every job starts Snakemake twice and waits for status polls.
+# log-likelihoods, one figure): the whole target (66 jobs, three trainings) takes far too long
+# through Slurm on two cores, where every job starts Snakemake twice and waits for status polls.
 SLURM_TARGETS = (
     "results/inference/selection/tiny-random/gsm8k/vanilla/mean.questions.parquet",
     "results/rl/tiny-random/gsm8k/grpo/seed41/test/questions.parquet",
@@ -78,7 +78,8 @@ def slurm_profile() -> dict:
         return yte.process_yaml(f, require_use_yte=True)
 
 
-# Rules whose GPU count the workflow sets from the config (rl_train: `rl.gpus_per_run`), not the profile.
+# Rules whose GPU count the workflow sets from the config (rl_train: `rl.gpus_per_run`), not the
+# profile.
 CONFIG_GPU_RULES = {"rl_train"}
 
 
@@ -121,7 +122,8 @@ def test_profile_gives_gpus_to_the_model_rules_only():
     assert profile["executor"] == "slurm" and profile["retries"] >= 1
     rules = workflow_rules()
     assert rules <= set(profile["set-resources"]), (
-        f"rules without resources in profiles/slurm/profile.yaml: {sorted(rules - set(profile['set-resources']))}"
+        "rules without resources in profiles/slurm/profile.yaml: "
+        f"{sorted(rules - set(profile['set-resources']))}"
     )
     assert set(profile["set-resources"]) <= rules, sorted(set(profile["set-resources"]) - rules)
     # every rule that may ask for a GPU in the workflow, and the token-level decoder, gets one
@@ -138,7 +140,8 @@ def test_profile_gives_gpus_to_the_model_rules_only():
         "rl_test_pool",
         "rl_test_questions",
     }
-    # rl_train's GPU count comes from the rule (rl.gpus_per_run), which the profiles must not override
+    # rl_train's GPU count comes from the rule (rl.gpus_per_run), which the profiles must not
+    # override
     assert {rule for rule in CONFIG_GPU_RULES if "gpu" in profile["set-resources"][rule]} == set()
     config_gpu = re.search(r"^rule rl_train:\n(?:(?!^rule ).)*?\bgpu=rl_gpus\(\)", smk, re.M | re.S)
     assert config_gpu, "rule rl_train must ask for gpu=rl_gpus() (rl.gpus_per_run)"
@@ -152,8 +155,8 @@ def test_profile_gives_gpus_to_the_model_rules_only():
 
 
 def test_paper_dry_run_shows_the_gpu_requests():
-    """`snakemake -n --profile slurm --configfile config/paper.yaml` on a slice of the paper DAG that
-    holds every rule with a GPU (the whole DAG, 19k jobs, takes minutes to list)."""
+    """`snakemake -n --profile slurm --configfile config/paper.yaml` on a slice of the paper DAG
+    that holds every rule with a GPU (the whole DAG, 19k jobs, takes minutes to list)."""
     m = "qwen2.5-7b-instruct"
     targets = (
         f"results/inference/features/{m}/aime/vanilla/shard-0.json",
@@ -209,12 +212,14 @@ def _script(*args: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="session")
 def slurm_cluster():
-    """A private single-node Slurm with one fake GPU; stopped at the end unless it was already up."""
+    """A private single-node Slurm with one fake GPU; stopped at the end unless it was already
+    up."""
     was_running = _script("status").returncode == 0
     if not was_running:
         if sys.platform != "linux" or os.geteuid() != 0:
             pytest.skip(
-                "a local Slurm needs root (munged, slurmd); or start one: scripts/slurm_local.sh start"
+                "a local Slurm needs root (munged, slurmd); "
+                "or start one: scripts/slurm_local.sh start"
             )
         if not shutil.which("slurmctld") and not shutil.which("apt-get"):
             pytest.skip("Slurm is not installed and there is no apt-get to install it")
@@ -254,7 +259,8 @@ def ci_profile(dest: Path, partition: str) -> Path:
         }
     )
     for res in profile["set-resources"].values():
-        # memory is enforced (scripts/slurm_local.sh): Snakemake + torch + the tiny model fit in 3 GB
+        # memory is enforced (scripts/slurm_local.sh): Snakemake + torch + the tiny model fit in
+        # 3 GB
         res.update(slurm_partition=partition, mem_mb=3000)
     # a training job holds the policy, its optimiser, TRL's buffers and reward workers: 3.4 GB seen
     profile["set-resources"].setdefault("rl_train", {}).update(
@@ -274,8 +280,8 @@ def _result_files(run: Path) -> list[Path]:
 
 @pytest.mark.slow
 def test_test_config_through_slurm_matches_a_local_run(slurm_cluster, tmp_path, wheel_dir):
-    """Every job through sbatch on a real Slurm (GPU rules on the fake GPU), and the same tables as a
-    local `--cores 2` run."""
+    """Every job through sbatch on a real Slurm (GPU rules on the fake GPU), and the same tables as
+    a local `--cores 2` run."""
     env = dict(os.environ, SLURM_CONF=slurm_cluster["conf"])
     base = [*SLURM_TARGETS, "-s", str(REPO / "Snakefile"), "--configfile", "config/test.yaml"]
 
@@ -346,12 +352,14 @@ rule all:
 
 rule fits:  # 1.2 GB plus Snakemake's own memory: over 1 GB, under 2 GB
     output: "fits.txt"
-    shell: "python -c 'import time; x = b\\"x\\" * (1200 * 2**20); time.sleep(4)' && echo ok > {output}"
+    shell: "python -c 'import time; x = b\\"x\\" * (1200 * 2**20); time.sleep(4)' \
+&& echo ok > {output}"
 
 
 rule never_fits:  # 4 GB: over 1, 2 and 3 GB
     output: "never_fits.txt"
-    shell: "python -c 'import time; x = b\\"x\\" * (4000 * 2**20); time.sleep(4)' && echo ok > {output}"
+    shell: "python -c 'import time; x = b\\"x\\" * (4000 * 2**20); time.sleep(4)' \
+&& echo ok > {output}"
 
 
 onerror:
@@ -362,7 +370,8 @@ onerror:
 @pytest.mark.slow
 def test_out_of_memory_is_retried_with_more_memory_then_fails_clearly(slurm_cluster, tmp_path):
     """Slurm kills a job over its memory; the profile's retries come back with `attempt` times the
-    memory; a job that never fits fails with a message that names the rule, the memory and the fix."""
+    memory; a job that never fits fails with a message that names the rule, the memory and the
+    fix."""
     assert "report_failures(log)" in (REPO / "Snakefile").read_text()  # the handler tested here
     real = slurm_profile()
     retries = real["retries"]
@@ -410,7 +419,8 @@ def test_out_of_memory_is_retried_with_more_memory_then_fails_clearly(slurm_clus
         ("FAILED", "2000M"),
         ("FAILED", "3000M"),
     ], history
-    # the clear message: rule, memory of the last attempt, the evidence and the fix; nothing on `fits`
+    # the clear message: rule, memory of the last attempt, the evidence and the fix; nothing on
+    # `fits`
     lines = [line for line in out.splitlines() if line.startswith("repexp: ")]
     assert len(lines) == 1, out[-3000:]
     assert "rule never_fits ran out of memory" in lines[0] and "mem_mb=3000, attempt 3" in lines[0]

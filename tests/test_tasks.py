@@ -8,7 +8,7 @@ import datasets
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import FIXTURES
+from conftest import FIXTURES, REPO
 
 from repexp.tasks import (
     SPLITS,
@@ -23,6 +23,8 @@ from repexp.tasks import sources as src
 from repexp.tasks.__main__ import main as tasks_cli
 
 pytestmark = pytest.mark.usefixtures("no_hub")
+
+REPO_SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 
 
 def fixture_load(path, name=None, *, split):
@@ -173,7 +175,8 @@ def test_recipe_prompts():
     assert m == [
         {
             "role": "user",
-            "content": "What is 1+1? Let's think step by step and output the final answer within \\boxed{}.",
+            "content": "What is 1+1? Let's think step by step and output the final answer "
+            "within \\boxed{}.",
         }
     ]
     g = get_task("gsm8k").messages("Q?")[0]["content"]
@@ -200,6 +203,10 @@ def test_subset_is_seeded_sorted_and_complete():
 
 @pytest.mark.parametrize("name", TASK_NAMES)
 def test_every_task_builds_an_offline_table(name, wheel_dir):
+    from repexp.tasks import TASKS
+
+    if "offline" not in TASKS[name].sources:
+        pytest.skip(f"{name} has no offline source (hub data only)")
     split = SPLITS[name][0]
     df = build_table(get_task(name), split, n_questions=5, subset_seed=0, wheel_dir=wheel_dir)
     assert list(df.columns) == TABLE_COLUMNS and len(df) == 5
@@ -275,9 +282,11 @@ def test_humaneval_setup_is_the_prompt_up_to_the_entry_point(wheel_dir):
     task = get_task("mbppplus")
     # answers that call the prompt's helpers (the tests of /32, /38, /50 call them too)
     answers = {
-        "humaneval-10": "```python\ndef make_palindrome(string: str) -> str:\n    for i in range(len(string) + 1):\n"
+        "humaneval-10": "```python\ndef make_palindrome(string: str) -> str:\n"
+        "    for i in range(len(string) + 1):\n"
         "        if is_palindrome(string[i:]):\n            return string + string[:i][::-1]\n```",
-        "humaneval-38": "```python\ndef decode_cyclic(s: str):\n    return encode_cyclic(encode_cyclic(s))\n```",
+        "humaneval-38": "```python\ndef decode_cyclic(s: str):\n"
+        "    return encode_cyclic(encode_cyclic(s))\n```",
         "humaneval-50": "```python\ndef decode_shift(s: str):\n"
         "    return ''.join(chr((ord(ch) - 5 - ord('a')) % 26 + ord('a')) for ch in s)\n```",
     }
@@ -338,3 +347,99 @@ def test_score_many_matches_score_and_uses_workers(wheel_dir):
     assert got.dtype == np.float64 and got.shape == (40,)
     with pytest.raises(ValueError, match="40 answers but 39 responses"):
         score_many(task, answers, responses[:-1])
+
+
+# ------------------------------------------------------------------------------------------------
+# a new task is one record in the task table (CONTRIBUTING.md, "A new task")
+# ------------------------------------------------------------------------------------------------
+def _toy_records(split, wheel_dir=None, *, offset=10):
+    """The toy task's data source: ``i + offset =`` for i = 0..5 (a tiny in-memory loader)."""
+    return [src._rec(f"toy-{i}", f"{i} + {offset} =", str(i + offset)) for i in range(6)]
+
+
+def _toy_offset(offset):
+    if not isinstance(offset, int):
+        raise ValueError(f"toy offset must be an integer, not {offset!r}")
+
+
+def _toy_scorer(answer, response, settings, timeout_s):
+    """The toy task's verifier: the response's last integer equals the reference."""
+    import re
+
+    numbers = re.findall(r"-?\d+", response or "")
+    return float(bool(numbers) and int(numbers[-1]) == int(answer))
+
+
+@pytest.fixture
+def toy_task(monkeypatch):
+    """A throwaway task added through the table alone: one TaskSpec in TASKS."""
+    from repexp.tasks import TASKS, TaskSpec
+
+    spec = TaskSpec(
+        name="toy",
+        label="Toy sums",
+        template="Add: {question}",
+        splits=("test",),
+        sizes={"offline": {"test": 6}},
+        offline=_toy_records,
+        scorer=_toy_scorer,
+        answer_format="a number",
+        format_ok=lambda response: any(c.isdigit() for c in response),
+        data_options={"offset": _toy_offset},
+    )
+    monkeypatch.setitem(TASKS, "toy", spec)
+    return spec
+
+
+def test_a_new_task_is_one_record(toy_task, tmp_path):
+    from repexp.config import check_config
+    from repexp.score import main as score_cli
+    from repexp.tasks import expected_questions, task_from_config
+    from repexp.verifiers.formats import format_ok
+
+    # get_task and the prompt
+    task = get_task("toy")
+    assert task.messages("1 + 10 =") == [{"role": "user", "content": "Add: 1 + 10 ="}]
+    # build_table: the loader's records, the pinned size checked, the seeded subset
+    df = build_table(task, "test")
+    assert df["answer"].tolist() == ["10", "11", "12", "13", "14", "15"]
+    assert expected_questions("toy", "offline", "test") == 6
+    sub = build_table(task, "test", n_questions=3, subset_seed=1)
+    assert sub["qid"].tolist() == [r["qid"] for r in subset(_toy_records("test"), 3, 1)]
+    # a data option reaches the loader; a bad one fails when the task is made
+    shifted = build_table(get_task("toy", offset=100), "test")
+    assert shifted["answer"].tolist() == [str(100 + i) for i in range(6)]
+    with pytest.raises(ValueError, match="toy offset"):
+        get_task("toy", offset="x")
+    with pytest.raises(ValueError, match="toy only"):
+        get_task("gsm8k", offset=3)
+    # score_many (two worker processes) and format_ok
+    answers = df["answer"].tolist()
+    responses = ["so 10", "it is 12", "13", "#### 13", "no idea", "14 then 15"]
+    want = [1.0, 0.0, 0.0, 1.0, 0.0, 1.0]  # by hand
+    np.testing.assert_array_equal(score_many(task, answers, responses, workers=2), want)
+    assert [format_ok("toy", r) for r in responses] == [True, True, True, True, False, True]
+    # the config check knows it (a schema edit is not needed), and the data option is a key
+    cfg = {"models": {"m": {"source": "hub", "repo_id": "a/b"}}, "tasks": {"toy": {}}}
+    check_config(cfg, REPO_SCHEMA)
+    assert task_from_config("toy", cfg).source == "offline"
+    # the CLIs of prepare_task and score_pool take it
+    out = tmp_path / "toy.parquet"
+    assert tasks_cli(["--task", "toy", "--split", "test", "--out", str(out)]) == 0
+    pd.testing.assert_frame_equal(pd.read_parquet(out), df)
+    pool = pd.DataFrame({"qid": df["qid"], "sample": 0, "text": responses})
+    pool.to_parquet(tmp_path / "pool.parquet")
+    argv = ["--pool", str(tmp_path / "pool.parquet"), "--tasks", str(out), "--task", "toy"]
+    assert score_cli([*argv, "--workers", "1", "--out", str(tmp_path / "s.parquet")]) == 0
+    assert pd.read_parquet(tmp_path / "s.parquet")["correct"].tolist() == want
+
+
+def test_config_rejects_a_task_without_a_record():
+    from repexp.config import ConfigError, check_config
+    from repexp.tasks import TASKS
+
+    cfg = {"models": {"m": {"source": "hub", "repo_id": "a/b"}}, "tasks": {"toy": {}}}
+    with pytest.raises(ConfigError) as e:
+        check_config(cfg, REPO_SCHEMA)
+    assert "unknown key(s) 'toy' under `tasks`" in str(e.value)
+    assert all(name in str(e.value) for name in TASKS)

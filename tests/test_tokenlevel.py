@@ -1,5 +1,6 @@
-"""Token-level RepExp (paper.md §2): the centred inverse, the candidate step on the key/value cache,
-vanilla equivalence at β = 0, and the experiment's tables, against direct computations."""
+"""Token-level RepExp (paper.md §2): the settings, the candidate step on the key/value cache,
+vanilla equivalence at β = 0, and the experiment's tables, against direct computations (the
+centred inverse: tests/test_elliptical.py)."""
 
 from __future__ import annotations
 
@@ -11,80 +12,96 @@ import pandas as pd
 import pytest
 import torch
 
-from repexp import tokenbatch as tb
 from repexp import tokenlevel as tl
 from repexp.models import load_model, load_tokenizer
 from repexp.pools import prompt_ids_of
 
 
 # ------------------------------------------------------------------------------------------------
-# Proposition B.2
+# the settings: one dataclass, the schema's defaults
 # ------------------------------------------------------------------------------------------------
-def direct_centred_inverse(states: np.ndarray, lam: float) -> np.ndarray:
-    c = states - states.mean(0)
-    return np.linalg.inv(lam * np.eye(states.shape[1]) + c.T @ c)
+def test_settings_are_the_schema_section_with_its_defaults():
+    import dataclasses
+    from pathlib import Path
 
+    import yaml
 
-def rel(a, b) -> float:
-    return float(np.linalg.norm(np.asarray(a) - np.asarray(b)) / np.linalg.norm(np.asarray(b)))
+    from repexp import jobs
 
-
-@pytest.mark.parametrize("seed", range(5))
-def test_incremental_centred_inverse_equals_the_direct_inverse(seed):
-    rng = np.random.default_rng(seed)
-    d, lam = int(rng.integers(4, 24)), 0.1
-    offset = rng.normal(0, 3, d)  # hidden states are far from centred
-    inv = tl.CentredInverse(d, lam)
-    seen = []
-    for _ in range(int(rng.integers(2, 7))):
-        resp = offset + rng.normal(
-            0, 1, (int(rng.integers(1, 40)), d)
-        )  # responses of random lengths
-        inv.add(torch.from_numpy(resp))
-        seen.append(resp)
-        all_states = np.concatenate(seen)
-        assert rel(inv.inverse().numpy(), direct_centred_inverse(all_states, lam)) <= 1e-8
-        np.testing.assert_allclose(inv.mean.numpy(), all_states.mean(0), rtol=1e-12, atol=1e-12)
-        # the bonus is the square root of the quadratic form in the centred inverse
-        h = offset + rng.normal(0, 1, (5, d))
-        c = h - all_states.mean(0)
-        want = np.sqrt(np.einsum("ij,jk,ik->i", c, direct_centred_inverse(all_states, lam), c))
-        assert rel(inv.bonus(torch.from_numpy(h)).numpy(), want) <= 1e-8
-
-
-def test_empty_inverse_is_identity_over_lambda_and_bad_states_fail():
-    inv = tl.CentredInverse(3, 0.1)
-    np.testing.assert_allclose(inv.inverse().numpy(), np.eye(3) * 10.0)
-    np.testing.assert_allclose(
-        inv.bonus(torch.tensor([[3.0, 4.0, 0.0]])).numpy(), [np.sqrt(10.0) * 5.0]
-    )
-    with pytest.raises(ValueError, match="NaN/Inf"):
-        inv.add(torch.tensor([[1.0, float("nan"), 0.0]]))
-    with pytest.raises(ValueError, match=r"\(T, 3\)"):
-        inv.add(torch.ones(2, 4))
-    with pytest.raises(ValueError, match="lam"):
-        tl.CentredInverse(3, 0.0)
+    schema = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
+    section = yaml.safe_load(schema.read_text())["properties"]["token_level"]["properties"]
+    fields = {f.name for f in dataclasses.fields(tl.Settings)}
+    # every key of the section is a field or a grid key (which jobs exist), never both
+    assert fields | set(tl.GRID_KEYS) == set(section) and not fields & set(tl.GRID_KEYS)
+    assert tl.Settings().to_dict() == {k: section[k]["default"] for k in fields}
+    assert tl.Settings(lam=0.5, top_k=7).to_dict() == {
+        **{k: section[k]["default"] for k in fields},
+        "lam": 0.5,
+        "top_k": 7,
+    }
+    # the rules' --settings: the validated section without the grid keys, every field from it
+    tl_config = jobs.load_config(["config/test.yaml"])["token_level"]
+    job = json.loads(tl.settings_json(tl_config))
+    assert set(job) == fields
+    assert tl.Settings.from_dict(job).to_dict() == {k: tl_config[k] for k in fields}
+    assert tl.Settings.from_dict(tl_config) == tl.Settings.from_dict(job)  # grid keys ignored
+    with pytest.raises(ValueError, match=r"unknown token_level settings \['lamda'\]"):
+        tl.Settings.from_dict({"lamda": 0.1})
+    with pytest.raises(ValueError, match="top_p"):
+        tl.Settings(top_p=0.0)
 
 
 # ------------------------------------------------------------------------------------------------
 # decoding on the tiny model
 # ------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def tiny_lm(tiny):
-    model = load_model(tiny, dtype="float32")
-    tok = load_tokenizer(tiny)
-    prompt = prompt_ids_of(tok, [{"role": "user", "content": "What is 2 + 3?"}])
-    return model, tok, prompt
+def lm(tiny_lm):
+    """The tiny model, its tokenizer and one chat prompt."""
+    model, tok = tiny_lm
+    return model, tok, prompt_ids_of(tok, [{"role": "user", "content": "What is 2 + 3?"}])
 
 
 def decoder(model, tok, **kw):
     return tl.Decoder(model, tl.eos_ids_of(model, tok), tl.Settings(**{"max_new_tokens": 12, **kw}))
 
 
-def test_candidate_states_on_the_cache_equal_a_full_forward(tiny_lm):
+def test_end_of_sequence_helpers(lm):
+    """repexp.models' helpers, shared with the pools: every end id of the model and tokenizer, and
+    a row cut after its first one."""
+    from repexp.models import cut_at_eos, pad_id_of
+
+    model, tok, _ = lm
+    eos = model.generation_config.eos_token_id
+    want = sorted({*(eos if isinstance(eos, list) else [eos]), tok.eos_token_id} - {None})
+    assert tl.eos_ids_of(model, tok) == want
+    assert pad_id_of(tok, want) == tok.pad_token_id
+    end = want[0]
+    assert cut_at_eos([4, 5, end, 6, end], want) == ([4, 5, end], "stop")
+    assert cut_at_eos([end], want) == ([end], "stop")
+    assert (
+        cut_at_eos([4, 5, 6], want) == ([4, 5, 6], "length") and cut_at_eos([], want)[1] == "length"
+    )
+
+    class NoPad:
+        pad_token_id = None
+
+    assert pad_id_of(NoPad(), [3, 7]) == 3  # the first (smallest) end id
+
+
+def test_doctests_of_the_batched_engine_and_the_run_states():
+    import doctest
+
+    from repexp.tokenlevel import batch, state
+
+    for module in (batch, state):
+        result = doctest.testmod(module)
+        assert result.attempted > 0 and result.failed == 0, module.__name__
+
+
+def test_candidate_states_on_the_cache_equal_a_full_forward(lm):
     from transformers import DynamicCache
 
-    model, tok, prompt = tiny_lm
+    model, tok, prompt = lm
     dec = decoder(model, tok, candidate_batch=3)  # 7 candidates: three batches
     cands = torch.tensor([11, 5, 90000, 42, 7, 151000, 3])
     cache = DynamicCache()
@@ -103,10 +120,10 @@ def test_candidate_states_on_the_cache_equal_a_full_forward(tiny_lm):
         assert torch.allclose(nxt, ref, atol=1e-5, rtol=0)
 
 
-def test_vanilla_loop_equals_transformers_generate_under_the_same_seed(tiny_lm):
+def test_vanilla_loop_equals_transformers_generate_under_the_same_seed(lm):
     from transformers import GenerationConfig
 
-    model, tok, prompt = tiny_lm
+    model, tok, prompt = lm
     dec = decoder(model, tok, max_new_tokens=16)
     ours = dec.generate(prompt, generator=tl.make_generator("cpu", 5))["response_ids"]
     torch.manual_seed(5)
@@ -126,8 +143,8 @@ def test_vanilla_loop_equals_transformers_generate_under_the_same_seed(tiny_lm):
     assert ours == ref.tolist()[: len(ours)] and len(ours) == 16
 
 
-def test_beta_zero_reproduces_vanilla_token_for_token(tiny_lm):
-    model, tok, prompt = tiny_lm
+def test_beta_zero_reproduces_vanilla_token_for_token(lm):
+    model, tok, prompt = lm
     dec = decoder(model, tok, candidate_batch=50)
     never = lambda text: False  # noqa: E731
     vanilla = tl.explore(dec, tok, prompt, never, k_max=4, beta=None, seed=11)
@@ -142,8 +159,8 @@ def test_beta_zero_reproduces_vanilla_token_for_token(tiny_lm):
     assert all(r["mean_bonus"] > 0 for r in bonus[1:])
 
 
-def test_token_states_are_the_response_positions_of_a_full_forward(tiny_lm):
-    model, tok, prompt = tiny_lm
+def test_token_states_are_the_response_positions_of_a_full_forward(lm):
+    model, tok, prompt = lm
     dec = decoder(model, tok, max_new_tokens=9)
     for inverse in (None, tl.CentredInverse(model.config.hidden_size, 0.1)):
         if inverse is not None:
@@ -165,8 +182,8 @@ def test_token_states_are_the_response_positions_of_a_full_forward(tiny_lm):
         assert torch.allclose(out["states"], full, atol=1e-5, rtol=0)
 
 
-def test_explore_stops_at_the_first_correct_response(tiny_lm):
-    model, tok, prompt = tiny_lm
+def test_explore_stops_at_the_first_correct_response(lm):
+    model, tok, prompt = lm
     dec = decoder(model, tok, max_new_tokens=4)
     calls = []
 
@@ -194,7 +211,7 @@ def test_explore_stops_at_the_first_correct_response(tiny_lm):
 
 
 # ------------------------------------------------------------------------------------------------
-# the batched engine (repexp.tokenbatch): the same runs as the sequential engine
+# the batched engine (repexp.tokenlevel.batch): the same runs as the sequential engine
 # ------------------------------------------------------------------------------------------------
 def crc_check(text: str) -> bool:
     """A verdict that is a fixed function of the text: about one response in three is correct."""
@@ -202,11 +219,11 @@ def crc_check(text: str) -> bool:
 
 
 @pytest.fixture(scope="module")
-def varied(tiny_lm):
+def varied(lm):
     """A decoder whose responses end at different lengths (5% of the vocabulary counts as an end
     of sequence) and eight runs with prompts of different lengths, vanilla, beta 0, 0.5 and 1,
     with the sequential engine's rows (candidates come in batches of 50: up to three per step)."""
-    model, tok, _ = tiny_lm
+    model, tok, _ = lm
     rng = np.random.default_rng(0)
     eos = set(tl.eos_ids_of(model, tok)) | set(
         rng.choice(model.config.vocab_size, 7500, replace=False).tolist()
@@ -244,8 +261,8 @@ def test_batched_engine_equals_the_sequential_engine(varied, slots, attention):
     assert len({r["n_tokens"] for rows in sequential for r in rows}) >= 4
     assert any(r["correct"] for rows in sequential for r in rows)
     assert np.nanmax([r["mean_candidates"] for rows in sequential for r in rows]) > 100  # 3 batches
-    runs = [tb.Run(p, crc_check, seed=s, beta=b) for p, s, b in specs]
-    engine = tb.BatchedExplorer(dec, tok, slots, attention=attention)
+    runs = [tl.Run(p, crc_check, seed=s, beta=b) for p, s, b in specs]
+    engine = tl.BatchedExplorer(dec, tok, slots, attention=attention)
     engine.explore(runs, k_max=4)
     for run, rows in zip(runs, sequential, strict=True):
         assert_same_rows(run.rows, rows)
@@ -261,24 +278,24 @@ def test_runs_split_into_parts_continue_exactly(varied, tmp_path):
     states = None
     done = {i: [] for i in range(len(specs))}
     for part, until in enumerate([1, 3, 4]):
-        runs = {i: tb.Run(p, crc_check, seed=s, beta=b) for i, (p, s, b) in enumerate(specs)}
+        runs = {i: tl.Run(p, crc_check, seed=s, beta=b) for i, (p, s, b) in enumerate(specs)}
         if states is not None:
             for i, run in runs.items():
-                tb.restore_run(
+                tl.restore_run(
                     run, states[i], device=dec.device, hidden=hidden, lam=dec.settings.lam
                 )
-        tb.BatchedExplorer(dec, tok, 3).explore(list(runs.values()), k_max=4, until=until)
+        tl.BatchedExplorer(dec, tok, 3).explore(list(runs.values()), k_max=4, until=until)
         for i, run in runs.items():
             assert all(r["response"] <= until for r in run.rows)
             done[i] += run.rows
-        tb.save_runs(runs, tmp_path / f"part-{part}.pt")
-        states = tb.load_states(tmp_path / f"part-{part}.pt")
+        tl.save_runs(runs, tmp_path / f"part-{part}.pt")
+        states = tl.load_states(tmp_path / f"part-{part}.pt")
     for i, rows in enumerate(sequential):
         assert_same_rows(done[i], rows)
         assert states[i] == {"next_response": len(rows) + 1, "finished": True}
     with pytest.raises(ValueError, match="part 3 is empty"):
-        tb.part_range(3, 2, 6)
-    assert tb.part_range(2, 2, 5) == (5, 5)
+        tl.part_range(3, 2, 6)
+    assert tl.part_range(2, 2, 5) == (5, 5)
 
 
 def test_slot_attention_leaves_other_forwards_unchanged(tiny):
@@ -293,12 +310,12 @@ def test_slot_attention_leaves_other_forwards_unchanged(tiny):
             model(input_ids=ids).logits,
             model.base_model(input_ids=ids[:, :2], attention_mask=mask[..., :2]).last_hidden_state,
         ]
-        name = tb.use_slot_attention(model)
+        name = tl.use_slot_attention(model)
         after = [
             model(input_ids=ids).logits,
             model.base_model(input_ids=ids[:, :2], attention_mask=mask[..., :2]).last_hidden_state,
         ]
-    assert name == "repexp_slots_sdpa" and tb.use_slot_attention(model) == name
+    assert name == "repexp_slots_sdpa" and tl.use_slot_attention(model) == name
     assert all(torch.equal(a, b) for a, b in zip(before, after, strict=True))
 
 
@@ -306,7 +323,7 @@ def test_slot_memory_by_hand():
     # Qwen2.5-7B: hidden 3,584, 28 layers, 4 key/value heads of 128, bf16; 776 positions
     inverses = 2 * 8 * 3584**2  # Σ̃⁻¹ and Σ⁻¹, float64
     kv = 776 * 28 * 2 * 4 * 128 * 2  # keys and values of every layer
-    assert tb.slot_bytes(3584, 28, 4, 128, 776) == inverses + kv == 250_019_840
+    assert tl.slot_bytes(3584, 28, 4, 128, 776) == inverses + kv == 250_019_840
 
 
 # ------------------------------------------------------------------------------------------------
@@ -372,8 +389,8 @@ def test_part_files_name_the_chain():
     assert last["part"] == 2 and last["state"] == f"{base}.part-1.state.pt"
     assert last["rows"] == [f"{base}.part-0.parquet", f"{base}.part-1.parquet"]
     assert (
-        last["cli"]
-        == f"--state-in {base}.part-1.state.pt --rows-in {base}.part-0.parquet {base}.part-1.parquet"
+        last["cli"] == f"--state-in {base}.part-1.state.pt "
+        f"--rows-in {base}.part-0.parquet {base}.part-1.parquet"
     )
     for bad in ("4.part-2", "4.part-x", "x"):
         with pytest.raises(ValueError, match="no token-level job"):
@@ -467,25 +484,16 @@ def test_questions_cli_subsamples_with_the_master_seed(tmp_path):
     scores.iloc[:24].to_parquet(shards[0])  # questions a, b, c
     scores.iloc[24:].to_parquet(shards[1])  # d, e
     out = tmp_path / "questions.parquet"
-    args = ["questions", "--scores", *map(str, shards), "--n-questions", "3", "--out", str(out)]
-    assert tl.main([*args, "--reference-samples", "4", "--seed", "0"]) == 0
+    args = ["questions", "--scores", *map(str, shards), "--out", str(out)]
+    sub4 = json.dumps({"n_questions": 3, "reference_samples": 4})
+    assert tl.main([*args, "--settings", sub4, "--seed", "0"]) == 0
     want = tl.hardest_solvable(scores, 3, samples=4, seed=0)
     pd.testing.assert_frame_equal(pd.read_parquet(out), want)
-    assert tl.main([*args, "--reference-samples", "all"]) == 0
+    whole = json.dumps({"n_questions": 3, "reference_samples": None})  # null: the whole pool
+    assert tl.main([*args, "--settings", whole]) == 0
     assert pd.read_parquet(out)["qid"].tolist() == ["a", "e", "b"]
     with pytest.raises(SystemExit, match="several score shards"):
-        tl.main(
-            [
-                "questions",
-                "--scores",
-                str(shards[0]),
-                str(shards[0]),
-                "--n-questions",
-                "3",
-                "--out",
-                str(out),
-            ]
-        )
+        tl.main(["questions", "--scores", *map(str, shards[:1] * 2), "--out", str(out)])
 
 
 def test_reference_subsample_is_uniform_without_replacement():
@@ -548,7 +556,8 @@ def test_pass_at_k_and_difficulty_tables_by_hand():
     assert passk.loc[("beta1", 1), "se"] == pytest.approx(0.25)
     questions = pd.DataFrame({"qid": ["q1", "q2"], "ref_pass1": [0.1, 0.3]})
     diff = tl.difficulty_table(per_run, questions, k=2, bins=2).set_index(["method", "bin"])
-    # within 2 generations: vanilla q1 0, q2 1; beta1 q1 1, q2 0 -> bin 1 (q1, hardest): +1; bin 2: -1
+    # within 2 generations: vanilla q1 0, q2 1; beta1 q1 1, q2 0
+    # -> bin 1 (q1, hardest): +1; bin 2: -1
     assert (
         diff.loc[("beta1", 1), "improvement"] == 1.0
         and diff.loc[("beta1", 2), "improvement"] == -1.0
@@ -583,6 +592,7 @@ def test_run_and_summarize_commands_on_the_tiny_model(tiny, tmp_path):
             "ref_pass1": [0.125, 0.25],
         }
     ).to_parquet(tmp_path / "questions.parquet")
+    settings = {"n_questions": 3, "seeds": 2, "runs_per_shard": 4, "k_max": 2, "max_new_tokens": 5}
     common = [
         "--model",
         str(tiny),
@@ -592,16 +602,8 @@ def test_run_and_summarize_commands_on_the_tiny_model(tiny, tmp_path):
         str(tmp_path / "test.parquet"),
         "--questions",
         str(tmp_path / "questions.parquet"),
-        "--n-questions",
-        "3",
-        "--seeds",
-        "2",
-        "--runs-per-shard",
-        "4",
-        "--k-max",
-        "2",
-        "--max-new-tokens",
-        "5",
+        "--settings",
+        json.dumps(settings),
         "--dtype",
         "float32",
         "--task",
@@ -655,10 +657,8 @@ def test_run_and_summarize_commands_on_the_tiny_model(tiny, tmp_path):
                 "tiny",
                 "--task",
                 "gsm8k",
-                "--k-max",
-                "2",
-                "--difficulty-bins",
-                "2",
+                "--settings",
+                json.dumps({"k_max": 2, "difficulty_bins": 2}),
                 "--out-passk",
                 str(tables["passk"]),
                 "--out-difficulty",
@@ -689,7 +689,8 @@ def test_run_and_summarize_commands_on_the_tiny_model(tiny, tmp_path):
         )
 
 
-def test_run_command_in_parts_equals_one_job(tiny, tmp_path):
+@pytest.mark.parametrize("method,beta", [("vanilla", "none"), ("beta1", "1.0")])
+def test_run_command_in_parts_equals_one_job(tiny, tmp_path, method, beta):
     """A shard's runs in three jobs (responses 1, 2, 3; run states and earlier responses handed on)
     write the same responses as one job; a part without the previous state, or with another
     split, is refused."""
@@ -711,35 +712,21 @@ def test_run_command_in_parts_equals_one_job(tiny, tmp_path):
             "ref_pass1": [0.125, 0.25],
         }
     ).to_parquet(tmp_path / "questions.parquet")
-    common = [
-        "--model",
-        str(tiny),
-        "--model-name",
-        "tiny",
-        "--tasks",
-        str(tmp_path / "test.parquet"),
-        "--questions",
-        str(tmp_path / "questions.parquet"),
-        "--n-questions",
-        "2",
-        "--seeds",
-        "2",
-        "--runs-per-shard",
-        "4",
-        "--k-max",
-        "3",
-        "--max-new-tokens",
-        "5",
-        "--dtype",
-        "float32",
-        "--task",
-        "gsm8k",
-        "--threads",
-        "1",
-        "--shard",
-        "0",
-        "--slots",
-        "3",
+    settings = {
+        "n_questions": 2,
+        "seeds": 2,
+        "runs_per_shard": 4,
+        "k_max": 3,
+        "max_new_tokens": 5,
+        "slots": 3,
+    }
+    run = [
+        "run",
+        *("--model", str(tiny), "--model-name", "tiny", "--task", "gsm8k"),
+        *("--tasks", str(tmp_path / "test.parquet")),
+        *("--questions", str(tmp_path / "questions.parquet")),
+        *("--settings", json.dumps(settings), "--dtype", "float32", "--threads", "1"),
+        *("--shard", "0", "--method", method, "--beta", beta),
     ]
     exact = [
         "qid",
@@ -752,98 +739,29 @@ def test_run_command_in_parts_equals_one_job(tiny, tmp_path):
         "correct",
         "text",
     ]
-    for method, beta in (("vanilla", "none"), ("beta1", "1.0")):
-        run = [*common, "--method", method, "--beta", beta]
-        d = tmp_path / method
-        assert tl.main(["run", *run, "--out", str(d / "one.parquet")]) == 0
-        assert (
-            tl.main(
-                [
-                    "run",
-                    *run,
-                    "--responses-per-job",
-                    "1",
-                    "--part",
-                    "0",
-                    "--state-out",
-                    str(d / "s0.pt"),
-                    "--out",
-                    str(d / "p0.parquet"),
-                ]
-            )
-            == 0
-        )
-        assert (
-            tl.main(
-                [
-                    "run",
-                    *run,
-                    "--responses-per-job",
-                    "1",
-                    "--part",
-                    "1",
-                    "--state-in",
-                    str(d / "s0.pt"),
-                    "--state-out",
-                    str(d / "s1.pt"),
-                    "--out",
-                    str(d / "p1.parquet"),
-                ]
-            )
-            == 0
-        )
-        assert (
-            tl.main(
-                [
-                    "run",
-                    *run,
-                    "--responses-per-job",
-                    "1",
-                    "--part",
-                    "2",
-                    "--state-in",
-                    str(d / "s1.pt"),
-                    "--rows-in",
-                    str(d / "p0.parquet"),
-                    str(d / "p1.parquet"),
-                    "--out",
-                    str(d / "last.parquet"),
-                ]
-            )
-            == 0
-        )
-        one, last = pd.read_parquet(d / "one.parquet"), pd.read_parquet(d / "last.parquet")
-        assert len(one) == 4 * 3 and set(pd.read_parquet(d / "p1.parquet")["response"]) == {2}
-        pd.testing.assert_frame_equal(last[exact], one[exact])
-        np.testing.assert_allclose(last["mean_bonus"], one["mean_bonus"], rtol=1e-5)
-        with pytest.raises(SystemExit, match="pass its --state-in"):
-            tl.main(
-                [
-                    "run",
-                    *run,
-                    "--responses-per-job",
-                    "1",
-                    "--part",
-                    "1",
-                    "--out",
-                    str(d / "x.parquet"),
-                ]
-            )
-        with pytest.raises(SystemExit, match="continues at response 2"):
-            tl.main(
-                [
-                    "run",
-                    *run,
-                    "--responses-per-job",
-                    "2",
-                    "--part",
-                    "1",
-                    "--state-in",
-                    str(d / "s0.pt"),
-                    "--out",
-                    str(d / "x.parquet"),
-                ]
-            )
+    assert tl.main([*run, "--out", str(tmp_path / "one.parquet")]) == 0
+    for part in range(3):  # each part hands its state on; the last one gathers the rows
+        handed = ["--state-in", str(tmp_path / f"s{part - 1}.pt")] if part else []
+        if part < 2:
+            handed += ["--state-out", str(tmp_path / f"s{part}.pt")]
+        else:
+            handed += ["--rows-in", str(tmp_path / "p0.parquet"), str(tmp_path / "p1.parquet")]
+        out = tmp_path / ("last.parquet" if part == 2 else f"p{part}.parquet")
+        part_args = ["--responses-per-job", "1", "--part", str(part)]
+        assert tl.main([*run, *part_args, *handed, "--out", str(out)]) == 0
+    one, last = (
+        pd.read_parquet(tmp_path / "one.parquet"),
+        pd.read_parquet(tmp_path / "last.parquet"),
+    )
+    assert len(one) == 4 * 3 and set(pd.read_parquet(tmp_path / "p1.parquet")["response"]) == {2}
+    pd.testing.assert_frame_equal(last[exact], one[exact])
+    np.testing.assert_allclose(last["mean_bonus"], one["mean_bonus"], rtol=1e-5)
+    x = ["--out", str(tmp_path / "x.parquet")]
+    with pytest.raises(SystemExit, match="pass its --state-in"):
+        tl.main([*run, "--responses-per-job", "1", "--part", "1", *x])
+    with pytest.raises(SystemExit, match="continues at response 2"):
+        s0 = ["--state-in", str(tmp_path / "s0.pt")]
+        tl.main([*run, "--responses-per-job", "2", "--part", "1", *s0, *x])
 
 
 def test_dry_run_chains_the_parts(tmp_path):
@@ -870,8 +788,8 @@ def test_dry_run_chains_the_parts(tmp_path):
         and f"--state-out {base}.part-0.state.pt" in first
     )
     assert (
-        f"--part 1 --responses-per-job 1 --state-in {base}.part-0.state.pt --rows-in {base}.part-0.parquet"
-        in last
+        f"--part 1 --responses-per-job 1 --state-in {base}.part-0.state.pt "
+        f"--rows-in {base}.part-0.parquet" in last
     )
 
 

@@ -346,18 +346,32 @@ def test_recipe_and_math_verify_scorers(answer, response, recipe, mv):
 
 
 def test_math_reward_option_reaches_the_rl_reward():
-    """`verifiers.math_reward` -> the trainer's verifier options -> the task of the RL reward; the
-    inference default (no option) keeps math-verify; dapo (math-verify in the recipe) ignores it."""
+    """`verifiers.math_reward` -> the trainer's verifier settings (`--verifiers` JSON, read as the
+    RL stage's) -> the task of the RL reward; the inference default (no option) keeps math-verify;
+    dapo (math-verify in the recipe) ignores it."""
+    from repexp.rl.methods import RewardContext, method
     from repexp.rl.rewards import CorrectnessReward
-    from repexp.rl.train import verifier_options_of
+    from repexp.rl.trainer import RLSettings
     from repexp.tasks import get_task
+    from repexp.verifiers.settings import VerifierSettings
 
     answers = [a for a, _, _, _ in SCORERS]
     responses = [r for _, r, _, _ in SCORERS]
     for choice, col in (("recipe", 2), ("math_verify", 3)):
-        options = verifier_options_of({"math_reward": choice})
-        reward = CorrectnessReward("math", verifier_options=options)
+        settings = VerifierSettings.for_stage({"math_reward": choice}, "rl")
+        reward = CorrectnessReward("math", verifiers=settings)
         assert reward(completions=responses, answer=answers) == [c[col] for c in SCORERS]
+        # the trainer's path: repexp.rl.train.reward_functions builds it from a RewardContext
+        ctx = RewardContext(
+            model="",
+            task="math",
+            seed=0,
+            source="offline",
+            settings=RLSettings(),
+            verifiers=settings,
+        )
+        grpo = method("grpo").reward(ctx)
+        assert grpo(completions=responses, answer=answers) == [c[col] for c in SCORERS]
     assert get_task("math").score("1000", boxed("1,000")) == 1.0
     assert get_task("dapo", math_reward="recipe").score("1000", boxed("1,000")) == 1.0
     with pytest.raises(ValueError, match="math_reward"):

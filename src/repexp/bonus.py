@@ -8,7 +8,7 @@ with the group including i itself):
     b_i = φ_iᵀ Σ⁻¹ φ_i,   Σ = λ I + Σ_{j=1..G} φ_j φ_jᵀ,
 
 which lies in [0, 1). Σ⁻¹ is built as the authors' code does, by G Sherman–Morrison rank-one
-updates from Λ_0 = λ⁻¹ I (paper Alg. 1 line 5):
+updates from Λ_0 = λ⁻¹ I (paper Alg. 1 line 5; :func:`repexp.elliptical.sherman_morrison`):
 
     u = Λ φ_j,   Λ ← Λ − u uᵀ / (1 + φ_jᵀ u).
 
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from repexp.elliptical import sherman_morrison
 from repexp.select import sparse_projection_matrix
 
 __all__ = ["elliptical_bonus", "group_bonuses", "projection_seed", "sparse_projection"]
@@ -47,13 +48,13 @@ def elliptical_bonus(features, lam: float, *, center: bool = True) -> np.ndarray
         phi -= phi.mean(axis=0)
     Lam = np.eye(phi.shape[1]) / lam
     for f in phi:
-        u = Lam @ f
-        Lam -= np.outer(u, u) / (1.0 + f @ u)
+        sherman_morrison(Lam, f)
     return np.einsum("id,de,ie->i", phi, Lam, phi)
 
 
 def projection_seed(seed: int, step: int) -> int:
-    """The seed of step ``step``'s projection matrix: a 32-bit value from ``SeedSequence([seed, step])``."""
+    """The seed of step ``step``'s projection matrix: a 32-bit value from
+    ``SeedSequence([seed, step])``."""
     return int(np.random.SeedSequence([int(seed), int(step)]).generate_state(1, dtype=np.uint32)[0])
 
 

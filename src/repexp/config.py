@@ -1,4 +1,5 @@
-"""Configuration checking: the JSON schema (with defaults) plus the cross-references it cannot express.
+"""Configuration checking: the JSON schema (with defaults) plus the cross-references it cannot
+express.
 
 ``check_config(config, schema_path)`` is called by ``workflow/rules/common.smk`` before any job is
 scheduled. Every problem is reported at once, each line naming the key, the value and what is
@@ -82,6 +83,53 @@ def schema_errors(config: dict, schema: dict) -> list[str]:
     return list(dict.fromkeys(_describe(e) for e in errs))
 
 
+def task_errors(config: dict) -> list[str]:
+    """Task names and task-specific settings checked against the task table
+    (:data:`repexp.tasks.TASKS`): the schema accepts any name, so a new task needs no schema
+    edit."""
+    from repexp.tasks import TASKS
+
+    known = ", ".join(sorted(TASKS))
+    options = sorted({o for spec in TASKS.values() for o in spec.data_options})
+    errors = []
+
+    def check_names(names, key):
+        unknown = [t for t in names if t not in TASKS]
+        if unknown:
+            errors.append(
+                f"unknown key(s) {', '.join(repr(t) for t in unknown)} under `{key}`; allowed: "
+                f"{known} (the tasks of repexp.tasks.TASKS)"
+            )
+
+    tasks = config.get("tasks")
+    if isinstance(tasks, dict):
+        check_names(tasks, "tasks")
+        for t, entry in tasks.items():
+            if t not in TASKS or not isinstance(entry, dict):
+                continue
+            spec = TASKS[t]
+            source = entry.get("source", "offline")
+            if source not in spec.sources:
+                errors.append(
+                    f"config key `tasks.{t}.source` has value {source!r}; allowed for {t}: "
+                    f"{', '.join(repr(s) for s in spec.sources)}"
+                )
+            for option in options:  # each is a property of the schema's $defs/task
+                if entry.get(option) is not None and option not in spec.data_options:
+                    owners = [n for n, s in TASKS.items() if option in s.data_options]
+                    errors.append(
+                        f"config key `tasks.{t}.{option}` is set, but {option} is an option of "
+                        f"{', '.join(owners)} only; remove it"
+                    )
+    overrides = (config.get("rl") or {}).get("task_overrides")
+    if isinstance(overrides, dict):
+        check_names(overrides, "rl.task_overrides")
+    lengths = (config.get("cluster") or {}).get("response_tokens")
+    if isinstance(lengths, dict):
+        check_names(lengths, "cluster.response_tokens")
+    return errors
+
+
 def reference_errors(config: dict) -> list[str]:
     """Names used in one section must be defined in another (the schema cannot say this)."""
     from repexp.tasks import SPLITS
@@ -112,7 +160,8 @@ def reference_errors(config: dict) -> list[str]:
             )
     if inf.get("models") and inf.get("tasks") and "vanilla" not in samplers:
         errors.append(
-            "config key `inference.samplers` must define `vanilla` (the pools of every model x task)"
+            "config key `inference.samplers` must define `vanilla` "
+            "(the pools of every model x task)"
         )
     for i, m in enumerate((inf.get("features") or {}).get("ablation_models") or []):
         if m not in inf.get("models", []):
@@ -149,6 +198,14 @@ def reference_errors(config: dict) -> list[str]:
         need("task", tasks, f"rl.tasks.{i}", t)
     for t, o in rl.get("task_overrides", {}).items():
         need("task", tasks, f"rl.task_overrides.{t}.dev_task", o.get("dev_task"))
+    from repexp.rl.methods import METHODS  # the table of RL methods, not the schema, names them
+
+    for i, m in enumerate(rl.get("methods", [])):
+        if m not in METHODS:
+            errors.append(
+                f"config key `rl.methods.{i}` has value {m!r}; allowed: one of "
+                f"{', '.join(map(repr, METHODS))} (repexp.rl.methods.METHODS)"
+            )
     for t, spec in config.get("tasks", {}).items():
         for s in spec.get("splits", []):
             if t in SPLITS and s not in SPLITS[t]:
@@ -160,10 +217,11 @@ def reference_errors(config: dict) -> list[str]:
 
 
 def check_config(config: dict, schema_path: str | os.PathLike) -> dict:
-    """Validate ``config`` in place (filling defaults) or raise :class:`ConfigError` listing every problem."""
+    """Validate ``config`` in place (filling defaults) or raise :class:`ConfigError` listing every
+    problem."""
     with open(schema_path) as f:
         schema = yaml.safe_load(f)
-    errors = schema_errors(config, schema)
+    errors = schema_errors(config, schema) + task_errors(config)
     if not errors:
         from snakemake.utils import validate
 
@@ -176,3 +234,96 @@ def check_config(config: dict, schema_path: str | os.PathLike) -> dict:
             + "\nSee config/README.md for every key and its allowed values."
         )
     return config
+
+
+# ------------------------------------------------------------------------------------------------
+# settings checked before any job: what a stage's own dataclass rejects
+# ------------------------------------------------------------------------------------------------
+def stage_errors(config: dict, root: str | os.PathLike | None = None) -> list[str]:
+    """Problems that only a stage's own settings check finds, reported with the schema's.
+
+    The inference stage: every name in ``inference.selection.methods`` is a selector of
+    :data:`repexp.selectors.SELECTORS` that needs only the select stage's inputs.
+    The RL stage (when ``rl.model`` and ``rl.tasks`` are set): every task's training settings
+    (``rl`` with its ``task_overrides``) must pass ``RLSettings.from_dict`` (whole groups per
+    process, batch multiples, ...), and with ``rl.gpus_per_run`` > 1 the ``rl.accelerate_config``
+    file must exist (relative to ``root``, default the working directory, where ``accelerate
+    launch`` reads it)."""
+    from pathlib import Path
+
+    errors = []
+    methods = ((config.get("inference") or {}).get("selection") or {}).get("methods")
+    if methods is not None:
+        from repexp.inference import check_methods
+
+        try:
+            check_methods(methods)
+        except ValueError as e:
+            errors.append(f"config key `inference.selection.methods`: {e}")
+    rl = config.get("rl") or {}
+    if not (rl.get("model") and rl.get("tasks")):
+        return errors
+    from repexp.rl.settings import train_settings
+    from repexp.rl.trainer import RLSettings
+
+    for task in rl["tasks"]:
+        try:
+            RLSettings.from_dict(train_settings(rl, task))
+        except (TypeError, ValueError) as e:
+            errors.append(f"config key `rl` (task {task}, with its task_overrides): {e}")
+    accelerate_config = rl.get("accelerate_config")
+    if rl.get("gpus_per_run", 1) > 1 and accelerate_config is not None:
+        where = Path(root) if root is not None else Path.cwd()
+        if not (where / accelerate_config).is_file():
+            errors.append(
+                f"config key `rl.accelerate_config` has value {accelerate_config!r}, which does "
+                f"not exist (relative to {where}); give the path of an accelerate config "
+                "file, e.g. profiles/accelerate/fsdp.yaml, or null"
+            )
+    return errors
+
+
+def check_workflow_config(
+    config: dict, schema_path: str | os.PathLike, root: str | os.PathLike | None = None
+) -> dict:
+    """:func:`check_config`, then :func:`stage_errors` (paths relative to ``root``, default the
+    working directory): what ``workflow/rules/common.smk`` runs before any job is scheduled.
+    Raises :class:`ConfigError` listing every problem."""
+    check_config(config, schema_path)
+    errors = stage_errors(config, root)
+    if errors:
+        raise ConfigError(
+            "invalid configuration (nothing was run):\n  - "
+            + "\n  - ".join(errors)
+            + "\nSee config/README.md for every key and its allowed values."
+        )
+    return config
+
+
+# ------------------------------------------------------------------------------------------------
+# the config Snakemake sees, outside Snakemake (python -m repexp.jobs, repexp.memory, the tests)
+# ------------------------------------------------------------------------------------------------
+def merge(base: dict, overlay: dict) -> dict:
+    """Snakemake's ``--configfile`` merge: mappings key by key, everything else replaced."""
+    for k, v in overlay.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            merge(base[k], v)
+        else:
+            base[k] = v
+    return base
+
+
+def load_config(
+    configfiles: Iterable[str | os.PathLike] = (),
+    *,
+    base: str | os.PathLike = "config/config.yaml",
+    schema: str | os.PathLike = "workflow/schemas/config.schema.yaml",
+) -> dict:
+    """The config Snakemake sees for ``--configfile <files>``, checked, defaults filled (paths in
+    it relative to the workflow's root, the schema's ``../..``)."""
+    from pathlib import Path
+
+    config = yaml.safe_load(Path(base).read_text())
+    for f in configfiles:
+        merge(config, yaml.safe_load(Path(f).read_text()) or {})
+    return check_workflow_config(config, schema, root=Path(schema).resolve().parents[2])

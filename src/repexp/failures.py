@@ -15,8 +15,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-# Out of memory, as Slurm (cgroup or jobacct_gather OverMemoryKill), the kernel, Python and torch say it
-# (case-sensitive: a path such as tests/test_out_of_memory must not count)
+# Out of memory, as Slurm (cgroup or jobacct_gather OverMemoryKill), the kernel, Python and torch
+# say it (case-sensitive: a path such as tests/test_out_of_memory must not count)
 OOM = re.compile(
     r"exceeded memory limit|Exceeded job memory limit|oom[-_]kill|OUT_OF_MEMORY|Out of memory"
     r"|MemoryError|CUDA out of memory|OutOfMemoryError"
@@ -50,15 +50,19 @@ class Failure:
         if self.cause == "memory":
             return (
                 f"rule {self.rule} ran out of memory in its last attempt{at_s}: {where} was killed "
-                f"[{self.evidence}]. Give it more memory: raise mem_mb of {self.rule} under set-resources "
-                f"in your profile (profiles/slurm/profile.yaml), or --retries for more attempts, then rerun "
-                f"the same command; finished jobs are kept."
+                f"[{self.evidence}]. Give it more memory: "
+                f"raise mem_mb of {self.rule} under set-resources "
+                "in your profile (profiles/slurm/profile.yaml), or --retries for more attempts, "
+                "then rerun "
+                "the same command; finished jobs are kept."
             )
         if self.cause == "time":
             return (
-                f"rule {self.rule} hit its time limit in its last attempt{at_s}: {where} [{self.evidence}]. "
-                f"Raise runtime of {self.rule} under set-resources in your profile, or shard it smaller "
-                f"(README, job table), then rerun the same command; finished jobs are kept."
+                f"rule {self.rule} hit its time limit in its last attempt{at_s}: "
+                f"{where} [{self.evidence}]. "
+                f"Raise runtime of {self.rule} under set-resources in your profile, "
+                "or shard it smaller "
+                "(README, job table), then rerun the same command; finished jobs are kept."
             )
         return f"rule {self.rule} failed: see {', '.join(self.logs) or 'its log'}."
 
@@ -94,7 +98,8 @@ def _log_paths(block: str, base: Path) -> list[Path]:
 def explain(snakemake_log: str | Path | list, workdir: str | Path | None = None) -> list[Failure]:
     """The final failures of a Snakemake run (one per rule: its last), with their causes.
 
-    ``snakemake_log``: the run's log file, or the list of them that ``onerror`` gets (the last is read).
+    ``snakemake_log``: the run's log file, or the list of them that ``onerror`` gets (the last is
+    read).
     """
     if isinstance(snakemake_log, (list, tuple)):
         snakemake_log = snakemake_log[-1]

@@ -26,10 +26,10 @@ responses) after a prompt of P tokens is allowed when
 Right padding with an attention mask keeps every real position's state identical to an unpadded
 forward pass (causal attention; checked by the tests).
 
-Cache format per shard: ``<out>.safetensors`` (one tensor per pooling, rows in the shard's order) and
-``<out>.json`` (model, layer, poolings, dims, dtype, row -> question/sample, sha256 of the tensor
-file). Cache dtypes (``inference.features.dtype``): ``float32``, ``float16``, ``bfloat16`` and
-``uint8``: 8-bit affine quantisation per question and hidden dimension (:func:`quantize_groups`;
+Cache format per shard: ``<out>.safetensors`` (one tensor per pooling, rows in the shard's order)
+and ``<out>.json`` (model, layer, poolings, dims, dtype, row -> question/sample, sha256 of the
+tensor file). Cache dtypes (``inference.features.dtype``): ``float32``, ``float16``, ``bfloat16``
+and ``uint8``: 8-bit affine quantisation per question and hidden dimension (:func:`quantize_groups`;
 the tensors ``<pooling>.lo`` and ``<pooling>.scale`` hold each question's offset and step, float32).
 :func:`read_cache` always returns float64, so the selection does not depend on the cache dtype, and
 projection happens downstream: any projection seed reuses the cache. A NaN or Inf is an error naming
@@ -65,7 +65,8 @@ QUANT_GROUP_BYTES = 8
 
 
 class FeatureError(RuntimeError):
-    """A feature cache is invalid (NaN/Inf, checksum mismatch, rows out of step) or cannot be built."""
+    """A feature cache is invalid (NaN/Inf, checksum mismatch, rows out of step) or cannot be
+    built."""
 
 
 # ------------------------------------------------------------------------------------------------
@@ -129,7 +130,8 @@ class ForwardMemory:
 
     @classmethod
     def of_model(cls, model) -> ForwardMemory:
-        """From a loaded model: its config, its dtype and the bytes of its parameters and buffers."""
+        """From a loaded model: its config, its dtype and the bytes of its parameters and
+        buffers."""
         tensors = [*model.parameters(), *model.buffers()]
         weight = sum(t.numel() * t.element_size() for t in tensors)
         return cls.of_config(
@@ -203,7 +205,8 @@ def check_fits(memory: ForwardMemory | None, budget: int | None, width: int, pre
     raise FeatureError(
         f"one sequence of {width} tokens after a cached prompt of {prefix} tokens needs "
         f"{need / 1e9:.1f} GB on the GPU (weights {memory.weight_bytes / 1e9:.1f} GB), over the "
-        f"budget of {budget / 1e9:.1f} GB (inference.features.gpu_memory_gb × gpu_memory_fraction). "
+        f"budget of {budget / 1e9:.1f} GB "
+        "(inference.features.gpu_memory_gb × gpu_memory_fraction). "
         f"Run this model's feature jobs on a GPU with more memory and raise "
         f"inference.features.gpu_memory_gb, or lower the task's max_new_tokens."
     )
@@ -431,7 +434,8 @@ def write_cache(
             r = int(np.argwhere(bad)[0][0])
             raise FeatureError(
                 f"{shard_name}: {int(bad.any(1).sum())} response(s) have NaN/Inf {name} features "
-                f"(first: question {rows['qid'].iloc[r]} sample {rows['sample'].iloc[r]}). The model "
+                f"(first: question {rows['qid'].iloc[r]} sample {rows['sample'].iloc[r]}). "
+                "The model "
                 f"overflowed in its dtype; rerun this shard with the model's dtype float32."
             )
     tensors = {}
@@ -532,7 +536,8 @@ def gpu_budget(device, gpu_memory_gb: float | None, fraction: float) -> int | No
     if total < gpu_memory_gb * 1e9 * fraction:
         raise FeatureError(
             f"this GPU has {total / 1e9:.1f} GB, less than inference.features.gpu_memory_gb = "
-            f"{gpu_memory_gb:g} × gpu_memory_fraction {fraction:g}: set gpu_memory_gb to this GPU's size "
+            f"{gpu_memory_gb:g} × gpu_memory_fraction {fraction:g}: "
+            "set gpu_memory_gb to this GPU's size "
             f"(the batches depend on it) or run on the GPUs the config states"
         )
     return int(gpu_memory_gb * 1e9 * fraction)
@@ -558,7 +563,8 @@ def main(argv: list[str] | None = None) -> int:
         "--gpu-memory-gb",
         type=float,
         default=0,
-        help="the GPU memory (1e9 bytes) the batches are planned for, on a GPU (0: no memory model)",
+        help="the GPU memory (1e9 bytes) the batches are planned for, on a GPU "
+        "(0: no memory model)",
     )
     ap.add_argument("--gpu-memory-fraction", type=float, default=0.9)
     ap.add_argument("--threads", type=int, default=None)

@@ -1,14 +1,21 @@
 """Inference-time RepExp on cached pools: selection per pool, result tables, the overview view.
 
-The math lives in :mod:`repexp.select` (Algorithm 1) and :mod:`repexp.metrics`; this module reads
-a pool's feature shards and scores, runs the trials, and writes small tables for the figures.
+The math lives in :mod:`repexp.select` (Algorithm 1), :mod:`repexp.selectors` (every selection
+method: one pure function and one entry of ``SELECTORS``) and :mod:`repexp.metrics`; this module
+reads a pool's feature shards and scores, runs the configured methods
+(``inference.selection.methods``) over the trials, and writes small tables for the figures.
+
+Every table is long: one row per question, method (and trial, or k), with a ``method`` column, so
+a new selector adds rows, never columns. :func:`repexp.metrics.methods_wide` shows one column per
+method and :func:`repexp.metrics.versus` one method against a baseline (STC reduction, speedup).
 
 CLI (rules ``select_pool``, ``summarize_inference``, ``overview``)::
 
     python -m repexp.inference select --features F1.json F2.json --scores S1.parquet S2.parquet \\
         --pooling mean --out-prefix results/inference/selection/m/t/vanilla/mean ...
     python -m repexp.inference summarize --questions ... --out-dir results/tables
-    python -m repexp.inference overview --features ... --scores ... --out results/tables/overview.parquet
+    python -m repexp.inference overview --features ... --scores ... \\
+        --out results/tables/overview.parquet
 """
 
 from __future__ import annotations
@@ -174,6 +181,91 @@ def _executor(workers: int):
     )
 
 
+DEFAULT_METHODS = ("random", "repexp")
+# Methods whose tables come from closed forms (no orders): random selection's STC is the
+# negative-hypergeometric mean and its pass@k the unbiased estimator (repexp.metrics).
+CLOSED_FORM = frozenset({"random"})
+# What the select stage can give a selector (repexp.selectors.PoolContext): the projected
+# features and the verifier labels (the latter reach only selectors that list them in `needs`).
+STAGE_INPUTS = frozenset({"features", "correct"})
+
+
+def check_methods(methods: Iterable[str]) -> tuple[str, ...]:
+    """The selection methods, checked against :data:`repexp.selectors.SELECTORS`: each known, once,
+    and needing only inputs this stage has (:data:`STAGE_INPUTS`)."""
+    from repexp.selectors import SELECTORS
+
+    methods = tuple(methods)
+    if not methods or len(set(methods)) != len(methods):
+        raise ValueError(f"selection methods must be distinct and at least one, got {methods}")
+    for name in methods:
+        if name not in SELECTORS:
+            raise ValueError(
+                f"unknown selection method {name!r} (inference.selection.methods); known: "
+                f"{', '.join(SELECTORS)}"
+            )
+        missing = set(SELECTORS[name].needs) - STAGE_INPUTS
+        if missing:
+            raise ValueError(
+                f"selection method {name!r} needs {sorted(missing)}, which the select stage does "
+                f"not provide (it has {sorted(STAGE_INPUTS)}); leave it out of "
+                f"inference.selection.methods"
+            )
+    return methods
+
+
+def _order_methods(methods) -> tuple[str, ...]:
+    """The methods that produce orders (every one but the closed forms)."""
+    return tuple(m for m in methods if m not in CLOSED_FORM)
+
+
+def selector_orders(
+    phi: np.ndarray,
+    correct: np.ndarray,
+    name: str,
+    k: int,
+    seeds: Iterable[int],
+    *,
+    budget: int | None,
+) -> np.ndarray:
+    """The (trials, k) orders of selector ``name`` (:func:`repexp.selectors.run_selector`) on one
+    question: projected features ``phi`` (N × d) and labels ``correct``, one trial per seed (each
+    its own ``numpy.random.default_rng(seed)``), each full order cut to its first ``k`` picks.
+    ``budget`` is the selector's ``k`` (None: no budget, the whole order)."""
+    from repexp.selectors import PoolContext, run_selector
+
+    ctx = PoolContext(len(phi), features=phi, correct=np.asarray(correct) > 0)
+    return np.stack([run_selector(name, ctx, np.random.default_rng(s), budget)[:k] for s in seeds])
+
+
+def question_method_orders(
+    features: np.ndarray,
+    correct: np.ndarray,
+    k: int,
+    firsts: np.ndarray,
+    seeds: dict[str, list[int]],
+    *,
+    methods: tuple[str, ...],
+    proj_dim: int,
+    projection_seed: int,
+    lam: float,
+    center: bool,
+    budget: int | None,
+) -> dict[str, np.ndarray]:
+    """{method: (trials, k) orders} of one question for every order-producing method: ``repexp``
+    by :func:`question_orders` (Algorithm 1 with the seeded first picks ``firsts``), any other by
+    :func:`selector_orders` with that method's trial ``seeds``. The unit of work of the CPU path,
+    in this process or in a worker; the features are projected once."""
+    phi = project(features, proj_dim, projection_seed)
+    out = {}
+    for name in methods:
+        if name == "repexp":
+            out[name] = repexp_orders(phi, k, firsts, lam=lam, center=center)
+        else:
+            out[name] = selector_orders(phi, correct, name, k, seeds[name], budget=budget)
+    return out
+
+
 def select_shards(
     shards: Iterable[tuple[np.ndarray, pd.DataFrame]],
     *,
@@ -185,22 +277,24 @@ def select_shards(
     projection_seed: int,
     seed: int,
     seed_parts: tuple[str, ...],
+    methods: Iterable[str] = DEFAULT_METHODS,
     device: str | None = "cpu",
     batch_questions: int = 32,
     workers: int = 1,
 ) -> Iterator[tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]]:
-    """:func:`select_pool`, one shard at a time: yields the (trials, questions, passk) tables of each
-    ``(features, rows)`` shard in turn. Every question is projected on its own with the pool's one
-    projection matrix, so the tables equal :func:`select_pool`'s on the concatenated pool.
+    """:func:`select_pool`, one shard at a time: yields the (trials, questions, passk) tables of
+    each ``(features, rows)`` shard in turn. Every question is projected on its own with the pool's
+    one projection matrix, so the tables equal :func:`select_pool`'s on the concatenated pool.
 
     ``workers`` > 1 (CPU path): the questions run in that many processes, each with one BLAS
     thread, at most ``workers + 2`` of them submitted at once (each as a copy of its rows); the next
     shard is read as soon as every question of this one is submitted. The orders do not depend on
     ``workers``.
 
-    Memory: one shard as ``shards`` yields it, plus (with workers) ``workers + 2`` questions' rows in
-    this process and one question per worker; never the whole pool.
+    Memory: one shard as ``shards`` yields it, plus (with workers) ``workers + 2`` questions' rows
+    in this process and one question per worker; never the whole pool.
     """
+    methods = check_methods(methods)
     if device is None:
         device = "cuda" if _cuda() else "cpu"
     common = dict(
@@ -212,61 +306,76 @@ def select_shards(
         projection_seed=projection_seed,
         seed=seed,
         seed_parts=seed_parts,
+        methods=methods,
     )
     if device != "cpu" or workers <= 1:
         for features, rows in shards:
             tables = _shard_tables(
                 *_shard_orders(
                     features, rows, device=device, batch_questions=batch_questions, **common
-                )
+                ),
+                methods=methods,
             )
             del features, rows
             yield tables
         return
     pool, window = _executor(workers), workers + 2
+    order_methods = _order_methods(methods)
     try:
-        done_shards: deque = (
-            deque()
-        )  # (groups, k_of, futures) of shards whose questions are submitted
+        # (groups, k_of, futures) of shards whose questions are submitted
+        done_shards: deque = deque()
         inflight: deque = deque()  # futures in submission order
         for features, rows in shards:
-            groups, k_of, firsts_of = _shard_plan(rows, **common)
+            groups, k_of, firsts_of, seeds_of = _shard_plan(rows, **common)
             futures = {}
             for qid, g in groups:
                 while len(inflight) >= window:
                     inflight.popleft().result()  # the oldest question (re-raises its error)
                     while done_shards and all(f.done() for f in done_shards[0][2].values()):
-                        yield _shard_tables(*done_shards.popleft())
+                        yield _shard_tables(*done_shards.popleft(), methods=methods)
                 part = np.array(_rows_of(features, g.index.to_numpy()))  # a copy: the shard can go
                 futures[qid] = pool.submit(
-                    question_orders,
+                    question_method_orders,
                     part,
+                    g["correct"].to_numpy(),
                     k_of[qid],
                     firsts_of[qid],
+                    seeds_of[qid],
+                    methods=order_methods,
                     proj_dim=proj_dim,
                     projection_seed=projection_seed,
                     lam=lam,
                     center=center,
+                    budget=None if k_max is None else k_of[qid],
                 )
                 inflight.append(futures[qid])
                 del part
             done_shards.append((groups, k_of, futures))
             del features, rows
         while done_shards:
-            yield _shard_tables(*done_shards.popleft())
+            yield _shard_tables(*done_shards.popleft(), methods=methods)
     finally:
         pool.shutdown(cancel_futures=True)
 
 
-def _shard_plan(rows, *, trials, k_max, seed, seed_parts, **_):
-    """The questions of a shard (in shard order), their order lengths and their seeded first picks."""
+def _shard_plan(rows, *, trials, k_max, seed, seed_parts, methods, **_):
+    """The questions of a shard (in shard order), their order lengths, their seeded first picks
+    (RepExp) and the seeds of each other selector's trials."""
     groups = list(rows.groupby("qid", sort=False))
     firsts_of = {
         qid: first_picks(len(g), trials, question_seed(seed, *seed_parts, str(qid), "first-picks"))
         for qid, g in groups
     }
+    others = [m for m in _order_methods(methods) if m != "repexp"]
+    seeds_of = {
+        qid: {
+            m: [question_seed(seed, *seed_parts, str(qid), m, str(t)) for t in range(trials)]
+            for m in others
+        }
+        for qid, _ in groups
+    }
     k_of = {qid: len(g) if k_max is None else min(k_max, len(g)) for qid, g in groups}
-    return groups, k_of, firsts_of
+    return groups, k_of, firsts_of, seeds_of
 
 
 def _shard_orders(
@@ -281,86 +390,116 @@ def _shard_orders(
     projection_seed,
     seed,
     seed_parts,
+    methods,
     device,
     batch_questions,
 ):
-    """The orders of one shard's questions in this process: numpy one question at a time (CPU), or the
-    batched torch path on ``device``."""
-    groups, k_of, firsts_of = _shard_plan(
-        rows, trials=trials, k_max=k_max, seed=seed, seed_parts=seed_parts
+    """The orders of one shard's questions in this process: numpy one question at a time (CPU), or
+    RepExp by the batched torch path on ``device`` (the other selectors on the CPU)."""
+    groups, k_of, firsts_of, seeds_of = _shard_plan(
+        rows, trials=trials, k_max=k_max, seed=seed, seed_parts=seed_parts, methods=methods
     )
+    order_methods = _order_methods(methods)
+    settings = dict(proj_dim=proj_dim, projection_seed=projection_seed, lam=lam, center=center)
     if device != "cpu":
         phi = project(features, proj_dim, projection_seed)
-        orders_of = _orders_batched(
-            phi,
-            groups,
-            k_of,
-            firsts_of,
-            lam=lam,
-            center=center,
-            device=device,
-            batch=batch_questions,
-        )
-    else:
-        orders_of = {
-            qid: question_orders(
-                _rows_of(features, g.index.to_numpy()),
-                k_of[qid],
-                firsts_of[qid],
-                proj_dim=proj_dim,
-                projection_seed=projection_seed,
+        batched = (
+            _orders_batched(
+                phi,
+                groups,
+                k_of,
+                firsts_of,
                 lam=lam,
                 center=center,
+                device=device,
+                batch=batch_questions,
+            )
+            if "repexp" in order_methods
+            else {}
+        )
+        orders_of = {}
+        for qid, g in groups:
+            idx = g.index.to_numpy()
+            orders_of[qid] = {
+                m: batched[qid]
+                if m == "repexp"
+                else selector_orders(
+                    phi[idx],
+                    g["correct"].to_numpy(),
+                    m,
+                    k_of[qid],
+                    seeds_of[qid][m],
+                    budget=None if k_max is None else k_of[qid],
+                )
+                for m in order_methods
+            }
+    else:
+        orders_of = {
+            qid: question_method_orders(
+                _rows_of(features, g.index.to_numpy()),
+                g["correct"].to_numpy(),
+                k_of[qid],
+                firsts_of[qid],
+                seeds_of[qid],
+                methods=order_methods,
+                budget=None if k_max is None else k_of[qid],
+                **settings,
             )
             for qid, g in groups
         }
     return groups, k_of, orders_of
 
 
-def _shard_tables(groups, k_of, orders_of):
+def _shard_tables(groups, k_of, orders_of, *, methods):
+    """The long tables of one shard: trials (qid, method, trial, first, order, stc) of the methods
+    with orders; questions (qid, method, n, c, pass1, stc); passk (qid, method, k, pass_at_k)."""
     trial_rows, q_rows, pk_rows = [], [], []
     for qid, grp in groups:
-        idx = grp.index.to_numpy()
         samples, correct = grp["sample"].to_numpy(), grp["correct"].to_numpy() > 0
-        n, c = len(idx), int(correct.sum())
-        k, orders = k_of[qid], orders_of[qid]
-        if isinstance(orders, Future):
-            orders = orders.result()
-        stcs = []
-        for t, order in enumerate(orders):
-            stc = metrics.samples_to_correct(order, correct)
-            stcs.append(np.nan if stc is None else float(stc))
-            trial_rows.append(
-                {
-                    "qid": qid,
-                    "trial": t,
-                    "first": int(samples[order[0]]),
-                    "order": samples[order].tolist(),
-                    "stc": stcs[-1],
-                }
-            )
+        n, c = len(samples), int(correct.sum())
         solved = c > 0
-        q_rows.append(
-            {
-                "qid": qid,
-                "n": n,
-                "c": c,
-                "pass1": c / n,
-                "stc_random": metrics.random_samples_to_correct(n, c) if solved else np.nan,
-                # with k_max < n a trial may stop before a correct pick: its STC is unknown (NaN)
-                "stc_repexp": float(np.mean(stcs))
-                if solved and not np.isnan(stcs).any()
-                else np.nan,
-            }
-        )
+        k, orders_by = k_of[qid], orders_of[qid]
+        if isinstance(orders_by, Future):
+            orders_by = orders_by.result()
         ks = [x for x in pass_ks(n) if x <= k]
-        rep = np.mean([metrics.order_pass_at_k(o, correct, ks) for o in orders], axis=0)
-        rnd = metrics.pass_at_k_curve(n, c, ks)
-        pk_rows += [
-            {"qid": qid, "k": kk, "random": float(r), "repexp": float(e)}
-            for kk, r, e in zip(ks, rnd, rep, strict=True)
-        ]
-    return pd.DataFrame(trial_rows), pd.DataFrame(q_rows), pd.DataFrame(pk_rows)
+        for method in methods:
+            if method in CLOSED_FORM:  # random selection: the closed forms
+                stc = metrics.random_samples_to_correct(n, c) if solved else np.nan
+                curve = metrics.pass_at_k_curve(n, c, ks)
+            else:
+                orders, stcs = orders_by[method], []
+                for t, order in enumerate(orders):
+                    s = metrics.samples_to_correct(order, correct)
+                    stcs.append(np.nan if s is None else float(s))
+                    trial_rows.append(
+                        {
+                            "qid": qid,
+                            "method": method,
+                            "trial": t,
+                            "first": int(samples[order[0]]),
+                            "order": samples[order].tolist(),
+                            "stc": stcs[-1],
+                        }
+                    )
+                # with k_max < n a trial may stop before a correct pick: its STC is unknown (NaN)
+                stc = float(np.mean(stcs)) if solved and not np.isnan(stcs).any() else np.nan
+                curve = np.mean([metrics.order_pass_at_k(o, correct, ks) for o in orders], axis=0)
+            q_rows.append(
+                {"qid": qid, "method": method, "n": n, "c": c, "pass1": c / n, "stc": stc}
+            )
+            pk_rows += [
+                {"qid": qid, "method": method, "k": kk, "pass_at_k": float(v)}
+                for kk, v in zip(ks, curve, strict=True)
+            ]
+    columns = (
+        ["qid", "method", "trial", "first", "order", "stc"],
+        ["qid", "method", "n", "c", "pass1", "stc"],
+        ["qid", "method", "k", "pass_at_k"],
+    )
+    return tuple(
+        pd.DataFrame(r, columns=cols)
+        for r, cols in zip((trial_rows, q_rows, pk_rows), columns, strict=True)
+    )
 
 
 def select_pool(
@@ -375,21 +514,32 @@ def select_pool(
     projection_seed: int,
     seed: int,
     seed_parts: tuple[str, ...],
+    methods: Iterable[str] = DEFAULT_METHODS,
     device: str | None = "cpu",
     batch_questions: int = 32,
     workers: int = 1,
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """RepExp and random selection for every question of one pool.
+    """The selection ``methods`` (names of :data:`repexp.selectors.SELECTORS`) on every question of
+    one pool, as three long tables (a ``method`` column):
 
-    Returns (trials, questions, passk): one row per question and trial with its RepExp order (sample
-    ids) and samples-to-correct; one row per question with n, c, pass@1, STC of random (closed form)
-    and of RepExp (mean over trials); pass@k per question for k = 1, 2, 4, ... (random: the unbiased
-    estimator; RepExp: the fraction of trials whose first k picks hold a correct response).
+    * ``trials``: one row per question, method and trial with its order (sample ids, ``k_max``
+      long) and samples-to-correct; only methods with orders (not the closed forms);
+    * ``questions``: one row per question and method: n, c, pass@1 and the STC (mean over trials;
+      NaN on an unsolved question, or when a trial stops before a correct pick);
+    * ``passk``: one row per question, method and k = 1, 2, 4, ... ≤ ``k_max``: the fraction of
+      trials whose first k picks hold a correct response.
+
+    ``random`` uses the closed forms (STC (n + 1)/(c + 1), pass@k the unbiased estimator of
+    :func:`repexp.metrics.pass_at_k`); ``repexp`` is Algorithm 1 with distinct seeded first picks
+    per trial (:func:`repexp.select.first_picks`); any other selector runs through
+    :func:`repexp.selectors.run_selector` on the question's projected features (and labels, for
+    ``oracle``), one seeded generator per trial.
 
     One projection (``proj_dim``, ``projection_seed``) for the whole pool. ``device``: ``"cpu"``
     (numpy, one question at a time, the trials sharing each pass over the features; ``workers``
-    processes), a torch device such as ``"cuda"`` (``batch_questions`` questions x trials at once),
-    or None for CUDA when available. For a pool too large for memory use :func:`select_shards`.
+    processes), a torch device such as ``"cuda"`` (RepExp: ``batch_questions`` questions x trials
+    at once), or None for CUDA when available. For a pool too large for memory use
+    :func:`select_shards`.
     """
     parts = list(
         select_shards(
@@ -402,6 +552,7 @@ def select_pool(
             projection_seed=projection_seed,
             seed=seed,
             seed_parts=seed_parts,
+            methods=methods,
             device=device,
             batch_questions=batch_questions,
             workers=workers,
@@ -416,6 +567,10 @@ def select_pool(
 KEYS = ["model", "task", "sampler", "pooling"]
 
 
+def _method_order(methods: Iterable[str]) -> dict[str, int]:
+    return {m: i for i, m in enumerate(dict.fromkeys(methods))}
+
+
 def summarize(
     questions: pd.DataFrame,
     passk: pd.DataFrame,
@@ -425,53 +580,61 @@ def summarize(
     difficulty: pd.DataFrame | None = None,
     pool_stats: pd.DataFrame | None = None,
 ):
-    """Dataset-level tables from the per-question ones (each carrying the KEYS columns).
+    """Dataset-level long tables from the per-question ones (each carrying the KEYS columns and a
+    ``method`` column; methods keep the order in which they first appear).
 
-    * ``stc``: per model/task/sampler/pooling: questions, unsolved (c = 0), mean STC of random and
-      RepExp over the solved questions (or over all with ``exclude_unsolved=False``, where an
-      unsolved question counts n + 1 for both), both relative improvements, pass@1, model rank,
-      and ``format_miss``: the fraction of the pool's responses without the answer format the
-      prompt asks for (from ``pool_stats``; NaN without them);
-    * ``deciles``: mean STC per difficulty decile, vanilla sampler and mean pooling. Questions are
-      binned by the reference model's random STC (n + 1)/(c + 1) on its vanilla pool of the task
-      (``pool_stats`` rows of ``reference_model``, which need not be an inference model; else its
-      rows of ``questions``), an unsolved question counting n + 1 (the hardest); without a
+    * ``stc``: per model/task/sampler/pooling and method: questions, unsolved (c = 0), ``used``
+      (the questions every method has a finite STC for: the comparison is paired), the mean STC
+      over those (with ``exclude_unsolved=False`` an unsolved question counts n + 1 for every
+      method), pass@1, model rank, and ``format_miss``: the fraction of the pool's responses
+      without the answer format the prompt asks for (from ``pool_stats``; NaN without them).
+      Relative improvements are not stored: :func:`repexp.metrics.versus` computes them;
+    * ``deciles``: mean STC per difficulty decile and method, vanilla sampler and mean pooling.
+      Questions are binned by the reference model's random STC (n + 1)/(c + 1) on its vanilla pool
+      of the task (``pool_stats`` rows of ``reference_model``, which need not be an inference model;
+      else its rows of ``questions``), an unsolved question counting n + 1 (the hardest); without a
       reference pool, by the dataset's difficulty field. ``reference`` names what binned the task
       (the model, or ``difficulty``); ``self_referenced`` marks the reference model's own rows,
       binned by its own STC (the same draws decide bin and STC, so its bins are biased);
-    * ``passk``: mean pass@k over all questions.
+    * ``passk``: mean pass@k per method over all questions.
 
     ``pool_stats``: per pool and question ``model, task, sampler, qid, n, c, format_ok``
     (``python -m repexp.score stats``).
     """
     q = questions.reset_index(drop=True)  # rows are addressed by index below
+    rank = _method_order(q["method"])
     if not exclude_unsolved:
         unsolved = q["c"] == 0
-        for col in ("stc_random", "stc_repexp"):
-            q.loc[unsolved, col] = q.loc[unsolved, "n"] + 1
+        q.loc[unsolved, "stc"] = q.loc[unsolved, "n"] + 1
+    qkeys = [*KEYS, "qid"]
+    # a question enters the STC means when every method has a finite STC for it
+    q["_complete"] = ~q["stc"].isna().groupby([q[k] for k in qkeys]).transform("any")
+    per_q = q.drop_duplicates(qkeys)  # the method-free facts of each question: n, c, pass@1
     rows = []
-    for key, g in q.groupby(KEYS, sort=True):
-        used = g.dropna(subset=["stc_random", "stc_repexp"])
-        r, e = used["stc_random"].mean(), used["stc_repexp"].mean()
-        rel = (
-            metrics.relative_improvement(r, e)
-            if len(used)
-            else {"reduction": np.nan, "speedup": np.nan}
-        )
-        rows.append(
-            {
-                **dict(zip(KEYS, key, strict=True)),
-                "questions": len(g),
-                "unsolved": int((g["c"] == 0).sum()),
-                "used": len(used),
-                "pool_n": int(g["n"].max()),
-                "pass1": g["pass1"].mean(),
-                "stc_random": r,
-                "stc_repexp": e,
-                **rel,
-            }
-        )
-    stc = pd.DataFrame(rows)
+    by_pool = dict(list(q.groupby(KEYS, sort=True)))
+    for key, g in per_q.groupby(KEYS, sort=True):
+        mine = by_pool[key]
+        used = mine[mine["_complete"]]
+        common = {
+            **dict(zip(KEYS, key, strict=True)),
+            "questions": len(g),
+            "unsolved": int((g["c"] == 0).sum()),
+            "used": int(used["qid"].nunique()),
+            "pool_n": int(g["n"].max()),
+            "pass1": g["pass1"].mean(),
+        }
+        for method in sorted(set(mine["method"]), key=rank.get):
+            rows.append(
+                {
+                    **common,
+                    "method": method,
+                    "stc": used.loc[used["method"] == method, "stc"].mean(),
+                }
+            )
+    stc = pd.DataFrame(
+        rows, columns=[*KEYS, "questions", "unsolved", "used", "pool_n", "pass1", "method", "stc"]
+    )
+    stc = stc[[*KEYS, "method", "questions", "unsolved", "used", "pool_n", "pass1", "stc"]]
     stc["model_rank"] = np.nan
     base = (stc["sampler"] == "vanilla") & (stc["pooling"] == "mean")
     for _task, g in stc[base].groupby("task"):
@@ -485,8 +648,8 @@ def summarize(
     else:
         stc["format_miss"] = np.nan
 
-    # difficulty deciles
-    q_base = q[(q["sampler"] == "vanilla") & (q["pooling"] == "mean")].copy()
+    # difficulty deciles: bins of the questions (method-free), then the STC of every method
+    q_base = per_q[(per_q["sampler"] == "vanilla") & (per_q["pooling"] == "mean")].copy()
     q_base["hardness"] = np.nan
     q_base["reference"] = None
     for task, g in q_base.groupby("task"):
@@ -517,19 +680,25 @@ def summarize(
         q_base.loc[g.index, "decile"] = (
             g["qid"].map(dict(zip(uniq["qid"], bins, strict=True))).to_numpy()
         )
+    binned = q.merge(
+        q_base[[*qkeys, "decile", "reference"]].dropna(subset=["decile"]), on=qkeys, how="inner"
+    )
+    binned = binned[binned["_complete"]].assign(_rank=binned["method"].map(rank))
     deciles = (
-        q_base.dropna(subset=["decile", "stc_random", "stc_repexp"])
-        .groupby(["model", "task", "decile"], as_index=False)
+        binned.groupby(["model", "task", "decile", "_rank", "method"], as_index=False, sort=True)
         .agg(
             questions=("qid", "size"),
-            stc_random=("stc_random", "mean"),
-            stc_repexp=("stc_repexp", "mean"),
+            stc=("stc", "mean"),
             reference=("reference", "first"),
         )
+        .drop(columns="_rank")
     )
     deciles["self_referenced"] = deciles["model"] == deciles["reference"]
-    pk = passk.groupby([*KEYS, "k"], as_index=False).agg(
-        random=("random", "mean"), repexp=("repexp", "mean"), questions=("qid", "size")
+    pk = (
+        passk.assign(_rank=passk["method"].map(_method_order(passk["method"])))
+        .groupby([*KEYS, "_rank", "method", "k"], as_index=False, sort=True)
+        .agg(pass_at_k=("pass_at_k", "mean"), questions=("qid", "size"))
+        .drop(columns="_rank")
     )
     return stc, deciles, pk
 
@@ -554,7 +723,10 @@ def overview(
     seed: int,
 ) -> pd.DataFrame:
     """A 2-D view (PCA of the projected, centred features) of the pool of one question, with
-    RepExp's first ``picks`` picks and ``picks`` uniformly random picks (the overview figure)."""
+    RepExp's first ``picks`` picks and ``picks`` uniformly random picks (the overview figure).
+
+    Long: one row per response and method (``repexp``, ``random``) with the response's ``x``,
+    ``y``, ``correct`` and its ``pick`` (1 = first; NaN when not among the first ``picks``)."""
     from sklearn.decomposition import PCA
 
     qid = overview_question(rows.groupby("qid", sort=False)["correct"].agg(["sum", "size"]))
@@ -565,22 +737,25 @@ def overview(
     k = min(picks, len(grp))
     rng = np.random.default_rng(question_seed(seed, str(qid), "overview"))
     first = int(rng.integers(len(grp)))
-    order = repexp_orders(phi, k, [first], lam=lam, center=False)[0]
-    rand = rng.permutation(len(grp))[:k]
-    out = pd.DataFrame(
+    chosen = {
+        "repexp": repexp_orders(phi, k, [first], lam=lam, center=False)[0],
+        "random": rng.permutation(len(grp))[:k],
+    }
+    view = pd.DataFrame(
         {
             "qid": qid,
             "sample": grp["sample"].to_numpy(),
             "x": xy[:, 0],
             "y": xy[:, 1],
             "correct": grp["correct"].to_numpy() > 0,
-            "repexp_pick": np.nan,
-            "random_pick": np.nan,
         }
     )
-    out.loc[order, "repexp_pick"] = np.arange(1, k + 1)
-    out.loc[rand, "random_pick"] = np.arange(1, k + 1)
-    return out
+    parts = []
+    for method, order in chosen.items():
+        pick = np.full(len(grp), np.nan)
+        pick[order] = np.arange(1, k + 1)
+        parts.append(view.assign(method=method, pick=pick))
+    return pd.concat(parts, ignore_index=True)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -615,9 +790,10 @@ class _ParquetParts:
 
 
 def _cmd_select(a) -> int:
-    """Shard by shard: each shard's tables are appended to the three outputs (written under temporary
-    names, renamed when every shard is done), so memory does not grow with the pool."""
+    """Shard by shard: each shard's tables are appended to the three outputs (written under
+    temporary names, renamed when every shard is done), so memory does not grow with the pool."""
     t0 = time.perf_counter()
+    a.methods = check_methods(a.methods)  # before any output is opened
     cap_threads(a.threads)
     keys = {"model": a.model, "task": a.task, "sampler": a.sampler, "pooling": a.pooling}
     parts = select_shards(
@@ -630,10 +806,11 @@ def _cmd_select(a) -> int:
         projection_seed=a.projection_seed,
         seed=a.seed,
         seed_parts=(a.model, a.task, a.sampler, a.pooling),
+        methods=a.methods,
         device=None if a.device == "auto" else a.device,
         workers=a.threads,
     )
-    n_q, n_solved, stc_r, stc_e = 0, 0, 0.0, 0.0
+    n_q, n_solved, stc_sum = 0, 0, dict.fromkeys(a.methods, 0.0)
     with ExitStack() as stack:
         sinks = []
         for name in ("trials", "questions", "passk"):
@@ -646,18 +823,20 @@ def _cmd_select(a) -> int:
         for shard, tables in enumerate(parts):
             for sink, df in zip(sinks, tables, strict=True):
                 sink.write(df.assign(**keys))
-            solved = tables[1].dropna(subset=["stc_random"])
-            n_q, n_solved = n_q + len(tables[1]), n_solved + len(solved)
-            stc_r, stc_e = stc_r + solved["stc_random"].sum(), stc_e + solved["stc_repexp"].sum()
+            q = tables[1]
+            shard_q = q["qid"].nunique()
+            n_q, n_solved = n_q + shard_q, n_solved + int(q.drop_duplicates("qid")["c"].gt(0).sum())
+            for method, total in q[q["c"] > 0].groupby("method")["stc"].sum().items():
+                stc_sum[method] += total
             log.info(
                 "shard %d/%d: %d questions, %.1fs so far",
                 shard + 1,
                 len(a.features),
-                len(tables[1]),
+                shard_q,
                 time.perf_counter() - t0,
             )
     log.info(
-        "%s/%s/%s/%s: %d questions (%d solved) in %.1fs; mean STC random %.2f, RepExp %.2f",
+        "%s/%s/%s/%s: %d questions (%d solved) in %.1fs; mean STC over solved questions: %s",
         a.model,
         a.task,
         a.sampler,
@@ -665,8 +844,7 @@ def _cmd_select(a) -> int:
         n_q,
         n_solved,
         time.perf_counter() - t0,
-        stc_r / max(n_solved, 1),
-        stc_e / max(n_solved, 1),
+        ", ".join(f"{m} {v / max(n_solved, 1):.2f}" for m, v in stc_sum.items()),
     )
     return 0
 
@@ -711,14 +889,15 @@ def _cmd_summarize(a) -> int:
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         log.info(
             "STC (solved questions):\n%s",
-            stc[stc["pooling"] == "mean"].round(3).to_string(index=False),
+            metrics.versus(stc[stc["pooling"] == "mean"]).round(3).to_string(index=False),
         )
     return 0
 
 
 def overview_pool(feature_manifests: list[str], score_files: list[str], **kw) -> pd.DataFrame:
-    """:func:`overview` of a pool on disk, reading only the shard of the chosen question: the question
-    comes from the score tables (per-question counts, shard by shard), then that one shard's features."""
+    """:func:`overview` of a pool on disk, reading only the shard of the chosen question: the
+    question comes from the score tables (per-question counts, shard by shard), then that one
+    shard's features."""
     stats, shard_of = [], {}
     for i, score_file in enumerate(score_files):
         s = pd.read_parquet(score_file, columns=["qid", "correct"]).groupby("qid", sort=False)[
@@ -761,7 +940,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m repexp.inference", description=__doc__.split("\n")[0]
     )
     sub = ap.add_subparsers(dest="cmd", required=True)
-    s = sub.add_parser("select", help="RepExp and random selection for one pool and pooling")
+    s = sub.add_parser("select", help="the selection methods on one pool and pooling")
     o = sub.add_parser("overview", help="the 2-D view of one pool for the overview figure")
     for p in (s, o):
         p.add_argument(
@@ -786,6 +965,12 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--trials", type=int, default=5)
     s.add_argument("--k-max", type=lambda x: None if x == "all" else int(x), default=None)
     s.add_argument("--no-center", action="store_true")
+    s.add_argument(
+        "--methods",
+        nargs="+",
+        default=list(DEFAULT_METHODS),
+        help="selection methods, names of repexp.selectors.SELECTORS (inference.selection.methods)",
+    )
     s.add_argument("--device", default="auto", help="cpu, cuda, or auto (cuda when available)")
     s.add_argument("--out-prefix", required=True)
     o.add_argument("--picks", type=int, default=8)

@@ -1,4 +1,4 @@
-"""Memory and disk model of the workflow's jobs, beside the runtime model of :mod:`repexp.jobs`.
+"""Memory and disk model of the workflow's jobs, beside the runtime model of :mod:`repexp.runtime`.
 
 For every rule: the peak host memory (RSS) of one job, its peak GPU memory and the bytes it
 writes, as pure functions of the model's shape (:class:`Shape`, from its ``config.json``), the
@@ -51,7 +51,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from repexp.jobs import JobModelError
+from repexp.runtime import JobModelError
 
 MiB, GiB = 2**20, 2**30
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
@@ -552,7 +552,7 @@ def rl_gpu_phases(
     batch_tokens: int | None = None,
 ) -> dict:
     """Per-GPU bytes of one ``rl_train`` process in each phase of a step, for the resolved ``rl``
-    settings ``s`` of a task (:func:`repexp.rl.evaluate.task_settings`) and ``method``.
+    settings ``s`` of a task (:func:`repexp.rl.settings.task_settings`) and ``method``.
 
     Sharded over ``gpus`` processes when the run uses FSDP (``accelerate_config`` and gpus > 1),
     else replicated. With P parameters (P₀ without the LM head), L layers, hidden H, MLP width I,
@@ -578,6 +578,9 @@ def rl_gpu_phases(
 
     Returns ``{phase: {component: bytes}}`` for the phases ``rollouts``, ``reward``, ``updates``.
     """
+    from repexp.rl.methods import method as rl_method
+
+    m = rl_method(method)  # base_forward: RepExp's frozen model; policy_ranks: Unlikeliness
     g = gpus if (s.get("accelerate_config") and gpus > 1) else 1
     p, p0 = shape.params(True), shape.params(False)
     h, inter, layer = shape.hidden, shape.intermediate, shape.layer_params()
@@ -594,7 +597,7 @@ def rl_gpu_phases(
     sleep = s.get("vllm_enable_sleep_mode", True)
     offload = (s.get("repexp") or {}).get("offload_base", True)
     always = {"context": GPU_CONTEXT, "policy": 4 * p // g, "adam": 8 * p // g}
-    frozen = 2 * p0 if method == "repexp" else 0
+    frozen = 2 * p0 if m.base_forward else 0
     if frozen and not offload:
         always["frozen"] = frozen
     if awake and not sleep:
@@ -605,11 +608,11 @@ def rl_gpu_phases(
     else:
         rollouts["generation"] = 2 * p + shape.kv_bytes(t, 2)
     reward = dict(always)
-    if method == "repexp":
+    if m.base_forward:
         bt = reward_batch_tokens() if batch_tokens is None else batch_tokens
         reward["frozen"] = frozen
         reward["features"] = shape.forward(2).activations(max(1, bt // length), length)
-    elif method == "unlikeliness":
+    if m.policy_ranks:
         reward["ranks"] = t * (20 * h + 8 * inter) + 3 * GiB
     updates = {**always, "grads": 4 * p // g, "fsdp": fsdp, "activations": acts}
     return {"rollouts": rollouts, "reward": reward, "updates": updates}
@@ -633,7 +636,9 @@ def rl_host(
     measured (a tiny-model training peaked at 3.4 GB on the test Slurm)."""
     p, p0 = shape.params(True), shape.params(False)
     workers = s.get("reward_workers", 1)
-    frozen = method == "repexp"
+    from repexp.rl.methods import method as rl_method
+
+    frozen = rl_method(method).base_forward  # RepExp's frozen base model
     if on_gpu:
         start = gpus * (4 * p + PROCESS_HOST)
         offloaded = (
@@ -692,22 +697,22 @@ def _prompt(config: dict) -> int:
 def _pool_job(config: dict, rule: str, model: str, task: str, questions: int | None):
     """(responses per question, questions, max_new_tokens, the task whose lengths apply) of a
     pool or test-pool shard."""
-    from repexp import jobs
-    from repexp.rl.evaluate import task_settings
+    from repexp import dag
+    from repexp.rl.settings import task_settings
 
     if rule in ("generate_pool", "score_pool", "cache_features", "select_pool"):
         return (
-            jobs.pool_setting(config, task, "n"),
-            questions or jobs.pool_shard_size(config, model, task),
-            jobs.pool_setting(config, task, "max_new_tokens"),
+            dag.pool_setting(config, task, "n"),
+            questions or dag.pool_shard_size(config, model, task),
+            dag.pool_setting(config, task, "max_new_tokens"),
             task,
         )
     rl = config["rl"]
     return (
         rl["test_samples"],
-        questions or jobs.rl_test_shard_size(config, task),
+        questions or dag.rl_test_shard_size(config, task),
         task_settings(rl, task)["max_response_length"],
-        jobs.rl_splits(config, task)[2],
+        dag.rl_splits(config, task)[2],
     )
 
 
@@ -744,13 +749,13 @@ def _generate(config, rule, model, task, questions, **_):
 
 
 def _features(config, rule, model, task, sampler, questions, **_):
-    from repexp import jobs
+    from repexp import dag
 
     n, q, max_new, _t = _pool_job(config, rule, model, task, questions)
     feats, gpu, prompt = config["inference"]["features"], _on_gpu(config), _prompt(config)
     shape = model_shape(config, model)
     compute = compute_dtype(config, model, "cuda" if gpu else "cpu")
-    poolings = len(jobs.pool_poolings(config, model, task, sampler))
+    poolings = len(dag.pool_poolings(config, model, task, sampler))
     parts = features_host(
         shape,
         compute,
@@ -773,12 +778,12 @@ def _features(config, rule, model, task, sampler, questions, **_):
                 gpu_bytes, int(feats["gpu_memory_gb"] * 1e9 * feats["gpu_memory_fraction"])
             )
     return Estimate.of(
-        parts, gpu_bytes, jobs.output_bytes(config, "cache_features", model, task, sampler, q)
+        parts, gpu_bytes, output_bytes(config, "cache_features", model, task, sampler, q)
     )
 
 
 def _select(config, rule, model, task, sampler, questions, threads, **_):
-    from repexp import jobs
+    from repexp import dag
 
     n, q, _m, _t = _pool_job(config, rule, model, task, questions)
     feats, sel = config["inference"]["features"], config["inference"]["selection"]
@@ -788,12 +793,12 @@ def _select(config, rule, model, task, sampler, questions, threads, **_):
         n_max=n,
         proj_dim=sel["proj_dim"],
         dtype=feats["dtype"],
-        poolings=len(jobs.pool_poolings(config, model, task, sampler)),
+        poolings=len(dag.pool_poolings(config, model, task, sampler)),
         workers=threads,
     )
     # the orders (int64 lists, dictionary-encoded: ~2 B per entry) and a row per question
     k = n if sel["k_max"] is None else min(sel["k_max"], n)
-    disk = jobs.pool_questions(config, task) * (sel["trials"] * (2 * k + 64) + 400)
+    disk = dag.pool_questions(config, task) * (sel["trials"] * (2 * k + 64) + 400)
     return Estimate.of(parts, None, disk)
 
 
@@ -806,7 +811,7 @@ def _score(config, rule, model, task, questions, threads, **_):
 
 def _rl_train(config, model, task, method, **_):
     from repexp import jobs
-    from repexp.rl.evaluate import task_settings
+    from repexp.rl.settings import task_settings
 
     s = task_settings(config["rl"], task)
     shape = model_shape(config, model)
@@ -823,7 +828,7 @@ def _rl_train(config, model, task, method, **_):
 
 def _rl_questions(config, model, task, **_):
     from repexp import jobs
-    from repexp.rl.evaluate import task_settings
+    from repexp.rl.settings import task_settings
 
     rl, gpu = config["rl"], _on_gpu(config)
     shape, prompt = model_shape(config, model), _prompt(config)
@@ -852,7 +857,7 @@ def _rl_questions(config, model, task, **_):
 
 
 def _token_level(config, model, **_):
-    from repexp.tokenbatch import slot_bytes
+    from repexp.tokenlevel.batch import slot_bytes
 
     tl, gpu, prompt = config["token_level"], _on_gpu(config), _prompt(config)
     shape = model_shape(config, model)
@@ -899,6 +904,37 @@ def _prepare_model(config, model, **_):
         "weights": 3 * 4 * shape.params(True),
     }
     return Estimate.of(parts, None, stored)
+
+
+def output_bytes(
+    config: dict, rule: str, model: str, task: str, sampler: str, questions: int
+) -> float | None:
+    """Bytes one job of ``rule`` writes for ``questions`` questions of the pool (model, task,
+    sampler); None for rules without a formula here (the other rules' disk is the ``disk`` of
+    their :class:`Estimate`).
+
+    * ``cache_features``: per pooling of :func:`repexp.dag.pool_poolings`, ``responses ×
+      hidden_size`` values of ``inference.features.dtype`` (4, 2 or 1 bytes), plus for ``uint8``
+      an offset and a step (float32) per question and dimension
+      (:func:`repexp.features.cache_bytes`); ``hidden_size`` from ``cluster.hidden_size``.
+    """
+    if rule == "cache_features":
+        from repexp import dag
+        from repexp.features import cache_bytes
+
+        dim = hidden_size(config, model)
+        n = dag.pool_setting(config, task, "n")
+        dtype = config["inference"]["features"]["dtype"]
+        return float(
+            cache_bytes(
+                questions * n,
+                questions,
+                dim,
+                len(dag.pool_poolings(config, model, task, sampler)),
+                dtype,
+            )
+        )
+    return None
 
 
 ESTIMATORS = {
@@ -949,7 +985,11 @@ def job_estimate(
 
 
 def job_keywords(rule: str, what: str, questions: int | None = None) -> dict:
-    """The :func:`job_estimate` keywords of a :class:`repexp.jobs.Job` (from its ``what``)."""
+    """The :func:`job_estimate` keywords of a :class:`repexp.jobs.Job` (from its ``what``).
+
+    >>> job_keywords("generate_pool", "m/t/vanilla", 5)
+    {'model': 'm', 'task': 't', 'sampler': 'vanilla', 'questions': 5}
+    """
     parts = what.split("/")
     if rule in ("generate_pool", "score_pool", "cache_features", "select_pool"):
         return {"model": parts[0], "task": parts[1], "sampler": parts[2], "questions": questions}
@@ -1073,7 +1113,7 @@ def table_notes(config: dict, jobs: list) -> list[str]:
         t = config["token_level"]
         runs = min(t["runs_per_shard"], t["n_questions"] * t["seeds"])
         state = runs * 8 * (shape.hidden**2 + shape.hidden)
-        from repexp.jobs import token_level_shard_sizes
+        from repexp.dag import token_level_shard_sizes
 
         shards = len({j.what for j in tl}) * len(token_level_shard_sizes(config))
         notes.append(
@@ -1206,7 +1246,7 @@ def rl_table(config: dict) -> str:
     """Markdown: per RL task and method the per-GPU GiB of each phase and the peak against the
     GPU (:func:`rl_gpu_phases`), and the host memory per node and its Slurm request."""
     from repexp import jobs
-    from repexp.rl.evaluate import task_settings
+    from repexp.rl.settings import task_settings
 
     rl = config["rl"]
     shape = model_shape(config, rl["model"])
@@ -1241,7 +1281,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--base", default="config/config.yaml")
     ap.add_argument("--schema", default="workflow/schemas/config.schema.yaml")
     args = ap.parse_args(argv)
-    from repexp.jobs import load_config
+    from repexp.config import load_config
 
     config = load_config(args.configfile, base=args.base, schema=args.schema)
     print(rl_table(config), end="")

@@ -6,7 +6,9 @@
   form for random selection (negative hypergeometric mean) and read off a RepExp order;
 * pass@k of one RepExp order (Fig. 6): whether its first k picks contain a correct response;
 * the two readings of "relative improvement" (Fig. 5), difficulty deciles (RF3, Fig. 5 right)
-  and the model-strength ranking by pass@1 (RF2, Fig. 5 left).
+  and the model-strength ranking by pass@1 (RF2, Fig. 5 left);
+* the long result tables (one row per method, a ``method`` column) seen one method per column:
+  :func:`methods_wide`, and one method against a baseline: :func:`versus`.
 
 Conventions: a pool has ``n`` responses of which ``c`` are correct; ``correct`` is a boolean
 array over the pool (indexed like the features); an ``order`` lists pool indices in selection
@@ -21,6 +23,7 @@ import numpy as np
 
 __all__ = [
     "difficulty_deciles",
+    "methods_wide",
     "order_pass_at_k",
     "pass_at_k",
     "pass_at_k_curve",
@@ -28,6 +31,7 @@ __all__ = [
     "rank_models",
     "relative_improvement",
     "samples_to_correct",
+    "versus",
 ]
 
 
@@ -172,3 +176,67 @@ def rank_models(pass1: dict[str, float]) -> dict[str, int]:
             raise ValueError(f"pass@1 of {name!r} is not a finite number: {p}")
     ranked = sorted(pass1, key=lambda name: (-pass1[name], name))
     return {name: r for r, name in enumerate(ranked, start=1)}
+
+
+def methods_wide(table, value: str = "stc", *, methods=None, name: str = "{value}_{method}"):
+    """A long result table (a ``method`` column) with one column per method of ``value``.
+
+    Every column other than ``method`` and ``value`` identifies a row of the result (the question,
+    the pool, k, and facts that do not depend on the method such as n, c, pass@1): rows with equal
+    such columns (NaN equal to NaN) become one row, in order of first appearance, with the column
+    ``name.format(value=value, method=m)`` per method ``m`` (NaN where a method has no row).
+    ``methods``: which methods and in what column order (default: as they first appear).
+
+    >>> import pandas as pd
+    >>> long = pd.DataFrame({"qid": ["a", "a", "b", "b"], "method": ["random", "repexp"] * 2,
+    ...                      "stc": [3.0, 2.0, 6.5, 4.0]})
+    >>> methods_wide(long).to_dict("list")
+    {'qid': ['a', 'b'], 'stc_random': [3.0, 6.5], 'stc_repexp': [2.0, 4.0]}
+    """
+    import pandas as pd
+
+    if methods is None:
+        methods = list(dict.fromkeys(table["method"]))
+    table = table[table["method"].isin(methods)].reset_index(drop=True)
+    index = [c for c in table.columns if c not in ("method", value)]
+    if index:
+        key = table.groupby(index, dropna=False, sort=False).ngroup().to_numpy()
+    else:
+        key = np.zeros(len(table), dtype=np.int64)
+    first = ~pd.Series(key).duplicated().to_numpy()
+    out = table.loc[first, index].reset_index(drop=True)
+    for m in methods:
+        mine = (table["method"] == m).to_numpy()
+        if pd.Series(key[mine]).duplicated().any():
+            raise ValueError(
+                f"method {m!r} has several rows with the same {index}: a column that differs "
+                f"between them is missing from the index (or the table holds duplicates)"
+            )
+        column = np.full(len(out), np.nan)
+        column[key[mine]] = table.loc[mine, value].to_numpy(dtype=np.float64)
+        out[name.format(value=value, method=m)] = column
+    return out
+
+
+def versus(table, ours: str = "repexp", baseline: str = "random", value: str = "stc"):
+    """Method ``ours`` against ``baseline`` from a long STC table: :func:`methods_wide` with the
+    columns ``{value}_{baseline}``, ``{value}_{ours}`` and the two relative improvements of
+    :func:`relative_improvement` (``reduction`` = (R − E)/R, ``speedup`` = R/E − 1, with R the
+    baseline's STC and E ours), NaN where either STC is missing. Other methods' rows are left out.
+
+    >>> import pandas as pd
+    >>> long = pd.DataFrame({"task": ["math", "math"], "method": ["random", "repexp"],
+    ...                      "stc": [10.0, 2.5]})
+    >>> versus(long).to_dict("records")
+    [{'task': 'math', 'stc_random': 10.0, 'stc_repexp': 2.5, 'reduction': 0.75, 'speedup': 3.0}]
+    """
+    wide = methods_wide(table, value, methods=[baseline, ours])
+    r, e = wide[f"{value}_{baseline}"].to_numpy(), wide[f"{value}_{ours}"].to_numpy()
+    both = np.isfinite(r) & np.isfinite(e)
+    for col in ("reduction", "speedup"):
+        wide[col] = np.nan
+    if both.any():
+        rel = relative_improvement(r[both], e[both])
+        for col in ("reduction", "speedup"):
+            wide.loc[both, col] = rel[col]
+    return wide

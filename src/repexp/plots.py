@@ -14,6 +14,7 @@ a run is too small for a comparison to mean much, and saving both a PDF and a PN
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -24,7 +25,9 @@ import pandas as pd
 import seaborn as sns
 
 from repexp.features import POOLINGS
+from repexp.metrics import methods_wide, versus
 from repexp.provenance import strip as strip_provenance
+from repexp.tasks import TASKS
 
 __all__ = [
     "CORRECT_COLOR",
@@ -41,11 +44,16 @@ __all__ = [
     "identity_line",
     "load",
     "log2_k_axis",
+    "method_color",
+    "method_label",
+    "methods",
+    "methods_wide",
     "note_if_degenerate",
     "only",
     "palette",
     "passk_panel",
     "pick",
+    "plotted",
     "plain_log_ticks",
     "print_table",
     "sampler_label",
@@ -54,6 +62,7 @@ __all__ = [
     "task_markers",
     "titled",
     "top",
+    "versus",
 ]
 
 # Colours of the authors' plot script (paper.md §4): Base/random = deep[7], RepExp = colorblind[2].
@@ -81,6 +90,36 @@ POOLING_LABELS = {
     "penultimate": "penultimate token",
 }
 _MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "h", "<", ">"]
+
+
+def methods(table: pd.DataFrame) -> list[str]:
+    """The selection methods of a long table (its ``method`` column): random first, RepExp
+    second, then the others as they first appear."""
+    present = list(dict.fromkeys(table["method"])) if "method" in table else []
+    first = [m for m in ("random", "repexp") if m in present]
+    return first + [m for m in present if m not in first]
+
+
+def method_label(method: str) -> str:
+    """random and RepExp as the paper labels them; another selector by its SELECTORS label."""
+    if method in ("random", "repexp"):
+        return {"random": RANDOM_LABEL, "repexp": REPEXP_LABEL}[method]
+    from repexp.selectors import SELECTORS
+
+    return SELECTORS[method].label if method in SELECTORS else method
+
+
+def method_color(method: str) -> tuple:
+    """The authors' colours for random and RepExp; a stable "deep" colour for any other selector
+    (from its position in SELECTORS, so it keeps its colour across figures and runs)."""
+    if method in ("random", "repexp"):
+        return {"random": RANDOM_COLOR, "repexp": REPEXP_COLOR}[method]
+    from repexp.selectors import SELECTORS
+
+    names = [m for m in SELECTORS if m not in ("random", "repexp")]
+    i = names.index(method) if method in names else len(names)
+    colors = [c for j, c in enumerate(sns.color_palette("deep")) if j not in (7, 2)]
+    return colors[i % len(colors)]
 
 
 def setup() -> None:
@@ -280,12 +319,89 @@ def passk_panel(ax, curves: Sequence[tuple[str, pd.DataFrame, str, tuple]], titl
     return drawn
 
 
+def _values(a) -> list:
+    """Numbers as JSON can hold them: floats, NaN / masked as None, anything else as a string."""
+    try:
+        arr = np.ma.asarray(a, dtype=float).filled(np.nan).ravel()
+    except (TypeError, ValueError):  # labels, dates: strings
+        return [None if v is None else str(v) for v in np.asarray(a, dtype=object).ravel()]
+    return [float(v) if np.isfinite(v) else None for v in arr]
+
+
+def plotted(fig) -> list[dict]:
+    """What a figure shows, read back from its artists: one entry per drawn panel.
+
+    Each panel has its ``title``, axis labels, and the data of every labelled or unlabelled
+    ``lines`` (x, y), ``bars`` (one entry per bar container: its label, the bars' x centres and
+    heights; horizontal bars give widths as ``heights``) and ``points`` (scatter offsets). Written
+    next to the PNG by :func:`save`, so a test can hold the figure's values against its table.
+
+    >>> fig, ax = plt.subplots()
+    >>> _ = ax.plot([1, 2], [3.0, float("nan")], label="a")
+    >>> _ = ax.bar([0, 1], [5, 6], label="b")
+    >>> p = plotted(fig)[0]
+    >>> p["lines"][0]["y"], p["bars"][0]["heights"]
+    ([3.0, None], [5.0, 6.0])
+    >>> plt.close(fig)
+    """
+    from matplotlib.collections import PathCollection
+    from matplotlib.container import BarContainer
+
+    panels = []
+    for ax in fig.axes:
+        if not ax.get_visible() or not ax.axison:
+            continue
+        bars = []
+        for c in ax.containers:
+            if not isinstance(c, BarContainer):
+                continue
+            horizontal = getattr(c, "orientation", "vertical") == "horizontal"
+            centres = [
+                (r.get_y() + r.get_height() / 2) if horizontal else (r.get_x() + r.get_width() / 2)
+                for r in c.patches
+            ]
+            sizes = [r.get_width() if horizontal else r.get_height() for r in c.patches]
+            bars.append({"label": c.get_label(), "x": _values(centres), "heights": _values(sizes)})
+        lines = [
+            {
+                "label": line.get_label(),
+                "x": _values(line.get_xdata()),
+                "y": _values(line.get_ydata()),
+            }
+            for line in ax.get_lines()
+        ]
+        points = []
+        for coll in ax.collections:
+            if not isinstance(coll, PathCollection):  # scatter points, not error bars or fills
+                continue
+            offsets = np.ma.asarray(coll.get_offsets())
+            if offsets.ndim == 2 and offsets.shape[1] == 2 and len(offsets):
+                xy = {"x": _values(offsets[:, 0]), "y": _values(offsets[:, 1])}
+                points.append({"label": coll.get_label(), **xy})
+        panels.append(
+            {
+                "title": ax.get_title(),
+                "xlabel": ax.get_xlabel(),
+                "ylabel": ax.get_ylabel(),
+                "lines": lines,
+                "bars": bars,
+                "points": points,
+            }
+        )
+    return panels
+
+
 def save(fig, out_pdf: str | Path, out_png: str | Path, dpi: int = 150) -> None:
-    """Write the figure as PDF and PNG (parent folders are created)."""
+    """Write the figure as PDF and PNG (parent folders are created), and what it plots.
+
+    ``<png stem>.plotted.json`` beside the PNG holds :func:`plotted`'s read-back of every panel.
+    """
     for path in (Path(out_pdf), Path(out_png)):
         path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=dpi)
         print(f"wrote {path}")
+    data = Path(out_png).with_suffix(".plotted.json")
+    data.write_text(json.dumps(plotted(fig), indent=1))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -304,7 +420,8 @@ def token_method_label(method: str, beta: float | None = None) -> str:
 
 
 def token_method_colors(methods: Sequence[str]) -> dict[str, tuple]:
-    """Vanilla grey (the random colour); the β methods in greens/blues, the largest β in RepExp green."""
+    """Vanilla grey (the random colour); the β methods in greens/blues, the largest β in RepExp
+    green."""
     betas = [m for m in methods if m != "vanilla"]
     others = [sns.color_palette("colorblind")[i] for i in (0, 4, 9, 3)]
     colors = {"vanilla": RANDOM_COLOR}
@@ -405,36 +522,49 @@ def token_difficulty_panel(
 # RL post-training (Figs. 2, 9, 11, 12; Table 3)
 # ------------------------------------------------------------------------------------------------
 # The authors' plot script (paper.md §4): GRPO = deep[-1], Base = deep[7], RepExp = colorblind[2],
-# Unlikeliness = deep[1]; marker "o", line width 1.275; legend at the bottom centre.
-RL_METHODS = ("base", "grpo", "unlikeliness", "repexp")
-RL_LABELS = {
-    "base": "Base Model",
-    "grpo": "GRPO",
-    "unlikeliness": "Unlikeliness",
-    "repexp": REPEXP_LABEL,
-}
-RL_COLORS = {
-    "base": sns.color_palette("deep")[7],
-    "grpo": sns.color_palette("deep")[-1],
-    "unlikeliness": sns.color_palette("deep")[1],
-    "repexp": REPEXP_COLOR,
-}
+# Unlikeliness = deep[1]; marker "o", line width 1.275; legend at the bottom centre. The methods'
+# labels and colours are their records in repexp.rl.methods.METHODS (the base model's are here).
+RL_BASE_LABEL, RL_BASE_COLOR = "Base Model", sns.color_palette("deep")[7]
+
+
+def _rl_methods():
+    from repexp.rl.methods import BASE, METHODS
+
+    return BASE, METHODS
+
+
+def rl_method_order() -> tuple[str, ...]:
+    """The base model, then the methods of ``repexp.rl.methods.METHODS`` in its order."""
+    base, methods = _rl_methods()
+    return (base, *methods)
+
+
+def rl_labels() -> dict[str, str]:
+    """Legend label per run kind: the base model's and each method's (its record's ``label``)."""
+    base, methods = _rl_methods()
+    return {base: RL_BASE_LABEL, **{m.name: m.label for m in methods.values()}}
+
+
+def rl_colors() -> dict[str, tuple]:
+    """Colour per run kind (RGB): the base model's and each method's (its record's ``color``)."""
+    import matplotlib.colors as mcolors
+
+    base, methods = _rl_methods()
+    return {base: RL_BASE_COLOR, **{m.name: mcolors.to_rgb(m.color) for m in methods.values()}}
+
+
+RL_METHODS = rl_method_order()
+RL_LABELS = rl_labels()
+RL_COLORS = rl_colors()
 RL_LINEWIDTH = 1.275
 # Panels are named by the test set: DAPO-trained runs are tested on AIME 2024 (paper.md §3.4).
-RL_TASK_LABELS = {
-    "math": "MATH",
-    "gsm8k": "GSM8K",
-    "dapo": "AIME 2024 (trained on DAPO)",
-    "aime2024": "AIME 2024",
-    "aime": "AIME 2025",
-    "game24": "Game of 24",
-    "mbppplus": "MBPP+",
-}
-_RL_TASK_ORDER = ("math", "gsm8k", "dapo")
+RL_TASK_LABELS = {n: spec.label for n, spec in TASKS.items()}  # the task table's labels
+_RL_TASK_ORDER = tuple(n for n, spec in TASKS.items() if spec.paper_rl)  # math, gsm8k, dapo
 
 
 def rl_tasks(table: pd.DataFrame, requested=None) -> list[str]:
-    """The tasks to draw: ``requested`` (a name or a list) or every task of ``table``, paper order first."""
+    """The tasks to draw: ``requested`` (a name or a list) or every task of ``table``, paper order
+    first."""
     present = list(dict.fromkeys(table["task"])) if "task" in table else []
     if requested is not None:
         wanted = [requested] if isinstance(requested, str) else list(requested)
@@ -450,13 +580,16 @@ def rl_tasks(table: pd.DataFrame, requested=None) -> list[str]:
 def rl_methods(table: pd.DataFrame) -> list[str]:
     """The methods of ``table`` in the paper's order (unknown names last)."""
     present = set(table["method"]) if "method" in table else set()
-    return [m for m in RL_METHODS if m in present] + sorted(present - set(RL_METHODS))
+    order = rl_method_order()
+    return [m for m in order if m in present] + sorted(present - set(order))
 
 
-def rl_method_notes(table: pd.DataFrame, expected: Sequence[str] = RL_METHODS) -> str:
-    """A note naming missing methods and single-seed runs ('' when every method has several seeds)."""
+def rl_method_notes(table: pd.DataFrame, expected: Sequence[str] | None = None) -> str:
+    """A note naming missing methods (of ``expected``, default: the base model and every method of
+    ``repexp.rl.methods.METHODS``) and single-seed runs ('' when every method has several seeds)."""
     notes = []
-    missing = [RL_LABELS.get(m, m) for m in expected if m not in set(table.get("method", []))]
+    labels, expected = rl_labels(), rl_method_order() if expected is None else expected
+    missing = [labels.get(m, m) for m in expected if m not in set(table.get("method", []))]
     if missing:
         notes.append("no " + ", ".join(missing) + " results in this run")
     if "seeds" in table and len(table):
@@ -480,7 +613,7 @@ def rl_curve(
     d = d[[x, y] + ([se] if se else [])].dropna(subset=[y]).sort_values(x)
     if d.empty:
         return False
-    color = RL_COLORS.get(method)
+    color = rl_colors().get(method)
     ax.plot(
         d[x],
         d[y],
@@ -488,7 +621,7 @@ def rl_curve(
         ms=3.5,
         lw=RL_LINEWIDTH,
         color=color,
-        label=RL_LABELS.get(method, method) if label is None else label,
+        label=rl_labels().get(method, method) if label is None else label,
     )
     if se and d[se].notna().any():
         band = d[d[se].notna()]
@@ -502,10 +635,9 @@ def rl_legend(fig, methods: Sequence[str]) -> None:
     """The methods' legend at the bottom centre of the figure, in the paper's order."""
     from matplotlib.lines import Line2D
 
+    colors, labels = rl_colors(), rl_labels()
     handles = [
-        Line2D(
-            [], [], color=RL_COLORS.get(m), marker="o", lw=RL_LINEWIDTH, label=RL_LABELS.get(m, m)
-        )
+        Line2D([], [], color=colors.get(m), marker="o", lw=RL_LINEWIDTH, label=labels.get(m, m))
         for m in methods
     ]
     if handles:
@@ -534,8 +666,9 @@ def loglik_panel(
     lo, hi = float(allv.min()), float(allv.max())
     bins = bins or int(np.clip(2 * np.sqrt(allv.size), 10, 40))
     edges = np.linspace(lo, hi if hi > lo else lo + 1.0, bins + 1)
+    colors, labels = rl_colors(), rl_labels()
     for m, v in values.items():
-        color = RL_COLORS.get(m)
+        color = colors.get(m)
         ax.hist(
             v,
             bins=edges,
@@ -543,7 +676,7 @@ def loglik_panel(
             histtype="stepfilled",
             alpha=0.35,
             color=color,
-            label=f"{RL_LABELS.get(m, m)} (n = {v.size})",
+            label=f"{labels.get(m, m)} (n = {v.size})",
         )
         ax.hist(v, bins=edges, density=True, histtype="step", lw=RL_LINEWIDTH, color=color)
         ax.axvline(np.median(v), color=color, ls="--", lw=1)

@@ -97,7 +97,8 @@ def n_shards(n_questions: int, per_shard: int) -> int:
 # ------------------------------------------------------------------------------------------------
 class RawLogprobRecorder:
     """A logits processor (placed first) that records the log-probability, under the raw model
-    distribution, of the token sampled at every step. Call :meth:`finish` with the final sequences."""
+    distribution, of the token sampled at every step. Call :meth:`finish` with the final
+    sequences."""
 
     def __init__(self):
         self.prev = None
@@ -154,22 +155,22 @@ def generate_hf(
     seed: int,
     batch_size: int,
 ) -> list[dict]:
-    """``n`` responses to one prompt with transformers ``generate``, in batches of ``batch_size``."""
+    """``n`` responses to one prompt with transformers ``generate``, in batches of
+    ``batch_size``."""
     import torch
     from transformers import GenerationConfig
 
-    eos = model.generation_config.eos_token_id
-    eos_ids = set(eos if isinstance(eos, list) else [eos]) | {tok.eos_token_id}
-    eos_ids.discard(None)
-    pad = tok.pad_token_id if tok.pad_token_id is not None else next(iter(eos_ids))
+    from repexp.models import cut_at_eos, eos_ids_of, pad_id_of
+
+    eos_ids = eos_ids_of(model, tok)
     gen_cfg = GenerationConfig(
         do_sample=True,
         temperature=1.0,
         top_p=1.0,
         top_k=0,
         max_new_tokens=max_new_tokens,
-        eos_token_id=sorted(eos_ids),
-        pad_token_id=pad,
+        eos_token_id=eos_ids,
+        pad_token_id=pad_id_of(tok, eos_ids),
         return_dict_in_generate=True,
     )
     device = next(model.parameters()).device
@@ -190,14 +191,12 @@ def generate_hf(
             seqs = out.sequences[:, ids.shape[1] :]
             step_lp = recorder.finish(out.sequences).cpu()
             for j in range(b):
-                resp = seqs[j].tolist()
-                stop = next((i for i, t in enumerate(resp) if t in eos_ids), None)
-                resp = resp if stop is None else resp[: stop + 1]
+                resp, finish_reason = cut_at_eos(seqs[j].tolist(), eos_ids)
                 rows.append(
                     {
                         "sample": start + j,
                         "response_ids": resp,
-                        "finish_reason": "length" if stop is None else "stop",
+                        "finish_reason": finish_reason,
                         "logprob": float(step_lp[j, : len(resp)].double().sum()),
                     }
                 )

@@ -6,7 +6,8 @@ Every summary table in ``results/tables`` carries ``prov_*`` columns (the same v
 * ``prov_git_commit``: ``git rev-parse HEAD`` of the checkout the job ran in, ``-dirty`` appended
   when tracked files were modified, ``unknown`` outside a git checkout or without git;
 * ``prov_config_hash``: :func:`config_hash` of the config sections the stage reads
-  (:data:`STAGE_SECTIONS`), so that editing the ``rl`` section leaves the inference tables' hash alone;
+  (:data:`STAGE_SECTIONS`), so that editing the ``rl`` section leaves the inference tables' hash
+  alone;
 * ``prov_model``, ``prov_seed``: the stage's model(s) and seed(s), only where the table has no
   ``model`` / ``seed`` column of its own (those carry them per row);
 * ``prov_packages``: ``repexp==...;python==...;torch==...;...`` of the job's environment.
@@ -19,7 +20,9 @@ tasks. :func:`strip` removes both forms (the notebooks read the tables through i
 >>> round_trip = strip(stamp(pd.DataFrame({"x": [1]}), {"git_commit": "abc", "config_hash": "h"}))
 >>> list(round_trip.columns)
 ['x']
->>> config_hash({"seed": 0, "rl": {"a": 1}}, ["seed"]) == config_hash({"rl": {"a": 2}, "seed": 0}, ["seed"])
+>>> config_hash({"seed": 0, "rl": {"a": 1}}, ["seed"]) == config_hash(
+...     {"rl": {"a": 2}, "seed": 0}, ["seed"]
+... )
 True
 """
 

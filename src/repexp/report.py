@@ -2,7 +2,8 @@
 the provenance of every result table (commit, config hash, packages, model, seed).
 
     python -m repexp.report --figures results/figures/*.png --notebooks results/notebooks/*.html \\
-        --stc results/tables/stc.csv --tables results/tables/*.csv --stage-hashes '{"inference": "…"}' \\
+        --stc results/tables/stc.csv --tables results/tables/*.csv \\
+        --stage-hashes '{"inference": "…"}' \\
         --out results/index.html
 """
 
@@ -20,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 import repexp
-from repexp import provenance
+from repexp import metrics, provenance
 from repexp.atomic import atomic_path
 
 TITLES = {
@@ -32,8 +33,12 @@ TITLES = {
     "tokenlevel": "Token-level RepExp vs vanilla sampling (Fig. 7)",
     "tokenlevel_se": "Token-level RepExp vs vanilla sampling, with standard errors (Fig. 10)",
     "rl_passk": "pass@k after RL post-training: Base, GRPO, Unlikeliness, RepExp (Fig. 2)",
-    "rl_passk_alt": "pass@k after RL post-training, linear k and difference to the base model (Fig. 11)",
-    "rl_loglik": "Beyond sharpening: base-model log-likelihood of the trained models' responses (Fig. 9)",
+    "rl_passk_alt": (
+        "pass@k after RL post-training, linear k and difference to the base model (Fig. 11)"
+    ),
+    "rl_loglik": (
+        "Beyond sharpening: base-model log-likelihood of the trained models' responses (Fig. 9)"
+    ),
     "rl_loglik_tasks": "Beyond sharpening on every RL task (Fig. 12)",
     "rl_training": "RL training curves: dev pass@1 and rewards (not a paper figure)",
     "rl_hparams": "RL post-training hyper-parameters (Table 3)",
@@ -68,9 +73,10 @@ def provenance_section(
     tables: list[str], current: dict, stage_hashes: dict[str, str] | None = None
 ) -> str:
     """The Provenance section: this page's commit and packages, and per table the commit(s),
-    config hash(es), model(s), seed(s) and packages that produced it (:func:`repexp.provenance.read`),
-    with a flag where a table differs from this checkout, this config (``stage_hashes``: the
-    current config hash of each stage), this environment or the other tables."""
+    config hash(es), model(s), seed(s) and packages that produced it
+    (:func:`repexp.provenance.read`), with a flag where a table differs from this checkout, this
+    config (``stage_hashes``: the current config hash of each stage), this environment or the
+    other tables."""
     stage_hashes = stage_hashes or {}
     summaries = [_read_provenance(t) for t in tables]
     known = [c for s in summaries for c in s["git_commit"] if c != provenance.UNKNOWN]
@@ -125,7 +131,8 @@ def provenance_section(
     parts.append("</p>")
     if rows:
         parts.append(
-            "<table><tr><th>table</th><th>rows</th><th>stage</th><th>commit</th><th>config hash</th>"
+            "<table><tr><th>table</th><th>rows</th><th>stage</th><th>commit</th>"
+            "<th>config hash</th>"
             "<th>model</th><th>seed</th><th>packages</th><th>check</th></tr>"
             + "".join(rows)
             + "</table>"
@@ -133,7 +140,8 @@ def provenance_section(
     parts.append(
         "<p>Environments (package versions):</p><ul>"
         + "".join(
-            f"<li>env {i}{' (this page)' if i == 1 else ''}: <code>{html.escape(p.replace(';', '; '))}</code></li>"
+            f"<li>env {i}{' (this page)' if i == 1 else ''}: "
+            f"<code>{html.escape(p.replace(';', '; '))}</code></li>"
             for p, i in envs.items()
         )
         + "</ul>"
@@ -154,18 +162,22 @@ def index_page(
     by_name = {Path(n).stem: n for n in notebooks}
     current = provenance.collect()
     parts = [
-        "<!doctype html><html><head><meta charset='utf-8'><title>RepExp replication: results</title>",
+        "<!doctype html><html><head><meta charset='utf-8'>"
+        "<title>RepExp replication: results</title>",
         "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto} img{max-width:100%;"
-        "border:1px solid #ddd} table{border-collapse:collapse;font-size:90%} td,th{padding:2px 8px;"
-        "border-bottom:1px solid #eee} tr.flagged td.flag{color:#b00;font-weight:bold}</style></head><body>",
+        "border:1px solid #ddd} table{border-collapse:collapse;font-size:90%} "
+        "td,th{padding:2px 8px;border-bottom:1px solid #eee} "
+        "tr.flagged td.flag{color:#b00;font-weight:bold}</style></head><body>",
         "<h1>RepExp replication: results</h1>",
-        f"<p>config <code>{html.escape(config_name)}</code>, commit <code>{_short(current['git_commit'])}</code>, "
+        f"<p>config <code>{html.escape(config_name)}</code>, "
+        f"commit <code>{_short(current['git_commit'])}</code>, "
         f"repexp {repexp.__version__}, built {datetime.now(UTC):%Y-%m-%d %H:%M} UTC "
         "(<a href='#provenance'>provenance</a>).</p>",
     ]
     if stc is not None:
         parts.append("<h2>Samples-to-correct (solved questions, vanilla pools, mean features)</h2>")
-        base = stc[(stc["sampler"] == "vanilla") & (stc["pooling"] == "mean")]
+        # the long table (a `method` column), RepExp against random: metrics.versus
+        base = metrics.versus(stc[(stc["sampler"] == "vanilla") & (stc["pooling"] == "mean")])
         cols = [
             "model",
             "task",

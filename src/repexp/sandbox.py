@@ -272,7 +272,8 @@ def _ensure_available() -> None:
         if not _run("x = 1\n", "assert x == 1\n", _SELFTEST_TIMEOUT_S, 1024, 16, 1 << 20, detail):
             hint = (
                 "unprivileged user namespaces must be allowed (sysctl "
-                "kernel.unprivileged_userns_clone=1, kernel.apparmor_restrict_unprivileged_userns=0, "
+                "kernel.unprivileged_userns_clone=1, "
+                "kernel.apparmor_restrict_unprivileged_userns=0, "
                 "user.max_user_namespaces>0)"
                 if os.geteuid() != 0
                 else "bwrap must be able to create namespaces and mounts (in a container: "

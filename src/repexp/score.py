@@ -8,8 +8,10 @@ required format.
 
 CLI (the ``score_pool`` and ``pool_stats`` rules)::
 
-    python -m repexp.score --pool results/pools/.../shard-0.parquet --tasks resources/tasks/gsm8k/test.parquet \\
-        --task gsm8k --workers 2 --out results/pools/.../shard-0.scores.parquet
+    python -m repexp.score --pool results/pools/.../shard-0.parquet \\
+        --tasks resources/tasks/gsm8k/test.parquet --task gsm8k --workers 2 \\
+        --verifiers '{"gsm8k_last_number_fallback": false, ...}' \\
+        --out results/pools/.../shard-0.scores.parquet
     python -m repexp.score stats --scores results/pools/.../shard-*.scores.parquet \\
         --model M --task T --sampler S --out results/pools/.../stats.parquet
 """
@@ -24,8 +26,9 @@ import time
 import pandas as pd
 
 from repexp.atomic import write_parquet
-from repexp.tasks import TASK_NAMES, get_task, score_many
+from repexp.tasks import SOURCES, TASKS, get_task, score_many
 from repexp.verifiers.formats import format_ok
+from repexp.verifiers.settings import VerifierSettings
 
 log = logging.getLogger(__name__)
 
@@ -73,34 +76,26 @@ def pool_stats(scores: pd.DataFrame) -> pd.DataFrame:
 
 
 def add_verifier_args(ap: argparse.ArgumentParser) -> None:
-    """The task and verifier flags (config ``tasks.<name>.source`` and ``verifiers``)."""
-    ap.add_argument("--task", required=True, choices=TASK_NAMES)
-    ap.add_argument("--source", default="offline", choices=["offline", "hub"])
-    ap.add_argument("--last-number-fallback", action="store_true")
-    ap.add_argument("--math-timeout-s", type=float, default=5.0)
+    """The task and verifier flags: ``--task``, ``--source`` (config ``tasks.<name>.source``) and
+    ``--verifiers``, the stage's verifier settings as one JSON value (the ``verifiers`` section,
+    :class:`~repexp.verifiers.settings.VerifierSettings`; missing keys take its defaults)."""
+    ap.add_argument("--task", required=True, choices=list(TASKS))
+    ap.add_argument("--source", default="offline", choices=list(SOURCES))
     ap.add_argument(
-        "--math-reward",
-        default="math_verify",
-        choices=["math_verify", "recipe"],
-        help="MATH scorer: math-verify (inference pools) or the recipe's rule (RL)",
+        "--verifiers",
+        default="{}",
+        help="verifier settings as JSON (the verifiers config section as the stage applies it)",
     )
-    ap.add_argument("--code-timeout-s", type=float, default=10.0)
-    ap.add_argument("--code-memory-mb", type=int, default=2048)
-    ap.add_argument("--code-max-procs", type=int, default=32)
+
+
+def verifier_settings_of(args) -> VerifierSettings:
+    """The :class:`VerifierSettings` of :func:`add_verifier_args`' flags."""
+    return VerifierSettings.from_json(args.verifiers)
 
 
 def task_from_args(args):
     """The task of :func:`add_verifier_args`' flags."""
-    return get_task(
-        args.task,
-        source=args.source,
-        last_number_fallback=args.last_number_fallback,
-        math_timeout_s=args.math_timeout_s,
-        code_timeout_s=args.code_timeout_s,
-        code_memory_mb=args.code_memory_mb,
-        code_max_procs=args.code_max_procs,
-        math_reward=args.math_reward,
-    )
+    return get_task(args.task, source=args.source, verifiers=verifier_settings_of(args))
 
 
 def _stats_main(argv: list[str]) -> int:

@@ -8,7 +8,7 @@ orders the pool greedily by the elliptical bonus (novelty) of paper eq. (2):
 
 Algorithm 1: the first pick is uniform over the pool (here: the caller's ``first``; see
 :func:`first_picks`); every later pick is the not-yet-selected response of largest bonus. After
-each pick Λ is updated by Sherman–Morrison (Alg. 1 line 5),
+each pick Λ is updated by Sherman–Morrison (Alg. 1 line 5; :mod:`repexp.elliptical`),
 
     u = Λ_{t-1} φ_t,   s = 1 + φ_tᵀ u,   Λ_t = Λ_{t-1} − u uᵀ / s,
 
@@ -36,7 +36,8 @@ import warnings
 
 import numpy as np
 import scipy.sparse
-from scipy.linalg.blas import dsymv, dsyr
+
+from repexp.elliptical import sherman_morrison_batch, sherman_morrison_upper
 
 __all__ = [
     "first_picks",
@@ -185,23 +186,10 @@ def repexp_order(
         bonus[i] = -np.inf  # selected: never picked again
         if t == k - 1:
             break
-        u, s = _sherman_morrison_step(Lambda, Phi[i])
+        u, s = sherman_morrison_upper(Lambda, Phi[i])  # Λ: upper triangle only
         bonus -= (Phi @ u) ** 2 / s  # φᵢᵀΛ_tφᵢ = φᵢᵀΛ_{t-1}φᵢ − (φᵢᵀu)²/s
         i = int(np.argmax(bonus))  # ties: lowest index
     return (order, bonus_at_pick) if return_bonus else order
-
-
-def _sherman_morrison_step(Lambda: np.ndarray, phi: np.ndarray) -> tuple[np.ndarray, float]:
-    """Alg. 1 line 5 in place: u = Λφ, s = 1 + φᵀu, Λ ← Λ − u uᵀ/s; returns (u, s).
-
-    Λ is symmetric, so only one triangle is stored and touched (BLAS ``symv``/``syr`` on the
-    upper triangle of the C-ordered array, i.e. the lower one of its Fortran view), which halves
-    the memory traffic of the O(d²) part; the other triangle is stale and never read.
-    """
-    u = dsymv(1.0, Lambda.T, phi, lower=1)
-    s = 1.0 + float(phi @ u)
-    dsyr(-1.0 / s, u, a=Lambda.T, lower=1, overwrite_a=True)
-    return u, s
 
 
 def repexp_orders(
@@ -247,7 +235,7 @@ def repexp_orders(
         if t == k - 1:
             break
         for j, i in enumerate(order[:, t]):
-            U[:, j], s[j] = _sherman_morrison_step(Lambda[j], Phi[i])
+            U[:, j], s[j] = sherman_morrison_upper(Lambda[j], Phi[i])
         np.add.at(times_picked, order[:, t], 1)
         n_done += np.count_nonzero(times_picked[np.unique(order[:, t])] == T)
         if 8 * n_done > keep.size:  # drop rows no trial can pick any more
@@ -334,10 +322,7 @@ def repexp_orders_torch(
         bonus.scatter_(2, idx[:, :, None], float("-inf"))  # selected
         if t == k - 1:
             break
-        phi = Phi[pool, idx].reshape(B * T, d, 1)  # picked φ per trial
-        u = torch.bmm(Lambda, phi)  # u = Λ φ
-        s = 1.0 + (phi * u).sum(dim=(1, 2))  # s = 1 + φᵀ u
-        Lambda.baddbmm_(u, (u / s[:, None, None]).transpose(1, 2), alpha=-1.0)  # Λ -= u uᵀ/s
+        u, s = sherman_morrison_batch(Lambda, Phi[pool, idx].reshape(B * T, d))  # picked φ
         proj = torch.bmm(u.view(B, T, d), Phi.transpose(1, 2))  # φᵢᵀ u, (B, T, N)
         bonus -= proj.square_().div_(s.view(B, T, 1))  # Sherman–Morrison
         idx = bonus.argmax(dim=2)  # first max: lowest index

@@ -265,8 +265,8 @@ def leave_one_out_bonus(features, lam: float = 1.0, *, center: bool = True) -> n
 
     Source: ``recipe/rep_exp/workers/elliptical_reward_model_worker.py``, ``_compute_bonuses`` with
     ``reward_type == "leave_one_out"`` (volcengine/verl at 86d081d54; unused by their scripts, which
-    set ``leverage``). With Λ = Σ⁻¹ and Σ = λI + Σ_j φ_j φ_jᵀ over the whole group, the code downdates
-    Λ by the row itself,
+    set ``leverage``). With Λ = Σ⁻¹ and Σ = λI + Σ_j φ_j φ_jᵀ over the whole group, the code
+    downdates Λ by the row itself,
 
         Λ_{−i} = Λ + Λ φ_i (1 − φ_iᵀ Λ φ_i)⁻¹ φ_iᵀ Λ   (= (Σ − φ_i φ_iᵀ)⁻¹, Sherman–Morrison),
 
@@ -295,13 +295,15 @@ def leave_one_out_bonus(features, lam: float = 1.0, *, center: bool = True) -> n
 def repexp_loo(
     ctx: PoolContext, rng: np.random.Generator, k: int | None = None, *, lam: float = 1.0
 ) -> np.ndarray:
-    """The pool in decreasing order of the authors' ``leave_one_out`` bonus (:func:`leave_one_out_bonus`).
+    """The pool in decreasing order of the authors' ``leave_one_out`` bonus
+    (:func:`leave_one_out_bonus`).
 
     Why a one-shot ranking and not Algorithm 1 with another bonus: inside Alg. 1 the candidate i is
     never in the selected set S, so its bonus φ_iᵀ(λI + Σ_S)⁻¹φ_i *is* already the leave-one-out
-    bonus of i in the group S ∪ {i}; the ``leverage`` reading φ_iᵀ(λI + Σ_S + φ_iφ_iᵀ)⁻¹φ_i = b/(1 + b)
-    is increasing in it. Both readings give Alg. 1's order exactly (tests/test_selectors.py shows
-    it), so the only new selector the RL bonus defines is the one it is used as in RL: each response
+    bonus of i in the group S ∪ {i}; the ``leverage`` reading
+    φ_iᵀ(λI + Σ_S + φ_iφ_iᵀ)⁻¹φ_i = b/(1 + b) is increasing in it. Both readings give Alg. 1's
+    order exactly (tests/test_selectors.py shows it), so the only new selector the RL bonus
+    defines is the one it is used as in RL: each response
     scored against the whole pool at once, without greedy updates. It rewards outliers and, unlike
     Alg. 1, does not stop picking near-duplicates of an earlier pick. Ties: seeded random.
     """
@@ -320,7 +322,8 @@ def maxmin(ctx: PoolContext, rng: np.random.Generator, k: int | None = None) -> 
     The first pick is uniform (as RepExp's); each later pick is the response whose Euclidean
     distance to its nearest selected response is largest. So every prefix of k picks covers the pool
     within twice the optimal k-center radius. Where RepExp's bonus measures novelty against the span
-    of the selected features (an ellipsoid), this measures it against the selected points themselves.
+    of the selected features (an ellipsoid), this measures it against the selected points
+    themselves.
 
     Squared distances come from ‖x‖² + ‖y‖² − 2xᵀy (one matrix–vector product per pick, O(N·d));
     values below 1e-9·(‖x‖² + ‖y‖²) count as 0, so exact duplicates are recognised despite rounding.
@@ -382,7 +385,8 @@ def dpp_greedy_map(
 
     Args:
         first: force the first pick (default: the greedy one, argmax L_ii).
-        rel_tol: Chen et al. stop when the largest d_i² falls below ε; here ε = rel_tol · max_i L_ii.
+        rel_tol: Chen et al. stop when the largest d_i² falls below ε; here
+            ε = rel_tol · max_i L_ii.
 
     Returns:
         ``(order, gains)``: the greedy picks until the criterion is exhausted (at most rank(X) of
@@ -420,8 +424,9 @@ def dpp(ctx: PoolContext, rng: np.random.Generator, k: int | None = None) -> np.
     """Greedy MAP of a (k-)DPP with the linear kernel L = ΦΦᵀ on the centred features.
 
     The greedy picks maximise det(L_S), the squared volume spanned by the selected features; the
-    first pick is the greedy one (the response farthest from the pool mean). After rank(Φ) <= d picks
-    every residual is 0 (no volume left to add) and the rest follow in the seeded random order.
+    first pick is the greedy one (the response farthest from the pool mean). After rank(Φ) <= d
+    picks every residual is 0 (no volume left to add) and the rest follow in the seeded random
+    order.
     Ties: seeded random. Computed by :func:`dpp_greedy_map` (Chen et al. 2018).
 
     Relation to RepExp's greedy (paper Alg. 1, eq. 2), with Σ_S = λI + Σ_{j∈S} φ_jφ_jᵀ and RepExp's
@@ -499,7 +504,8 @@ def answer_dedup(ctx: PoolContext, rng: np.random.Generator, k: int | None = Non
     would rank the answers: if RepExp's gain were only answer diversity, this would match it.
 
     Not for code tasks (MBPP+): their "answer" is a program, and grouping by behaviour would mean
-    running every program on the prompt's examples in the sandbox; :func:`final_answers` refuses them.
+    running every program on the prompt's examples in the sandbox; :func:`final_answers` refuses
+    them.
     """
     answers = ctx.require("answers")
     perm = rng.permutation(ctx.n)
@@ -514,16 +520,14 @@ def answer_dedup(ctx: PoolContext, rng: np.random.Generator, k: int | None = Non
     return np.asarray(order, dtype=np.int64)
 
 
-_CODE_TASKS = ("mbppplus",)
-
-
 def final_answers(
     task: str, responses: Sequence[str], *, last_number_fallback: bool = False
 ) -> list[str | None]:
     """Each response's final answer as the task's verifier extracts it, canonicalised for grouping.
 
-    * ``gsm8k``: the number after the last ``####`` (:func:`repexp.verifiers.gsm8k.extract_hash_answer`;
-      with ``last_number_fallback``, the last number when there is none, as the verifier option),
+    * ``gsm8k``: the number after the last ``####``
+      (:func:`repexp.verifiers.gsm8k.extract_hash_answer`; with ``last_number_fallback``, the
+      last number when there is none, as the verifier option),
       written as its exact value (``1,000.00`` and ``1000`` are one answer);
     * ``arith``: the same with the last-number fallback always on (as its verifier);
     * ``math``, ``dapo``, ``aime``, ``aime2024``: the content of the last ``\\boxed{}``
@@ -537,42 +541,21 @@ def final_answers(
     ``None`` where no answer can be extracted. Code tasks raise ValueError: ``answer_dedup`` is left
     out for them (see its docstring).
     """
-    if task in _CODE_TASKS:
+    from repexp.tasks import TASKS, get_task
+
+    if task not in TASKS:
+        raise ValueError(f"final_answers: unknown task {task!r}; known: {', '.join(TASKS)}")
+    t = get_task(task, last_number_fallback=last_number_fallback)
+    if t.spec.final_answer is None:
         raise ValueError(
-            f"answer_dedup is not defined for the code task {task!r}: a program's "
-            "'answer' is its behaviour; leave the selector out for code tasks"
+            f"answer_dedup is not defined for the task {task!r}: "
+            + (
+                "a program's 'answer' is its behaviour; leave the selector out for code tasks"
+                if t.spec.code
+                else "its task record has no final_answer extractor (repexp.tasks.specs)"
+            )
         )
-    if task in ("gsm8k", "arith"):
-        from repexp.verifiers.gsm8k import extract_hash_answer, last_number, to_fraction
-
-        fallback = last_number_fallback or task == "arith"
-        out = []
-        for r in responses:
-            a = extract_hash_answer(r)
-            if a is None and fallback:
-                a = last_number(r)
-            v = to_fraction(a) if a is not None else None
-            out.append(None if a is None else str(v) if v is not None else a)
-        return out
-    if task in ("math", "dapo", "aime", "aime2024"):
-        from repexp.verifiers.latex import last_boxed
-        from repexp.verifiers.math import normalise_answer
-
-        out = []
-        for r in responses:
-            a = last_boxed(r)
-            a = normalise_answer(a) if a is not None else None
-            out.append(a or None)
-        return out
-    if task == "game24":
-        from repexp.verifiers.game24 import extract_expression
-
-        out = []
-        for r in responses:
-            e = extract_expression(r)
-            out.append("".join(e.split()) if e else None)
-        return out
-    raise ValueError(f"final_answers: unknown task {task!r}")
+    return [t.final_answer(r) for r in responses]
 
 
 # --------------------------------------------------------------------------------------------
@@ -631,7 +614,8 @@ _WORD = re.compile(r"\w+|[^\w\s]")
 
 def ngram_sets(texts: Sequence[str], n: int = 2) -> list[set[tuple[str, ...]]]:
     """The set of word n-grams of each text: lower-cased tokens ``\\w+`` or one punctuation mark
-    (so ``x+1=2`` gives x, +, 1, =, 2), consecutive n-tuples. A text of fewer than n tokens has none."""
+    (so ``x+1=2`` gives x, +, 1, =, 2), consecutive n-tuples. A text of fewer than n tokens has
+    none."""
     if isinstance(n, bool) or int(n) != n or n < 1:
         raise ValueError(f"n must be a positive integer, got {n!r}")
     out = []

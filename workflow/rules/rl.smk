@@ -1,26 +1,9 @@
 # RL post-training (paper.md section 3): GRPO / Unlikeliness / RepExp -> best checkpoint -> pass@k.
 # Train each (task, method, seed) -> sample the test set from its best checkpoint and from the base
 # model (the pool machinery) -> score -> per-question tables -> the RL tables of the figures.
+# The methods are the table repexp.rl.methods.METHODS: the wildcard constraints are built from it.
 
-if rl_on():
-    FIGURES.update(
-        {
-            "rl_passk": [
-                "results/tables/rl_passk.csv",
-                "results/tables/rl_efficiency.csv",
-            ],
-            "rl_passk_alt": ["results/tables/rl_passk.csv"],
-            "rl_loglik": ["results/tables/rl_loglik.parquet"],
-            "rl_loglik_tasks": ["results/tables/rl_loglik.parquet"],
-            "rl_training": [
-                "results/tables/rl_dev.csv",
-                "results/tables/rl_train.csv",
-                "results/tables/rl_best.csv",
-                "results/tables/rl_divergence.csv",
-            ],
-            "rl_hparams": ["results/tables/rl_hparams.csv"],
-        }
-    )
+from repexp.rl.methods import run_pattern, wildcard_pattern
 
 
 rule rl_train:
@@ -37,14 +20,14 @@ rule rl_train:
     log:
         "logs/rl_train/{model}/{task}/{method}/seed{seed}.log",
     wildcard_constraints:
-        method="grpo|unlikeliness|repexp",
+        method=wildcard_pattern(),
         seed=r"\d+",
     conda:
         "../../envs/training.yaml"
     threads: 1  # two trainings side by side on a 2-core machine; the Slurm profile sets more
     resources:
         mem_mb=job_mem_mb("rl_train"),
-        runtime=1440,
+        runtime=job_runtime("rl_train"),
         gpu=rl_gpus(),  # rl.gpus_per_run (the paper: 8), one training process each
         nodes=1,  # all on one node: `accelerate launch` starts every process there (Slurm --nodes=1)
     params:
@@ -70,14 +53,14 @@ rule rl_test_pool:
     log:
         "logs/rl_test_pool/{model}/{task}/{run}/shard-{shard}.log",
     wildcard_constraints:
-        run=r"base|(grpo|unlikeliness|repexp)/seed\d+",
+        run=run_pattern(),
     conda:
         "../../envs/generation.yaml"
     threads: 1  # beside a one-thread training on 2 cores; the Slurm profile sets more
     resources:
         mem_mb=job_mem_mb("rl_test_pool"),
-        runtime=240,
-        gpu=1 if config["inference"]["pool"]["backend"] == "vllm" else 0,
+        runtime=job_runtime("rl_test_pool"),
+        gpu=pool_gpus(),
     params:
         n=config["rl"]["test_samples"],
         max_new_tokens=rl_max_new_tokens,
@@ -105,7 +88,7 @@ rule rl_test_score:
     log:
         "logs/rl_test_score/{model}/{task}/{run}/shard-{shard}.log",
     wildcard_constraints:
-        run=r"base|(grpo|unlikeliness|repexp)/seed\d+",
+        run=run_pattern(),
     conda:
         "../../envs/analysis.yaml"
     threads: config["verifiers"]["workers"]
@@ -129,14 +112,14 @@ rule rl_test_questions:
     log:
         "logs/rl_test_questions/{model}/{task}/{run}.log",
     wildcard_constraints:
-        run=r"base|(grpo|unlikeliness|repexp)/seed\d+",
+        run=run_pattern(),
     conda:
         "../../envs/generation.yaml"
     threads: 1  # beside a one-thread training on 2 cores; the Slurm profile sets more
     resources:
         mem_mb=job_mem_mb("rl_test_questions"),
         runtime=60,
-        gpu=1 if config["inference"]["pool"]["backend"] == "vllm" else 0,
+        gpu=pool_gpus(),
     params:
         dtype=rl_policy_dtype,
         batch_tokens=config["inference"]["features"]["batch_tokens"],

@@ -1,6 +1,6 @@
 rule prepare_task:
     input:
-        task_wheel,
+        task_wheels,
     output:
         "resources/tasks/{task}/{split}.parquet",
     log:
@@ -16,13 +16,11 @@ rule prepare_task:
         seed=task_param("subset_seed"),
         qids=task_qids,
         template=task_param("template", none="builtin"),
-        chain_sum=lambda wildcards: json.dumps(
-            config["tasks"][wildcards.task].get("chain_sum")
-        ),
+        options=task_data_options,
         wheel_dir="resources/wheels",
     shell:
         "python -m repexp.tasks --task {wildcards.task} --split {wildcards.split} "
         "--source {params.source} --subset-seed {params.seed} "
         "--n-questions {params.n} --qids={params.qids} "
-        "--template {params.template:q} --chain-sum {params.chain_sum:q} "
+        "--template {params.template:q} --options {params.options:q} "
         "--wheel-dir {params.wheel_dir} --out {output} > {log} 2>&1"

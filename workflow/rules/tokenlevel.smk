@@ -1,19 +1,5 @@
 # Token-level RepExp (paper.md section 2): hardest solvable questions -> runs -> tables.
 
-if token_level_on():
-    FIGURES.update(
-        {
-            "tokenlevel": [
-                "results/tables/tokenlevel_passk.csv",
-                "results/tables/tokenlevel_difficulty.csv",
-            ],
-            "tokenlevel_se": [
-                "results/tables/tokenlevel_passk.csv",
-                "results/tables/tokenlevel_difficulty.csv",
-            ],
-        }
-    )
-
 
 wildcard_constraints:
     tl_method=r"vanilla|beta[0-9.e+-]+",
@@ -32,13 +18,11 @@ rule token_level_questions:
         mem_mb=job_mem_mb("token_level_questions"),
         runtime=10,
     params:
-        n_questions=config["token_level"]["n_questions"],
-        reference_samples=config["token_level"]["reference_samples"] or "all",
+        settings=settings_json(config["token_level"]),
         seed=config["seed"],
     shell:
         "python -m repexp.tokenlevel questions --scores {input.scores} "
-        "--n-questions {params.n_questions} --reference-samples {params.reference_samples} "
-        "--seed {params.seed} --out {output} > {log} 2>&1"
+        "--settings {params.settings:q} --seed {params.seed} --out {output} > {log} 2>&1"
 
 
 # A shard's runs are split into parts of `responses_per_job` responses (one job each, run states
@@ -67,9 +51,9 @@ rule token_level_run:
         runtime=720,
     params:
         beta=token_level_beta,
-        tl=config["token_level"],
         job=token_level_job,
-        dtype=lambda wildcards: config["models"][wildcards.model]["dtype"],
+        settings=settings_json(config["token_level"]),
+        dtype=model_dtype,
         verifier=verifier_args,
         seed=config["seed"],
     shell:
@@ -77,14 +61,8 @@ rule token_level_run:
         "--tasks {input.tasks} --questions {input.questions} --method {wildcards.tl_method} "
         "--beta {params.beta} --shard {params.job[shard]} --part {params.job[part]} "
         "--responses-per-job {params.job[responses_per_job]} {params.job[cli]} "
-        "--n-questions {params.tl[n_questions]} "
-        "--seeds {params.tl[seeds]} --runs-per-shard {params.tl[runs_per_shard]} "
-        "--slots {params.tl[slots]} --k-max {params.tl[k_max]} --lam {params.tl[lam]} "
-        "--top-p {params.tl[top_p]} --top-k {params.tl[top_k]} "
-        "--candidate-batch {params.tl[candidate_batch]} "
-        "--max-new-tokens {params.tl[max_new_tokens]} "
-        "--vanilla-batch-size {params.tl[vanilla_batch_size]} --seed {params.seed} "
-        "--dtype {params.dtype} --threads {threads} {params.verifier} --state-out {output.state} "
+        "--settings {params.settings:q} --seed {params.seed} --dtype {params.dtype} "
+        "--threads {threads} {params.verifier} --state-out {output.state} "
         "--out {output.rows} > {log} 2>&1"
 
 
@@ -106,11 +84,12 @@ rule token_level_summary:
         mem_mb=job_mem_mb("token_level_summary"),
         runtime=10,
     params:
-        tl=config["token_level"],
+        model=config["token_level"]["model"],
+        task=config["token_level"]["task"],
+        settings=settings_json(config["token_level"]),
         provenance=stage_provenance("token_level"),
     shell:
         "python -m repexp.tokenlevel summarize --runs {input.runs} --questions {input.questions} "
-        "--model-name {params.tl[model]} --task {params.tl[task]} --k-max {params.tl[k_max]} "
-        "--difficulty-bins {params.tl[difficulty_bins]} --out-passk {output.passk} "
-        "--out-difficulty {output.difficulty} --out-runs {output.runs} "
-        "--provenance {params.provenance:q} > {log} 2>&1"
+        "--model-name {params.model} --task {params.task} --settings {params.settings:q} "
+        "--out-passk {output.passk} --out-difficulty {output.difficulty} "
+        "--out-runs {output.runs} --provenance {params.provenance:q} > {log} 2>&1"

@@ -14,17 +14,21 @@ model (the "Base Model" curve). This module turns those pools into tables:
   the same seed (:func:`divergence_table`: rollouts step by step, final weights);
 * the hyper-parameter table (``hparams`` command), rendered from the configuration actually used.
 
-The pure functions are also used by the workflow to build the DAG: :func:`train_settings` is the
-``--settings`` JSON of a training run and :func:`splits_of` names its dev and test sets.
+The settings the workflow needs to build the DAG (a run's ``--settings``, its dev and test sets,
+run names) live in :mod:`repexp.rl.settings` (re-exported here); the methods in
+:mod:`repexp.rl.methods`.
 
 CLI (rules ``rl_test_questions``, ``rl_tables``, ``rl_hparams``)::
 
-    python -m repexp.rl.evaluate questions --base-model resources/models/m --pools P0 P1 --scores S0 S1 \\
-        --task gsm8k --run grpo/seed41 --out results/rl/m/gsm8k/grpo/seed41/test/questions.parquet
-    python -m repexp.rl.evaluate tables --questions Q1 Q2 ... --runs results/rl/m/gsm8k/grpo/seed41/done.json ... \\
-        --out-dir results/tables
-    python -m repexp.rl.evaluate hparams --rl '<rl section as JSON>' --model-spec '<JSON>' --out rl_hparams.csv
-    python -m repexp.rl.evaluate divergence results/rl/m/arith/repexp/seed41 results/rl/m/arith/grpo/seed41
+    python -m repexp.rl.evaluate questions --base-model resources/models/m \\
+        --pools P0 P1 --scores S0 S1 --task gsm8k --run grpo/seed41 \\
+        --out results/rl/m/gsm8k/grpo/seed41/test/questions.parquet
+    python -m repexp.rl.evaluate tables --questions Q1 Q2 ... \\
+        --runs results/rl/m/gsm8k/grpo/seed41/done.json ... --out-dir results/tables
+    python -m repexp.rl.evaluate hparams --rl '<rl section as JSON>' --model-spec '<JSON>' \\
+        --out rl_hparams.csv
+    python -m repexp.rl.evaluate divergence results/rl/m/arith/repexp/seed41 \\
+        results/rl/m/arith/grpo/seed41
 """
 
 from __future__ import annotations
@@ -34,7 +38,6 @@ import copy
 import json
 import logging
 import math
-import re
 import sys
 import time
 from collections.abc import Sequence
@@ -46,114 +49,28 @@ import pandas as pd
 from repexp import provenance
 from repexp.atomic import atomic_path, write_parquet
 from repexp.metrics import pass_at_k_curve
-from repexp.tasks import SPLITS
+from repexp.rl.methods import BASE, METHODS, OURS, REFERENCE
+
+# the DAG's settings live in repexp.rl.settings; re-exported here, where they used to be
+from repexp.rl.settings import (  # noqa: F401
+    GRID_KEYS,
+    parse_run,
+    run_name,
+    splits_of,
+    task_settings,
+    train_settings,
+)
 
 log = logging.getLogger(__name__)
 
-METHODS = ("grpo", "unlikeliness", "repexp")
-BASELINES = ("base", "grpo", "unlikeliness")  # what RepExp's sample efficiency is measured against
-METHOD_ORDER = ("base", *METHODS)
-# Keys of the rl section that choose the grid, not the training: given to the trainer by their own
-# flags (--model-name, --task, --method, --seed), or used only after training (test_samples).
-GRID_KEYS = ("model", "tasks", "methods", "seeds", "test_samples")
+# what RepExp's sample efficiency is measured against: the base model and every other method
+BASELINES = (BASE, *(m for m in METHODS if m != OURS))
+METHOD_ORDER = (BASE, *METHODS)
 
 
 # ------------------------------------------------------------------------------------------------
-# settings, splits, runs
+# checkpoint picking
 # ------------------------------------------------------------------------------------------------
-def task_settings(rl: dict, task: str) -> dict:
-    """The ``rl`` config section with ``task_overrides[task]`` applied (and removed).
-
-    An override replaces the top-level key of the same name; a key that only a method's section
-    holds (``proj_dim`` -> ``repexp.proj_dim``) replaces it there; any other key (``dev_task``) is
-    added at the top level.
-
-    >>> rl = {"max_response_length": 1024, "repexp": {"proj_dim": 32},
-    ...       "task_overrides": {"dapo": {"max_response_length": 8192, "proj_dim": 128, "dev_task": "aime2024"}}}
-    >>> task_settings(rl, "dapo")
-    {'max_response_length': 8192, 'repexp': {'proj_dim': 128}, 'dev_task': 'aime2024'}
-    >>> task_settings(rl, "math")["repexp"]
-    {'proj_dim': 32}
-    """
-    settings = copy.deepcopy({k: v for k, v in rl.items() if k != "task_overrides"})
-    for key, value in (rl.get("task_overrides") or {}).get(task, {}).items():
-        if key in settings and not isinstance(settings[key], dict):
-            settings[key] = value
-            continue
-        sections = [s for s in settings.values() if isinstance(s, dict) and key in s]
-        if len(sections) > 1:
-            raise ValueError(
-                f"rl.task_overrides.{task}.{key} is ambiguous: several rl sections have {key!r}"
-            )
-        if sections:
-            sections[0][key] = value
-        else:
-            settings[key] = value
-    return settings
-
-
-def train_settings(rl: dict, task: str) -> dict:
-    """The training run's ``--settings``: :func:`task_settings` without the grid keys
-    (:data:`GRID_KEYS`), so that adding a seed or a task, or changing the test sample count, does not
-    change (and so re-run) the finished trainings."""
-    return {k: v for k, v in task_settings(rl, task).items() if k not in GRID_KEYS}
-
-
-def splits_of(task: str, settings: dict) -> tuple[str, str, str, str]:
-    """``(dev_task, dev_split, test_task, test_split)`` of RL training on ``task`` (paper.md §3.4-3.5).
-
-    The dev set is the task's own ``dev`` split (GSM8K: the first 512 test questions, MATH:
-    MATH-500) unless ``settings["dev_task"]`` names another task (DAPO -> AIME 2024); the test set
-    is the dev task's ``test_rest`` split when it has one, else its ``test`` split, so a task
-    without a separate dev split (AIME 2024) is both the dev and the test set, as in the paper.
-
-    >>> splits_of("gsm8k", {})
-    ('gsm8k', 'dev', 'gsm8k', 'test_rest')
-    >>> splits_of("dapo", {"dev_task": "aime2024"})
-    ('aime2024', 'test', 'aime2024', 'test')
-    """
-    for name in (task, settings.get("dev_task") or task):
-        if name not in SPLITS:
-            raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(SPLITS)}")
-    if "train" not in SPLITS[task]:
-        raise ValueError(
-            f"task {task!r} has no train split (it has {', '.join(SPLITS[task])}); RL needs one"
-        )
-    dev_task = settings.get("dev_task") or task
-    have = SPLITS[dev_task]
-    if "dev" in have:
-        dev_split = "dev"
-    elif dev_task != task:
-        dev_split = "test"
-    else:
-        raise ValueError(
-            f"task {task!r} has no dev split; set rl.task_overrides.{task}.dev_task to a task "
-            f"whose questions are the dev set (as dapo -> aime2024)"
-        )
-    return dev_task, dev_split, dev_task, "test_rest" if "test_rest" in have else "test"
-
-
-def run_name(method: str, seed: int | None = None) -> str:
-    """The path component of one evaluated policy: ``base`` or ``<method>/seed<seed>``."""
-    return "base" if method == "base" else f"{method}/seed{int(seed)}"
-
-
-def parse_run(run: str) -> tuple[str, int | None]:
-    """Inverse of :func:`run_name`.
-
-    >>> parse_run("repexp/seed41"), parse_run("base")
-    (('repexp', 41), ('base', None))
-    """
-    if run == "base":
-        return "base", None
-    m = re.fullmatch(r"([a-z]+)/seed(\d+)", run)
-    if not m or m.group(1) not in METHODS:
-        raise ValueError(
-            f"not a run name: {run!r}; expected 'base' or '<method>/seed<N>' with method in {METHODS}"
-        )
-    return m.group(1), int(m.group(2))
-
-
 def pick_best(dev: pd.DataFrame) -> tuple[int, float]:
     """The checkpoint with the highest dev pass@1: ``(step, dev_pass1)``.
 
@@ -161,7 +78,8 @@ def pick_best(dev: pd.DataFrame) -> tuple[int, float]:
     strictly greater, so ties keep the earliest step; step 0 is the base model (when no checkpoint
     beats it, the base model is "best"). NaN values are skipped.
 
-    >>> pick_best(pd.DataFrame({"step": [0, 10, 20, 30], "dev_pass1": [0.5, 0.6, 0.6, float("nan")]}))
+    >>> dev = {"step": [0, 10, 20, 30], "dev_pass1": [0.5, 0.6, 0.6, float("nan")]}
+    >>> pick_best(pd.DataFrame(dev))
     (10, 0.6)
     """
     d = dev[["step", "dev_pass1"]].dropna().sort_values("step", kind="stable")
@@ -178,12 +96,13 @@ def pick_best(dev: pd.DataFrame) -> tuple[int, float]:
 # pass@k over seeds, sample efficiency
 # ------------------------------------------------------------------------------------------------
 def _method_key(method: pd.Series) -> pd.Series:
-    order = {m: i for i, m in enumerate(METHOD_ORDER)}
+    order = {m: i for i, m in enumerate((BASE, *METHODS))}  # METHOD_ORDER, read at call time
     return method.map(lambda m: order.get(m, len(order)))
 
 
 def passk_per_seed(questions: pd.DataFrame, ks: Sequence[int] | None = None) -> pd.DataFrame:
-    """pass@k of each (task, method, seed): the unbiased estimator per question, mean over questions.
+    """pass@k of each (task, method, seed): the unbiased estimator per question, mean over
+    questions.
 
     ``questions`` has columns task, method, seed (NA for the base model), qid, n, c. k runs over
     ``ks`` (default 1, 2, 4, ... up to the smallest n of the run, and that n). Columns: task,
@@ -240,7 +159,8 @@ def passk_table(questions: pd.DataFrame, ks: Sequence[int] | None = None) -> pd.
 
 
 def efficiency_factor(ks, repexp, target: float, k_max: float | None = None) -> tuple[float, float]:
-    """RepExp's test-time sample-efficiency factor against a baseline (paper.md §5): ``(k*, k_max / k*)``.
+    """RepExp's test-time sample-efficiency factor against a baseline (paper.md §5): ``(k*, k_max /
+    k*)``.
 
     k* is where RepExp's pass@k curve first reaches ``target`` (the baseline's pass@k_max),
     interpolated linearly in log k between the two k that bracket it:
@@ -249,7 +169,8 @@ def efficiency_factor(ks, repexp, target: float, k_max: float | None = None) -> 
     lower bound); when it never does, both are NaN. ``k_max`` defaults to the largest k.
 
     >>> k_star, factor = efficiency_factor([1, 2, 4, 8], [0.2, 0.4, 0.5, 0.6], 0.45)
-    >>> round(k_star, 6), round(factor, 6)  # halfway between k = 2 and 4 in log k: sqrt(8); 8 / sqrt(8)
+    >>> # halfway between k = 2 and 4 in log k: sqrt(8); 8 / sqrt(8)
+    >>> round(k_star, 6), round(factor, 6)
     (2.828427, 2.828427)
     """
     ks = np.asarray(ks, dtype=np.float64)
@@ -274,11 +195,14 @@ def efficiency_factor(ks, repexp, target: float, k_max: float | None = None) -> 
 
 
 def efficiency_table(
-    passk: pd.DataFrame, ours: str = "repexp", baselines: Sequence[str] = BASELINES
+    passk: pd.DataFrame, ours: str = OURS, baselines: Sequence[str] | None = None
 ) -> pd.DataFrame:
     """One row per task x baseline: how many times fewer samples RepExp needs to match the
     baseline's pass@k at the largest k both curves have (paper: 256 / k*). ``note`` says why a
-    factor is missing (no curve, never reached, a baseline that solves nothing) or only a bound."""
+    factor is missing (no curve, never reached, a baseline that solves nothing) or only a bound.
+    ``baselines`` defaults to the base model and every other method of ``repexp.rl.methods``."""
+    if baselines is None:
+        baselines = (BASE, *(m for m in METHODS if m != ours))
     rows = []
     for task, t in passk.groupby("task", sort=False):
         mine = t[t["method"] == ours].sort_values("k")
@@ -429,7 +353,8 @@ def run_questions(pool: pd.DataFrame, scores: pd.DataFrame, *, task: str, run: s
     if merged["correct"].isna().any():
         bad = merged[merged["correct"].isna()].iloc[0]
         raise ValueError(
-            f"no score for question {bad.qid} sample {bad['sample']}: pools and scores are out of step"
+            f"no score for question {bad.qid} sample {bad['sample']}: pools and scores are out of "
+            "step"
         )
     merged["correct"] = merged["correct"].astype(bool)
     counts = merged.groupby("qid", sort=False)["correct"].agg(n="size", c="sum").reset_index()
@@ -607,7 +532,8 @@ def rollout_divergence(a, b) -> dict:
     draws the same prompts in the same order, and generation is seeded alike, so runs agree until
     their policies differ): ``steps`` compared, ``steps_differing`` (any rollout differs),
     ``first_step_differing`` (None if none), ``rollouts``, ``rollouts_differing`` and their fraction
-    ``frac_rollouts_differing``; ``per_step``: one row per step (``step``, ``rollouts``, ``differing``).
+    ``frac_rollouts_differing``; ``per_step``: one row per step (``step``, ``rollouts``,
+    ``differing``).
     """
     ta, tb = (pd.read_csv(x) if isinstance(x, str | Path) else x for x in (a, b))
     both = ta.merge(tb, on="step", suffixes=("_a", "_b")).sort_values("step")
@@ -641,8 +567,8 @@ def _safetensors_files(model_dir: Path) -> list[Path]:
 
 
 def weight_sketch(final_dir, base_dir, size: int | None = SKETCH_SIZE, seed: int = 0) -> dict:
-    """CountSketches of the weights of ``final_dir`` (a trained policy) and ``base_dir`` (its initial
-    model): ``{"names", "size", "seed", "final", "base"}``.
+    """CountSketches of the weights of ``final_dir`` (a trained policy) and ``base_dir`` (its
+    initial model): ``{"names", "size", "seed", "final", "base"}``.
 
     Over the tensors both hold (same name and shape), coordinate i of tensor t goes to bucket h(i)
     with sign σ(i) (drawn from a generator seeded by ``seed`` and t's name, so every run of a base
@@ -765,7 +691,7 @@ DIVERGENCE_COLUMNS = [
 ]
 
 
-def divergence_table(run_dirs: Sequence[str | Path], versus: str = "grpo") -> pd.DataFrame:
+def divergence_table(run_dirs: Sequence[str | Path], versus: str = REFERENCE) -> pd.DataFrame:
     """One row per run of another method than ``versus`` that has a ``versus`` run of the same task
     and seed: :func:`rollout_divergence` and :func:`weight_divergence` of the two (NaN where a run
     lacks ``rollouts.csv`` / ``weights_sketch.npz``)."""
@@ -795,6 +721,101 @@ def divergence_table(run_dirs: Sequence[str | Path], versus: str = "grpo") -> pd
             )
         rows.append(row)
     return pd.DataFrame(rows, columns=DIVERGENCE_COLUMNS)
+
+
+SUMMARY_COLUMNS = [
+    "task",
+    "method",
+    "seed",
+    "dev_pass1_step0",
+    "dev_pass1_best",
+    "best_step",
+    "groups_all_correct",
+    "groups_reordered",
+    "shaping_share",
+    "test_pass1",
+    "test_passk",
+    "k",
+    "frac_rollouts_differing",
+    "weights_rel_update",
+]
+
+
+def summary_table(
+    best: pd.DataFrame, train: pd.DataFrame, passk: pd.DataFrame, divergence: pd.DataFrame
+) -> pd.DataFrame:
+    """One row per training run (and the base model): what the RL stage did, from its tables.
+
+    Per run: dev pass@1 at step 0 and at the selected checkpoint (``rl_best``); the means over the
+    training steps of the fraction of all-correct groups, of groups whose advantage order the
+    shaping changed and of the shaping's share of mean |advantage| (``rl_train``); test pass@1
+    and pass@k at the largest k (``rl_passk``: the mean over the method's seeds); and how far its
+    rollouts and final weights drifted from GRPO's run of the same seed (``rl_divergence``; NaN
+    for GRPO itself).
+
+    >>> best = pd.DataFrame({"task": ["t"], "method": ["repexp"], "seed": [1], "step": [4],
+    ...                      "dev_pass1": [0.7], "base_dev_pass1": [0.6]})
+    >>> train = pd.DataFrame({"task": "t", "method": "repexp", "seed": 1, "step": [1, 2],
+    ...     "groups_all_correct": [0.5, 0.0], "groups_reordered": [0.5, 0.0],
+    ...     "shaping_share": [0.2, 0.0]})
+    >>> passk = pd.DataFrame({"task": "t", "method": ["base", "base", "repexp", "repexp"],
+    ...     "k": [1, 8] * 2, "mean": [0.5, 0.9, 0.6, 1.0]})
+    >>> div = pd.DataFrame({"task": ["t"], "seed": [1], "method": ["repexp"],
+    ...     "frac_rollouts_differing": [0.75], "weights_rel_update": [0.3]})
+    >>> row = summary_table(best, train, passk, div).set_index("method").loc["repexp"]
+    >>> cols = ["dev_pass1_step0", "groups_all_correct", "test_passk", "frac_rollouts_differing"]
+    >>> [float(row[c]) for c in cols]
+    [0.6, 0.25, 1.0, 0.75]
+    """
+    keys = ["task", "method", "seed"]
+    rows = []
+    kmax = int(passk["k"].max()) if len(passk) else np.nan
+    for _, b in best.iterrows():
+        t = train[
+            (train["task"] == b["task"])
+            & (train["method"] == b["method"])
+            & (train["seed"] == b["seed"])
+        ]
+        p = passk[(passk["task"] == b["task"]) & (passk["method"] == b["method"])]
+        p = p.set_index("k")["mean"]
+        d = divergence[
+            (divergence["task"] == b["task"])
+            & (divergence["method"] == b["method"])
+            & (divergence["seed"] == b["seed"])
+        ]
+        rows.append(
+            {
+                **{k: b[k] for k in keys},
+                "dev_pass1_step0": b["base_dev_pass1"],
+                "dev_pass1_best": b["dev_pass1"],
+                "best_step": b["step"],
+                **{
+                    c: float(t[c].mean()) if c in t and len(t) else np.nan
+                    for c in ("groups_all_correct", "groups_reordered", "shaping_share")
+                },
+                "test_pass1": float(p.get(1, np.nan)),
+                "test_passk": float(p.get(kmax, np.nan)),
+                "k": kmax,
+                "frac_rollouts_differing": float(d["frac_rollouts_differing"].iloc[0])
+                if len(d)
+                else np.nan,
+                "weights_rel_update": float(d["weights_rel_update"].iloc[0]) if len(d) else np.nan,
+            }
+        )
+    base = passk[passk["method"] == BASE]
+    for task, g in base.groupby("task"):
+        p = g.set_index("k")["mean"]
+        rows.append(
+            {
+                "task": task,
+                "method": BASE,
+                "seed": pd.NA,
+                "test_pass1": float(p.get(1, np.nan)),
+                "test_passk": float(p.get(kmax, np.nan)),
+                "k": kmax,
+            }
+        )
+    return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -841,7 +862,8 @@ def _cmd_questions(a) -> int:
 
 
 def read_run(done: str | Path) -> dict:
-    """A finished training run (the folder of its ``done.json``): identity, best checkpoint, logs."""
+    """A finished training run (the folder of its ``done.json``): identity, best checkpoint,
+    logs."""
     d = Path(done).parent
     best = json.loads((d / "best.json").read_text())
     keys = {"task": best["task"], "method": best["method"], "seed": int(best["seed"])}
@@ -924,8 +946,23 @@ def _cmd_tables(a) -> int:
     return 0
 
 
+def _cmd_summary(a) -> int:
+    """Print :func:`summary_table` of a results/tables folder."""
+    d = Path(a.tables_dir)
+    table = summary_table(
+        *(
+            provenance.strip(pd.read_csv(d / f"rl_{name}.csv"))
+            for name in ("best", "train", "passk", "divergence")
+        )
+    )
+    with pd.option_context("display.width", 250, "display.max_columns", 30):
+        print(table.round(4).to_string(index=False))
+    return 0
+
+
 def _cmd_divergence(a) -> int:
-    """Print how far run A drifted from run B (same seed): rollouts step by step and final weights."""
+    """Print how far run A drifted from run B (same seed): rollouts step by step and final
+    weights."""
     da, db = Path(a.run_a), Path(a.run_b)
     r = rollout_divergence(da / "rollouts.csv", db / "rollouts.csv")
     with pd.option_context("display.width", 200, "display.max_rows", 500):
@@ -942,7 +979,8 @@ def _cmd_divergence(a) -> int:
 
 def _cmd_hparams(a) -> int:
     table = hparams_table(json.loads(a.rl), json.loads(a.model_spec) if a.model_spec else None)
-    # a key/value table: the provenance as rows of section "provenance", so its columns stay the tasks
+    # a key/value table: the provenance as rows of section "provenance", so its columns stay the
+    # tasks
     _write_csv(provenance.stamp_rows(table, provenance.from_cli(a.provenance)), Path(a.out))
     with pd.option_context(
         "display.width", 200, "display.max_columns", 20, "display.max_colwidth", 60
@@ -983,6 +1021,10 @@ def main(argv: list[str] | None = None) -> int:
         "run_a", help="a run folder (rollouts.csv, weights_sketch.npz), e.g. .../repexp/seed41"
     )
     v.add_argument("run_b", help="the run to compare with, e.g. .../grpo/seed41")
+    sm = sub.add_parser(
+        "summary", help="one row per run: dev pass@1, shaping diagnostics, test pass@k, divergence"
+    )
+    sm.add_argument("--tables-dir", default="results/tables", help="where the rl_*.csv tables are")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     return {
@@ -990,6 +1032,7 @@ def main(argv: list[str] | None = None) -> int:
         "tables": _cmd_tables,
         "hparams": _cmd_hparams,
         "divergence": _cmd_divergence,
+        "summary": _cmd_summary,
     }[a.cmd](a)
 
 

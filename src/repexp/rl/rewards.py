@@ -1,8 +1,9 @@
 """Rewards of RL post-training, in TRL's reward-function style (paper.md §3.1, §3.3).
 
 TRL 1.16 calls every reward function once per generation batch *per process* as
-``f(prompts=..., completions=..., completion_ids=..., trainer_state=..., log_extra=..., log_metric=...,
-**dataset_columns)`` (``GRPOTrainer._calculate_rewards``), with the G completions of a prompt in
+``f(prompts=..., completions=..., completion_ids=..., trainer_state=..., log_extra=...,
+log_metric=..., **dataset_columns)`` (``GRPOTrainer._calculate_rewards``), with the G completions of
+a prompt in
 consecutive rows, and expects one float per completion. Both rewards here are small picklable
 classes (the model is loaded lazily and not pickled):
 
@@ -40,6 +41,8 @@ from collections.abc import Sequence
 from contextlib import contextmanager
 
 import numpy as np
+
+from repexp.verifiers.settings import VerifierSettings
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +122,8 @@ def check_whole_groups(keys: Sequence, group_size: int) -> None:
     n = len(keys)
     if n % group_size:
         raise ValueError(
-            f"{n} completions is not a multiple of the group size {group_size}: a group is split across "
+            f"{n} completions is not a multiple of the group size {group_size}: a group is split "
+            "across "
             f"processes (or micro-batches). Make the per-process generation batch "
             f"(per_device_train_batch_size x steps_per_generation) a multiple of the group size."
         )
@@ -127,7 +131,8 @@ def check_whole_groups(keys: Sequence, group_size: int) -> None:
         block = list(keys[start : start + group_size])
         if any(k != block[0] for k in block):
             raise ValueError(
-                f"rows {start}..{start + group_size - 1} are not whole groups (keys {block}): the G completions "
+                f"rows {start}..{start + group_size - 1} are not whole groups (keys {block}): the "
+                "G completions "
                 f"of a prompt must be consecutive and on one process."
             )
 
@@ -174,7 +179,8 @@ def unlikeliness_scale(
 # reward functions
 # ------------------------------------------------------------------------------------------------
 def completion_texts(completions) -> list[str]:
-    """Plain text of TRL completions (strings, or conversational ``[{"role": "assistant", ...}]``)."""
+    """Plain text of TRL completions (strings, or conversational ``[{"role": "assistant",
+    ...}]``)."""
     out = []
     for c in completions:
         if isinstance(c, str):
@@ -187,9 +193,12 @@ def completion_texts(completions) -> list[str]:
 class CorrectnessReward:
     """r*(x, y) ∈ {0, 1}: the task's checker on the completion text against the ``answer`` column.
 
-    ``workers > 1`` scores in that many processes (one timeout per item, ``repexp.tasks.score_many``),
-    worth it for math-verify on large GPU batches; 1 scores in this process (the checker's own
-    process-level timeout still guards math-verify).
+    ``verifiers`` are the checker switches of the RL stage
+    (:meth:`~repexp.verifiers.settings.VerifierSettings.for_stage` ``(section, "rl")``; default:
+    :class:`~repexp.verifiers.settings.VerifierSettings`' defaults). ``workers > 1`` scores in that
+    many processes (one timeout per item, ``repexp.tasks.score_many``), worth it for math-verify on
+    large GPU batches; 1 scores in this process (the checker's own process-level timeout still
+    guards math-verify).
     """
 
     __name__ = "correct"
@@ -199,11 +208,11 @@ class CorrectnessReward:
         task: str,
         *,
         source: str = "offline",
-        verifier_options: dict | None = None,
+        verifiers: VerifierSettings | None = None,
         workers: int = 1,
     ):
         self.task_name, self.source = task, source
-        self.verifier_options = dict(verifier_options or {})
+        self.verifiers = VerifierSettings() if verifiers is None else verifiers
         self.workers = int(workers)
         self._task = None
 
@@ -212,7 +221,7 @@ class CorrectnessReward:
         if self._task is None:
             from repexp.tasks import get_task
 
-            self._task = get_task(self.task_name, source=self.source, **self.verifier_options)
+            self._task = get_task(self.task_name, source=self.source, verifiers=self.verifiers)
         return self._task
 
     def __getstate__(self):
@@ -250,13 +259,14 @@ class RepExpReward:
        included when present, from the exact prompt ids (``prompt_ids``, passed by
        :class:`repexp.rl.trainer.RLTrainer`; else re-tokenised with the chat template exactly as
        TRL does) followed by ``completion_ids``;
-    3. a fresh very sparse projection to ``proj_dim`` dims, seeded by (``seed``, the trainer's global
-       step), shared by all groups of the batch; centring per group; leverage with λ; zero for a
+    3. a fresh very sparse projection to ``proj_dim`` dims, seeded by (``seed``, the trainer's
+       global step), shared by all groups of the batch; centring per group; leverage with λ; zero
+       for a
        group without a correct rollout (:func:`repexp.bonus.group_bonuses`).
 
     Groups are the consecutive blocks of ``group_size`` rows; a block that is not one question
-    (``qid`` column) is an error (:func:`check_whole_groups`), so a split group can never get a bonus
-    computed from part of it.
+    (``qid`` column) is an error (:func:`check_whole_groups`), so a split group can never get a
+    bonus computed from part of it.
 
     The model is loaded on the first call (after the trainer has sharded the policy, so a
     process never holds both on the host) under :func:`own_weights`, and checked
@@ -283,13 +293,13 @@ class RepExpReward:
         device: str | None = None,
         batch_tokens: int = 4096,
         source: str = "offline",
-        verifier_options: dict | None = None,
+        verifiers: VerifierSettings | None = None,
         workers: int = 1,
         offload: bool = False,
     ):
         self.base_model = str(base_model)
         self.correctness = CorrectnessReward(
-            task, source=source, verifier_options=verifier_options, workers=workers
+            task, source=source, verifiers=verifiers, workers=workers
         )
         self.group_size, self.beta, self.lam, self.proj_dim = (
             int(group_size),
@@ -332,7 +342,8 @@ class RepExpReward:
         return self._model, self._tok
 
     def prompt_ids_of(self, prompts) -> list[list[int]]:
-        """Token ids of ``prompts`` as TRL's ``_tokenize_prompts`` makes them (chat template, generation prompt)."""
+        """Token ids of ``prompts`` as TRL's ``_tokenize_prompts`` makes them (chat template,
+        generation prompt)."""
         _, tok = self.load()
         if prompts and not isinstance(prompts[0], str):
             out = tok.apply_chat_template(
@@ -395,7 +406,7 @@ class RepExpReward:
         correct = self.correctness.scores(completions, answer)
         if prompt_ids is None:
             prompt_ids = self.prompt_ids_of(prompts)
-        else:  # the trainer's ids; the chat template must agree with them (checked on the first row)
+        else:  # the trainer's ids; the chat template must agree with them (first row checked)
             mine = self.prompt_ids_of(prompts[:1])[0]
             if list(prompt_ids[0]) != mine:
                 raise RuntimeError(

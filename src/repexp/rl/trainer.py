@@ -1,9 +1,11 @@
-"""The paper's GRPO set-up on TRL: settings, the verl -> ``GRPOConfig`` mapping, and a small trainer subclass.
+"""The paper's GRPO set-up on TRL: settings, the verl -> ``GRPOConfig`` mapping, and a small trainer
+subclass.
 
-Batch arithmetic (paper.md §3.2; verl's names on the left). A *step* is verl's: one generation round.
+Batch arithmetic (paper.md §3.2; verl's names on the left). A *step* is verl's: one generation
+round.
 
-* ``train_batch_prompts`` prompts × G rollouts are generated per step (TRL: ``generation_batch_size``
-  = ``per_device_train_batch_size × processes × steps_per_generation``);
+* ``train_batch_prompts`` prompts × G rollouts are generated per step (TRL:
+  ``generation_batch_size`` = ``per_device_train_batch_size × processes × steps_per_generation``);
 * they are consumed in ``train_batch_prompts / mini_batch_prompts`` optimiser updates of
   ``mini_batch_prompts × G`` rollouts each (TRL: ``per_device_train_batch_size × processes ×
   gradient_accumulation_steps``);
@@ -18,8 +20,8 @@ slice of ``per_device_train_batch_size × steps_per_generation`` rows, so a grou
 processes exactly when that slice is not a multiple of G (:func:`check_group_layout`).
 
 Why a subclass (:class:`RLTrainer`): TRL 1.16 computes the advantages inline in
-``_generate_and_score_completions`` (a 600-line method), right after ``_calculate_rewards``; there is
-no hook between the rewards and the advantages, and reward functions see neither the policy nor
+``_generate_and_score_completions`` (a 600-line method), right after ``_calculate_rewards``; there
+is no hook between the rewards and the advantages, and reward functions see neither the policy nor
 the prompt token ids. The subclass overrides these methods:
 
 * ``_generate`` -- keeps the exact prompt token ids TRL generated from, and times generation;
@@ -31,16 +33,17 @@ the prompt token ids. The subclass overrides these methods:
   not a multiple of ``steps_per_generation``; always with vLLM importance sampling), and keeps it
   local to that method, so the subclass runs one no-grad forward of the policy over the batch
   (TRL's own ``_get_per_token_logps_and_entropies``; the same weights, so the same values).
-* ``_generate_and_score_completions`` -- replaces TRL's advantages by verl's (:func:`grpo_advantages`),
-  computed in float64 from the exact rewards, and logs the per-step diagnostics of the reward
+* ``_generate_and_score_completions`` -- replaces TRL's advantages by verl's
+  (:func:`grpo_advantages`), computed in float64 from the exact rewards, and logs the per-step
+  diagnostics of the reward
   shaping (:func:`advantage_diagnostics`) and a hash of every rollout (:func:`rollout_hash`).
 
 Advantages (paper.md §3.2; verl ``compute_grpo_outcome_advantage`` with ``norm_adv_by_std_in_grpo``,
 the recipe's setting). Per group of G rollouts of a prompt: A_i = (r_i − mean(r)) / (std(r) + ε),
 with ``torch.std``'s **unbiased** (Bessel-corrected, n − 1) standard deviation of the group and
 verl's ε = 1e-6 (``rl.adv_eps``). TRL 1.16 (``scale_rewards="group"``, ``sum_then_normalize``) has
-the same formula with the same unbiased std (``trl.trainer.utils.nanstd``) but a hard-coded ε = 1e-4.
-That difference is no detail for RepExp: with λ = 0.01 every rollout's leverage is close to
+the same formula with the same unbiased std (``trl.trainer.utils.nanstd``) but a hard-coded ε =
+1e-4. That difference is no detail for RepExp: with λ = 0.01 every rollout's leverage is close to
 (G − 1)/G, so within a group where every rollout is correct the reward r* + β·bonus varies only by
 β·1e-4 .. β·8e-4 (std ~1e-6 .. 1e-5), and the bonus is the only signal there. verl's ε keeps
 |A| ~ 0.4-0.7 in such a group; TRL's divides by ~1e-4 and shrinks it 10-50x. verl keeps rewards
@@ -60,9 +63,10 @@ from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 
+from repexp.rl.settings import GRID_KEYS as SECTION_GRID_KEYS
+
 log = logging.getLogger(__name__)
 
-METHODS = ("grpo", "unlikeliness", "repexp")
 # Two advantages closer than this (in units of the group's std) count as tied when the diagnostics
 # compare orderings (advantage_diagnostics): a difference below 1e-3 changes a rollout's weight in
 # the policy gradient by less than 0.1%.
@@ -128,8 +132,10 @@ class RLSettings:
     repexp: RepExpSettings = field(default_factory=RepExpSettings)
     unlikeliness: UnlikelinessSettings = field(default_factory=UnlikelinessSettings)
 
-    # keys of the rl section that choose the grid, not one run (ignored here)
-    GRID_KEYS = ("model", "tasks", "methods", "seeds", "test_samples", "task_overrides")
+    # keys of the rl section that are not one run's settings (ignored here): the grid keys
+    # (repexp.rl.settings.GRID_KEYS, the one list of them) and ``task_overrides``, which a run's
+    # --settings no longer holds (train_settings applies it) but a whole rl section still does
+    GRID_KEYS = (*SECTION_GRID_KEYS, "task_overrides")
 
     @classmethod
     def from_dict(cls, d: dict) -> RLSettings:
@@ -170,7 +176,8 @@ class RLSettings:
             )
         if self.gpus_per_run < 1:
             raise ValueError(f"gpus_per_run must be >= 1, got {self.gpus_per_run}")
-        # the batches and vLLM's tensor-parallel groups must fit the processes the run is launched with
+        # the batches and vLLM's tensor-parallel groups must fit the processes the run is launched
+        # with
         batch_layout(self, self.gpus_per_run)
         check_vllm_layout(self, self.gpus_per_run, what="rl.gpus_per_run")
 
@@ -191,13 +198,15 @@ class BatchLayout:
 def check_group_layout(
     per_device_train_batch_size: int, steps_per_generation: int, num_processes: int, group_size: int
 ) -> None:
-    """Fail unless every process's slice of a generation batch holds whole groups (see the module doc)."""
+    """Fail unless every process's slice of a generation batch holds whole groups (see the module
+    doc)."""
     per_process = per_device_train_batch_size * steps_per_generation
     if per_process % group_size:
         raise ValueError(
             f"each of the {num_processes} process(es) generates {per_process} rollouts per step "
             f"(per_device_train_batch_size {per_device_train_batch_size} x steps_per_generation "
-            f"{steps_per_generation}), not a multiple of the group size {group_size}: a group would be split "
+            f"{steps_per_generation}), not a multiple of the group size {group_size}: a group "
+            "would be split "
             f"across processes and its RepExp bonus / Unlikeliness ranks computed from part of it. "
             f"Choose rl.train_batch_prompts as a multiple of the number of processes."
         )
@@ -213,7 +222,8 @@ def check_vllm_layout(s: RLSettings, num_processes: int, what: str = "training p
     tp = s.vllm_tensor_parallel_size
     if s.use_vllm and num_processes % tp:
         raise ValueError(
-            f"rl.vllm_tensor_parallel_size = {tp} does not divide the {num_processes} {what}: TRL's colocated "
+            f"rl.vllm_tensor_parallel_size = {tp} does not divide the {num_processes} {what}: "
+            "TRL's colocated "
             f"vLLM runs one engine per {tp} consecutive training processes (one per GPU). Set "
             f"rl.gpus_per_run to a multiple of {tp} (the paper: 8 GPUs, TP 2) or lower "
             f"rl.vllm_tensor_parallel_size."
@@ -221,13 +231,15 @@ def check_vllm_layout(s: RLSettings, num_processes: int, what: str = "training p
 
 
 def batch_layout(s: RLSettings, num_processes: int = 1) -> BatchLayout:
-    """TRL batch sizes that reproduce verl's train / mini / micro batches (module doc), or a clear error."""
+    """TRL batch sizes that reproduce verl's train / mini / micro batches (module doc), or a
+    clear error."""
     G, micro = s.group_size, s.micro_batch_size
     mini, train = s.mini_batch_prompts * G, s.train_batch_prompts * G
     for name, rollouts in (("mini_batch_prompts", mini), ("train_batch_prompts", train)):
         if rollouts % (micro * num_processes):
             raise ValueError(
-                f"rl.{name} x group_size = {rollouts} rollouts is not a multiple of micro_batch_size "
+                f"rl.{name} x group_size = {rollouts} rollouts is not a multiple of "
+                "micro_batch_size "
                 f"{micro} x {num_processes} process(es)"
             )
     layout = BatchLayout(
@@ -251,7 +263,8 @@ def grpo_config(
     save_steps: int | None = None,
     **overrides,
 ):
-    """The ``GRPOConfig`` of paper.md §3.2 (verl recipe values; config/README.md has the mapping table)."""
+    """The ``GRPOConfig`` of paper.md §3.2 (verl recipe values; config/README.md has the mapping
+    table)."""
     from trl import GRPOConfig
 
     lay = batch_layout(s, num_processes)
@@ -296,7 +309,8 @@ def grpo_config(
         bf16=cuda,
         fp16=False,
         gradient_checkpointing=s.gradient_checkpointing,
-        # vLLM colocated generation (GPU only); verl recomputes old log-probs with the actor and has no
+        # vLLM colocated generation (GPU only); verl recomputes old log-probs with the actor and has
+        # no
         # vLLM importance-sampling correction, so TRL's is off
         use_vllm=s.use_vllm,
         vllm_mode="colocate",
@@ -324,7 +338,8 @@ def grpo_config(
 # advantages, their diagnostics, rollout hashes (pure; used by RLTrainer)
 # ------------------------------------------------------------------------------------------------
 def grpo_advantages(rewards, group_size: int, eps: float) -> np.ndarray:
-    """verl's GRPO advantages of consecutive groups of ``group_size`` rewards, in float64 (module doc).
+    """verl's GRPO advantages of consecutive groups of ``group_size`` rewards, in float64 (module
+    doc).
 
     A_i = (r_i − mean_g) / (std_g + ``eps``), std_g unbiased (n − 1), over the group's rewards that
     are not NaN; a NaN reward (no reward function scored the rollout) gets advantage 0, and so does
@@ -359,11 +374,12 @@ def advantage_diagnostics(
 
     * ``groups_all_correct``: fraction of groups whose rollouts are all correct (GRPO's advantages
       are all 0 there, so only the shaping moves the policy on them);
-    * ``groups_reordered``: fraction of groups where the shaping changes the order of the advantages:
-      some pair of rollouts ordered one way by A_correct is tied or reversed by A_shaped, or the
+    * ``groups_reordered``: fraction of groups where the shaping changes the order of the
+      advantages: some pair of rollouts ordered one way by A_correct is tied or reversed by
+      A_shaped, or the
       other way round; two advantages within ``tol`` count as tied;
-    * ``shaping_share``: the shaping's share of the mean |advantage|, Σ|A_shaped − A_correct| / Σ|A_shaped|
-      (1 when only the shaping gives a signal; NaN when every advantage is 0);
+    * ``shaping_share``: the shaping's share of the mean |advantage|, Σ|A_shaped − A_correct| /
+      Σ|A_shaped| (1 when only the shaping gives a signal; NaN when every advantage is 0);
     * ``adv_abs``: mean |A_shaped| over all rollouts; ``adv_abs_all_correct``: the same over the
       rollouts of all-correct groups (NaN when there is none), where ε matters (module doc).
 
@@ -399,7 +415,8 @@ def advantage_diagnostics(
 
 def rollout_hash(prompt_ids, completion_ids) -> str:
     """16 hex digits (blake2b-64) of a rollout's prompt and completion token ids: two runs drew the
-    same rollout at the same position iff the hashes agree (``repexp.rl.evaluate.rollout_divergence``)."""
+    same rollout at the same position iff the hashes agree
+    (``repexp.rl.evaluate.rollout_divergence``)."""
     import hashlib
 
     h = hashlib.blake2b(digest_size=8)
@@ -443,7 +460,8 @@ def _trainer_class():
     from trl.trainer.utils import is_async_callable, pad
 
     class RLTrainer(GRPOTrainer):
-        """``GRPOTrainer`` + exact prompt ids for the rewards + Unlikeliness + verl's advantages (module doc)."""
+        """``GRPOTrainer`` + exact prompt ids for the rewards + Unlikeliness + verl's advantages
+        (module doc)."""
 
         def __init__(self, *args, beta_rank: float | None = None, adv_eps: float = 1e-6, **kwargs):
             super().__init__(*args, **kwargs)
@@ -452,9 +470,12 @@ def _trainer_class():
                 or self.multi_objective_aggregation != "sum_then_normalize"
             ):
                 raise ValueError(
-                    f"RLTrainer computes verl's per-group advantages: it needs scale_rewards='group' and "
-                    f"multi_objective_aggregation='sum_then_normalize' (got {self.scale_rewards!r}, "
-                    f"{self.multi_objective_aggregation!r}); build the config with repexp.rl.trainer.grpo_config"
+                    "RLTrainer computes verl's per-group advantages: it needs "
+                    "scale_rewards='group' and "
+                    "multi_objective_aggregation='sum_then_normalize' (got "
+                    f"{self.scale_rewards!r}, "
+                    f"{self.multi_objective_aggregation!r}); build the config with "
+                    "repexp.rl.trainer.grpo_config"
                 )
             self.beta_rank = beta_rank
             self.adv_eps = float(adv_eps)
@@ -465,7 +486,8 @@ def _trainer_class():
                 f if isinstance(f, torch.nn.Module) or is_async_callable(f) else RewardTap(f)
                 for f in self.reward_funcs
             ]
-            self.last_scores: dict = {}  # the last training batch (gathered): rewards, advantages, ...
+            # the last training batch (gathered): rewards, advantages, ...
+            self.last_scores: dict = {}
             self.rollout_log: list[
                 dict
             ] = []  # main process: {"update", "hashes"} per generation round
@@ -509,8 +531,9 @@ def _trainer_class():
             return rewards
 
         def _exact_rewards(self, rewards32, n_local: int):
-            """The gathered rewards per function in float64 (from the taps; TRL's float32 values for a
-            reward model), the correctness r* of each rollout and RepExp's bonus (NaN without one)."""
+            """The gathered rewards per function in float64 (from the taps; TRL's float32 values for
+            a reward model), the correctness r* of each rollout and RepExp's bonus (NaN without
+            one)."""
             from accelerate.utils import gather
 
             device = self.accelerator.device
@@ -548,7 +571,8 @@ def _trainer_class():
                 )
 
         def mean_logprobs(self, prompt_ids, completion_ids) -> torch.Tensor:
-            """Mean per-token log-probability of each completion under the current policy (no grad)."""
+            """Mean per-token log-probability of each completion under the current policy (no
+            grad)."""
             device = self.accelerator.device
             p = pad(
                 [torch.tensor(x) for x in prompt_ids],
@@ -610,7 +634,8 @@ def _trainer_class():
             return out
 
         def _verl_advantages(self, out) -> None:
-            """Replace TRL's advantages (float32 rewards, ε = 1e-4) by verl's (float64, ``adv_eps``)."""
+            """Replace TRL's advantages (float32 rewards, ε = 1e-4) by verl's (float64,
+            ``adv_eps``)."""
             scored, self._scored = self._scored, None
             r64 = scored["rewards"]
             weights = self.reward_weights.detach().double().cpu().numpy()

@@ -1,7 +1,11 @@
 """CLI of the ``prepare_task`` rule: write one task split's questions to a Parquet table.
 
     python -m repexp.tasks --task game24 --split test --source offline --n-questions 64 \\
-        --subset-seed 0 --wheel-dir resources/wheels --out resources/tasks/game24/test.parquet
+        --subset-seed 0 --options '{}' --wheel-dir resources/wheels \\
+        --out resources/tasks/game24/test.parquet
+
+``--options`` holds the task's data options as JSON (its record's ``data_options`` in
+``repexp.tasks.TASKS``: ``{"chain_sum": ...}`` for ``arith``); ``--chain-sum`` is its shorthand.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import time
 from pathlib import Path
 
 from repexp.atomic import write_parquet
-from repexp.tasks import SPLITS, TASK_NAMES, build_table, get_task
+from repexp.tasks import SOURCES, TASKS, build_table, get_task
 from repexp.tasks.sources import TaskDataError
 
 log = logging.getLogger("repexp.tasks")
@@ -31,11 +35,11 @@ def _count(text: str) -> int | None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m repexp.tasks", description=__doc__.split("\n")[0])
-    ap.add_argument("--task", required=True, choices=TASK_NAMES)
+    ap.add_argument("--task", required=True, choices=list(TASKS))
     ap.add_argument(
-        "--split", required=True, choices=sorted({s for v in SPLITS.values() for s in v})
+        "--split", required=True, choices=sorted({s for t in TASKS.values() for s in t.splits})
     )
-    ap.add_argument("--source", default="offline", choices=["offline", "hub"])
+    ap.add_argument("--source", default="offline", choices=list(SOURCES))
     ap.add_argument(
         "--n-questions", type=_count, default=None, help="seeded subset size, or 'all' (default)"
     )
@@ -49,21 +53,30 @@ def main(argv: list[str] | None = None) -> int:
         help="prompt template with {question}, or 'builtin' (the task's default)",
     )
     ap.add_argument(
+        "--options",
+        default="{}",
+        help="the task's data options as JSON (config tasks.<task>.<option>), e.g. "
+        '\'{"chain_sum": {"terms": 2, "digits": 1, "operators": "+"}}\' for arith',
+    )
+    ap.add_argument(
         "--chain-sum",
         default="null",
-        help='arith only: its difficulty as JSON, e.g. \'{"terms": 2, "digits": 1, "operators": "+"}\'',
+        help="arith only: its difficulty as JSON (the same as --options '{\"chain_sum\": ...}')",
     )
     ap.add_argument("--wheel-dir", type=Path, default=None)
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     t0 = time.perf_counter()
+    options = json.loads(args.options)
     chain_sum = json.loads(args.chain_sum)
+    if chain_sum is not None:
+        options["chain_sum"] = chain_sum
     task = get_task(
         args.task,
         source=args.source,
         template=None if args.template == "builtin" else args.template,
-        **({"chain_sum": chain_sum} if chain_sum is not None else {}),
+        **options,
     )
     try:
         df = build_table(

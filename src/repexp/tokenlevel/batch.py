@@ -1,4 +1,4 @@
-"""Batched token-level engine: many (question, seed) runs decoded in lockstep in one process.
+"""The batched token-level engine: many (question, seed) runs decoded in lockstep in one process.
 
 The sequential engine (:class:`repexp.tokenlevel.Decoder`, :func:`repexp.tokenlevel.explore`)
 decodes one response of one run at a time; on a GPU one sequence leaves the device almost idle.
@@ -6,7 +6,7 @@ Here ``slots`` runs share every forward pass (continuous batching):
 
 * Each slot holds one run: its prompt, its own random generator (created from the run's seed, as
   the sequential engine does, and called in the same order), its own centred inverse Σ⁻¹
-  (:class:`repexp.tokenlevel.CentredInverse`, float64) and its completed responses.
+  (:class:`repexp.elliptical.CentredInverse`, float64) and its completed responses.
 * At every step each slot submits its query tokens, all at the slot's next position: the
   candidates of a bonus step (each seeing the slot's prefix and itself: the tree of the sequential
   engine) or the one sampled token of a plain step. The queries of all slots are *packed* into one
@@ -15,7 +15,7 @@ Here ``slots`` runs share every forward pass (continuous batching):
 * When a response ends its token states are folded into the slot's Σ⁻¹ and the slot starts its
   next response (the prompt's keys/values stay in the slot's cache), or takes the next run once
   its run is solved, reaches ``k_max`` or reaches the last response of this call (``until``:
-  a job's part of the run, see :func:`save_runs`).
+  a job's part of the run, see :func:`repexp.tokenlevel.state.save_runs`).
 
 Same results: with the same seeds every run's responses and verdicts equal the sequential
 engine's. The arithmetic is the same per slot (the same warpers, softmax and ``multinomial`` on the
@@ -50,6 +50,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from repexp.elliptical import CentredInverse
+from repexp.models import cut_at_eos
+from repexp.tokenlevel.decode import make_generator
 
 log = logging.getLogger(__name__)
 
@@ -322,8 +326,6 @@ class BatchedExplorer:
         (benchmarks only). Returns ``runs``, updated in place."""
         import torch
 
-        from repexp.tokenlevel import CentredInverse, make_generator
-
         until = k_max if until is None else min(until, k_max)
         dec = self.dec
         for r in runs:
@@ -410,7 +412,7 @@ class BatchedExplorer:
                 "response": i,
                 "response_ids": ids,
                 "n_tokens": len(ids),
-                "finish_reason": "stop" if ids and ids[-1] in self.dec.eos_ids else "length",
+                "finish_reason": cut_at_eos(ids, self.dec.eos_ids)[1],
                 "correct": correct,
                 "text": text,
                 "mean_bonus": float(np.mean(sl.bonuses)) if sl.bonuses else float("nan"),
@@ -528,79 +530,6 @@ class BatchedExplorer:
         return {b: torch.cat(v) for b, v in out.items()}, rows, keys, values
 
 
-# ------------------------------------------------------------------------------------------------
-# a run's state between jobs
-# ------------------------------------------------------------------------------------------------
-def run_state(run: Run) -> dict:
-    """What a later job needs to continue ``run`` exactly: the next response, whether it ended,
-    its generator's state and its Σ̃⁻¹, running sum and count (float64), on the CPU."""
-    out = {"next_response": run.next_response, "finished": run.finished}
-    if run.finished:  # nothing more to generate
-        return out
-    if run.generator is not None:
-        out["generator"] = run.generator.get_state()
-    if run.inverse is not None:
-        out.update(
-            raw_inverse=run.inverse.raw_inverse.cpu(),
-            total=run.inverse.total.cpu(),
-            count=run.inverse.count,
-        )
-    return out
-
-
-def restore_run(run: Run, state: dict, *, device, hidden: int, lam: float) -> Run:
-    """Continue ``run`` from :func:`run_state`'s dict (the generator and Σ̃⁻¹ exactly as saved)."""
-    from repexp.tokenlevel import CentredInverse, make_generator
-
-    run.next_response, run.finished = int(state["next_response"]), bool(state["finished"])
-    if "generator" in state:
-        run.generator = make_generator(device, run.seed)
-        run.generator.set_state(state["generator"])
-    if "raw_inverse" in state:
-        inv = CentredInverse(hidden, lam, device=device)
-        inv.raw_inverse = state["raw_inverse"].to(device, copy=True)
-        inv.total = state["total"].to(device, copy=True)
-        inv.count = int(state["count"])
-        run.inverse = inv
-    return run
-
-
-def save_runs(runs: dict, path) -> None:
-    """{key: Run} -> ``path`` (torch.save of {key: run_state}), atomically."""
-    import torch
-
-    from repexp.atomic import atomic_path
-
-    with atomic_path(path) as tmp:
-        torch.save({"version": 1, "runs": {k: run_state(r) for k, r in runs.items()}}, tmp)
-
-
-def load_states(path) -> dict:
-    import torch
-
-    data = torch.load(path, map_location="cpu", weights_only=True)
-    if data.get("version") != 1:
-        raise ValueError(f"{path}: not a token-level run state (version {data.get('version')!r})")
-    return data["runs"]
-
-
-def part_range(part: int, responses_per_job: int, k_max: int) -> tuple[int, int]:
-    """The responses (first, last; 1-based) that job ``part`` of a run may generate.
-
-    >>> part_range(0, 300, 1024), part_range(3, 300, 1024)
-    ((1, 300), (901, 1024))
-    """
-    first = part * responses_per_job + 1
-    if part < 0 or first > k_max:
-        raise ValueError(
-            f"part {part} is empty: k_max {k_max}, {responses_per_job} responses per job"
-        )
-    return first, min(k_max, first + responses_per_job - 1)
-
-
-# ------------------------------------------------------------------------------------------------
-# cost model and benchmark
-# ------------------------------------------------------------------------------------------------
 def slot_bytes(
     hidden: int, layers: int, kv_heads: int, head_dim: int, tokens: int, dtype_bytes: int = 2
 ) -> int:
@@ -611,97 +540,3 @@ def slot_bytes(
     238
     """
     return 2 * 8 * hidden * hidden + 2 * layers * kv_heads * head_dim * dtype_bytes * tokens
-
-
-def benchmark_rate(
-    model,
-    slots: int,
-    steps: int,
-    *,
-    beta: float | None = 1.0,
-    settings=None,
-    tok=None,
-    dtype: str = "bfloat16",
-    device: str | None = None,
-    engine: str = "batched",
-    prompt: str = "Solve step by step: what is the sum of the first 100 odd numbers?",
-) -> dict:
-    """Tokens per second of token-level decoding: ``slots`` runs of one prompt (seeds 0..slots-1),
-    each first through its plain response 1 (untimed), then ``steps`` timed lockstep steps of
-    bonus decoding (``beta``; None: vanilla; the prompts' forwards are not timed). ``engine="sequential"`` times the sequential engine
-    on one run for ``steps`` tokens instead (``slots`` ignored). ``model`` is a model folder or a
-    loaded model (then pass ``tok``). Returns slots, tokens, seconds, tok_s, step_s (seconds per
-    lockstep step) and the engine.
-
-    The entry point of GPU checks (benchmarks/gpu_check.py)::
-
-        from repexp.tokenlevel import benchmark_rate
-        benchmark_rate("resources/models/qwen2.5-7b-instruct", slots=64, steps=50, device="cuda")
-    """
-    import torch
-
-    from repexp.models import load_model, load_tokenizer
-    from repexp.pools import prompt_ids_of
-    from repexp.tokenlevel import Decoder, Settings, eos_ids_of
-
-    if engine not in ("batched", "sequential"):
-        raise ValueError(f"engine must be 'batched' or 'sequential', got {engine!r}")
-    if isinstance(model, str | bytes) or hasattr(model, "__fspath__"):
-        tok = tok or load_tokenizer(model)
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        model = load_model(model, dtype=dtype, device=device)
-    if tok is None:
-        raise ValueError("pass the tokenizer (tok=...) with a loaded model")
-    settings = settings or Settings()
-    dec = Decoder(model, eos_ids_of(model, tok), settings)
-    prompt_ids = prompt_ids_of(tok, [{"role": "user", "content": prompt}])
-    never = lambda text: False  # noqa: E731
-
-    def sync():
-        if dec.device.type == "cuda":
-            torch.cuda.synchronize()
-
-    if engine == "sequential":
-        from repexp.tokenlevel import CentredInverse, make_generator
-
-        gen = make_generator(dec.device, 0)
-        inverse = None
-        if beta is not None:  # response 1: plain, gives Σ (untimed)
-            inverse = CentredInverse(dec.base.config.hidden_size, settings.lam, device=dec.device)
-            inverse.add(dec.generate(prompt_ids, generator=gen, need_states=True)["states"])
-        tokens = 0
-        sync()
-        t0 = time.perf_counter()
-        while tokens < steps:
-            r = dec.generate(prompt_ids, generator=gen, inverse=inverse, beta=beta or 0.0)
-            if inverse is not None:
-                inverse.add(r["states"])
-            tokens += len(r["response_ids"])
-        sync()
-        secs = time.perf_counter() - t0
-        return {
-            "engine": engine,
-            "slots": 1,
-            "tokens": tokens,
-            "seconds": secs,
-            "tok_s": tokens / secs,
-            "step_s": secs / tokens,
-        }
-    ex = BatchedExplorer(dec, tok, slots)
-    runs = [Run(prompt_ids, never, seed=s, beta=beta) for s in range(slots)]
-    ex.explore(runs, k_max=10**9, until=1)  # response 1: plain, gives Σ
-    t0_tokens, t0_fill = ex.tokens, ex.fill_seconds
-    sync()
-    t0 = time.perf_counter()
-    ex.explore(runs, k_max=10**9, max_steps=steps)
-    sync()
-    secs = time.perf_counter() - t0 - (ex.fill_seconds - t0_fill)  # the steps, not the prompts
-    tokens = ex.tokens - t0_tokens
-    return {
-        "engine": engine,
-        "slots": slots,
-        "tokens": tokens,
-        "seconds": secs,
-        "tok_s": tokens / secs,
-        "step_s": secs / max(steps, 1),
-    }

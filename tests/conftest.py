@@ -2,9 +2,12 @@
 paths) and the test tiers.
 
 Every test gets exactly one tier marker (README.md, "Tests"):
-- ``workflow``: runs Snakemake jobs (the workflow, Slurm and resilience files, or marked ``slow``);
-- ``model``: loads a model or runs a notebook (uses the ``tiny`` fixture, directly or through
-  another fixture, or lives in a file that always does);
+- ``workflow``: Snakemake itself: runs jobs (the workflow, Slurm and resilience files, or marked
+  ``slow``) or builds the paper's DAG (marked ``workflow`` where it is written);
+- ``model``: loads a model or runs a notebook (uses the ``tiny`` fixture or the ``executed``
+  notebooks, directly or through another fixture, or lives in a file that always does);
+- ``integration``: slow checks without a model, marked where they are written (the sandbox over
+  all of HumanEval, brute-force sweeps, hub-loader error paths);
 - ``unit``: everything else: pure functions, tables, verifiers, the sandbox, config checks.
 The heavier opt-in markers (``distributed``, ``scale``, ``vllm``) are never ``unit``.
 """
@@ -99,17 +102,19 @@ def fresh_run_dir(d: Path, wheel_dir: Path) -> Path:
 WORKFLOW_FILES = {"test_workflow.py", "test_slurm.py", "test_resilience.py"}
 MODEL_FILES = {"test_models.py", "test_gpu_check.py", "test_notebooks.py", "test_vllm_cpu.py"}
 HEAVY_MARKERS = ("slow", "distributed", "scale", "vllm")
+MODEL_FIXTURES = {"tiny", "executed"}  # the tiny model; notebooks run under papermill
+TIERS = ("workflow", "model", "integration", "unit")
 
 
 def tier_of(item) -> str:
-    """The one tier of a collected test: ``workflow``, ``model`` or ``unit``."""
+    """The one tier of a collected test: ``workflow``, ``model``, ``integration`` or ``unit``."""
     name = Path(str(item.fspath)).name
-    explicit = [t for t in ("unit", "model", "workflow") if item.get_closest_marker(t)]
+    explicit = [t for t in TIERS if item.get_closest_marker(t)]
     if explicit:
         return explicit[0]
     if name in WORKFLOW_FILES or item.get_closest_marker("slow"):
         return "workflow"
-    if name in MODEL_FILES or "tiny" in getattr(item, "fixturenames", ()):
+    if name in MODEL_FILES or MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
         return "model"
     if any(item.get_closest_marker(m) for m in HEAVY_MARKERS):
         return "model"

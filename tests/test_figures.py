@@ -50,6 +50,7 @@ def _dry_run(cwd: Path, entry: str | None, *args: str) -> subprocess.CompletedPr
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.workflow
 def test_a_new_figure_is_one_notebook_and_one_record(tmp_path, wheel_dir):
     run = fresh_run_dir(tmp_path / "run", wheel_dir)
     # the notebook: any figure notebook (parameters cell, plots.save) under a new name

@@ -378,6 +378,7 @@ def _accepted_in_chunk(multisets: list[tuple[int, ...]]) -> tuple[int, list[tupl
     return checked, accepted
 
 
+@pytest.mark.integration
 def test_unsolvable_multisets_never_accepted(reference_solutions) -> None:
     unsolvable = sorted(nums for nums, sol in reference_solutions.items() if sol is None)
     assert len(unsolvable) == 458

@@ -129,6 +129,7 @@ def test_runtime_bounded_shard_size_by_hand():
         jobs.pool_shard_size(cfg, "smollm2-135m-instruct", "mbppplus")
 
 
+@pytest.mark.workflow
 def test_paper_pools_are_bounded_per_model_and_task():
     cfg = load("paper.yaml")
     rm = RuntimeModel.from_config(cfg)
@@ -145,6 +146,7 @@ def test_paper_pools_are_bounded_per_model_and_task():
     assert "**warning**" not in jobs.job_table(cfg)
 
 
+@pytest.mark.workflow
 def test_a_question_over_the_bound_is_a_warning_in_the_table():
     # Qwen2.5-32B on AIME: 8,192 responses of about 2,000 tokens, about 2.3 h per question
     cfg = load("paper.yaml", extra={"cluster": {"max_job_hours": 2.0}})
@@ -176,6 +178,7 @@ BOUNDED_TEST = {
 
 
 @pytest.mark.parametrize("bounded", [False, True], ids=["fixed", "runtime-bounded"])
+@pytest.mark.workflow
 def test_counts_equal_the_dry_run_job_stats(tmp_path, bounded):
     args = ["--configfile", "config/test.yaml"]
     cfg = load("test.yaml", extra=BOUNDED_TEST if bounded else None)
@@ -214,6 +217,7 @@ POOLS_ONLY_REFERENCE = {
 }
 
 
+@pytest.mark.workflow
 def test_a_pools_only_reference_model_gets_scored_pools_and_no_selection(tmp_path):
     """Its vanilla pools of every inference task are generated, scored and summarised (pool_stats)
     for the deciles; it gets no features, no selection and no row of the tables."""
@@ -248,6 +252,7 @@ def test_a_pools_only_reference_model_gets_scored_pools_and_no_selection(tmp_pat
         assert f"results/inference/pools/tiny-random/{task}/vanilla/stats.parquet" in summary
 
 
+@pytest.mark.workflow
 def test_readme_table_is_the_commands_output(capsys, monkeypatch):
     """README.md shows exactly what `python -m repexp.jobs --configfile config/paper.yaml` prints.
     (tests/test_workflow.py checks the same counts against the paper dry run.)"""
@@ -278,6 +283,7 @@ def test_slurm_profile_runtime_covers_the_bound():
     assert 60 * cfg["rl"]["max_hours"] + 60 <= runtime <= 60 * cfg["rl"]["max_hours"] + 180
 
 
+@pytest.mark.workflow
 def test_rl_train_jobs_are_the_paper_runs_under_the_time_budget():
     """8 GPUs per run, at most rl.max_hours (24 h) of training + start-up; GPU-h = hours x 8."""
     cfg = load("paper.yaml")
@@ -335,6 +341,7 @@ def test_poolings_per_pool():
     ]
 
 
+@pytest.mark.workflow
 def test_feature_cache_of_the_paper_grid_is_under_3_tb():
     paper = load("paper.yaml")
     feats = [j for j in jobs.jobs_of(paper) if j.rule == "cache_features"]
@@ -399,6 +406,7 @@ def test_snakemake_jobs_carry_wildcards_and_the_profiles_resources():
     assert runtime.job_hours(bounded, "score_pool", wc) is None
 
 
+@pytest.mark.workflow
 def test_no_rule_and_profile_disagree():
     """Where a rule and a profile both set a resource of a job (the paper config, the cluster's),
     they agree; memory is the memory model's alone (no profile sets `mem_mb`), and every rule's
@@ -434,6 +442,7 @@ def test_no_rule_and_profile_disagree():
     assert {j.resources["gpu"] for j in by_rule["rl_train"]} == {cfg["rl"]["gpus_per_run"]}
 
 
+@pytest.mark.workflow
 def test_paper_dag_builds_in_reasonable_time():
     """The job table builds the paper DAG with Snakemake (13,000 jobs): well under a minute on an
     idle core, a few times that on a loaded one."""
@@ -450,6 +459,7 @@ def test_paper_dag_builds_in_reasonable_time():
 # ------------------------------------------------------------------------------------------------
 # settings a stage checks itself fail with the config, before any job
 # ------------------------------------------------------------------------------------------------
+@pytest.mark.workflow
 def test_bad_rl_settings_fail_the_config_check(tmp_path, monkeypatch):
     from repexp.config import ConfigError, check_workflow_config, stage_errors
 

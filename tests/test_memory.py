@@ -190,6 +190,7 @@ def test_doctests():
 # ------------------------------------------------------------------------------------------------
 # the job table and the paper's requests
 # ------------------------------------------------------------------------------------------------
+@pytest.mark.workflow
 def test_job_table_has_memory_and_disk_per_rule():
     cfg = load("paper.yaml")
     table = jobs.job_table(cfg)
@@ -219,6 +220,7 @@ def test_job_table_has_memory_and_disk_per_rule():
     assert rows["rl_train"][9] == "343,000"
 
 
+@pytest.mark.workflow
 def test_every_paper_job_requests_at_least_its_predicted_peak():
     """`snakemake -n --profile slurm --configfile config/paper.yaml` (with the cluster's threads:
     a dry run otherwise caps them at one core): every job's mem_mb is the model's request for that

@@ -615,6 +615,7 @@ def test_tables_command_on_hand_made_runs(tmp_path):
     pb = passk[passk["method"] == "base"].set_index(["task", "k"])["mean"]
     assert base.loc["math", "test_pass1"] == pb[("math", 1)]
     assert ev.main(["summary", "--tables-dir", str(out)]) == 0
+    assert ev.main(["summary", "--tables-dir", str(out.parent)]) == 2  # no RL tables there
     hp = pd.read_csv(out / "rl_hparams.csv")
     assert list(hp.columns) == ["section", "parameter", "key", "math", "gsm8k", "dapo"]
     rows = hp[hp["section"] == "provenance"].set_index(
@@ -751,6 +752,7 @@ def test_rl_notebooks_are_committed_clean():
 
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("name", NOTEBOOKS)
+@pytest.mark.model
 def test_rl_notebook_draws_figure(executed, name, variant):
     out, error = executed[variant, name]
     nbharness.assert_figure(out, name, variant, error)

@@ -479,6 +479,7 @@ def test_the_stopping_step_is_evaluated():
     ],
     ids=["paper", "test"],
 )
+@pytest.mark.workflow
 def test_rl_train_launches_one_process_per_gpu(configfile, target, launcher, gpu):
     """The dry run's rl_train job: `accelerate launch` with the FSDP config on rl.gpus_per_run = 8
     GPUs of one node and the run's own rendezvous port (dapo/repexp/seed41 is run 24 of the grid)
@@ -1132,6 +1133,7 @@ def yaml_load(path: Path) -> dict:
     return yaml.safe_load(path.read_text())
 
 
+@pytest.mark.workflow
 def test_a_new_method_reaches_the_dag(tmp_path):
     """`snakemake -n` with the method registered in the workflow's own process (a test-only entry
     point: the table entry, then Snakemake's CLI) and listed in `rl.methods`: its training, test

@@ -124,6 +124,7 @@ def test_dapo_subset_is_seeded():
     assert len(set(a["qid"])) == 4
 
 
+@pytest.mark.integration
 def test_hub_loader_without_cache_says_how_to_fix(no_hub):
     with pytest.raises(src.TaskDataError, match="HF_DATASETS_OFFLINE=1") as e:
         src.hub_load("openai/gsm8k", "main", split="test")
@@ -140,6 +141,7 @@ def test_offline_game24_is_the_papers_1362_puzzles(wheel_dir):
     assert len({r["answer"] for r in recs}) == 1362
 
 
+@pytest.mark.integration
 def test_offline_sources_sizes(wheel_dir):
     assert len(src.humaneval_offline("test", wheel_dir)) == 164
     assert len(src.aime_offline("test", wheel_dir)) == 15
@@ -294,6 +296,7 @@ def test_humaneval_setup_is_the_prompt_up_to_the_entry_point(wheel_dir):
         assert task.score(recs[qid]["answer"], answer) == 1.0, qid
 
 
+@pytest.mark.integration
 def test_humaneval_all_canonical_solutions_pass_and_broken_ones_fail(wheel_dir):
     """All 164 problems through the sandbox (both cores, ~30 s): the canonical entry function alone,
     the whole canonical program in a chat answer, and the entry function returning None."""

@@ -329,6 +329,7 @@ def test_slot_memory_by_hand():
 # ------------------------------------------------------------------------------------------------
 # the job model of the batched engine (repexp.jobs)
 # ------------------------------------------------------------------------------------------------
+@pytest.mark.workflow
 def test_paper_token_level_jobs_by_hand():
     """Qwen2.5-7B (7.62B parameters) on MATH (450 tokens), 64 slots, hf_step_s 0.03, 1 ms per slot,
     64 candidates per bonus step at 400 TFLOP/s, 4 h per job with 10 min of start-up."""
@@ -764,6 +765,7 @@ def test_run_command_in_parts_equals_one_job(tiny, tmp_path, method, beta):
         tl.main([*run, "--responses-per-job", "2", "--part", "1", *s0, *x])
 
 
+@pytest.mark.workflow
 def test_dry_run_chains_the_parts(tmp_path):
     """With 1 response per job (k_max 2: two parts per shard), the DAG holds the jobs the job table
     counts, and each part gets the files of the one before."""

@@ -27,6 +27,9 @@ from __future__ import annotations
 
 import numpy as np
 
+# at import, before a caller's thread cap (threadpoolctl caps only the BLAS already loaded)
+from scipy.linalg.blas import dsymv, dsyr
+
 __all__ = [
     "CentredInverse",
     "centred_inverse",
@@ -58,8 +61,6 @@ def sherman_morrison_upper(inverse: np.ndarray, h: np.ndarray) -> tuple[np.ndarr
     """:func:`sherman_morrison` on a C-ordered float64 numpy Λ of which only the upper triangle is
     stored and touched: BLAS ``dsymv`` (u = Λh) and ``dsyr`` (Λ += −uuᵀ/s) on the lower triangle
     of its Fortran view. The other triangle is stale and must never be read. Returns (u, s)."""
-    from scipy.linalg.blas import dsymv, dsyr  # not at the top: the DAG build imports this module
-
     u = dsymv(1.0, inverse.T, h, lower=1)
     s = 1.0 + float(h @ u)
     dsyr(-1.0 / s, u, a=inverse.T, lower=1, overwrite_a=True)

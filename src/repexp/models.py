@@ -453,6 +453,27 @@ def cut_at_eos(ids: list[int], eos_ids) -> tuple[list[int], str]:
     return (list(ids), "length") if stop is None else (list(ids[: stop + 1]), "stop")
 
 
+def sampling_config(model, tok, max_new_tokens: int, **extra):
+    """transformers' ``GenerationConfig`` for plain ancestral sampling (temperature 1, no top-p or
+    top-k: samplers add their own logits processors) to the model's end ids (:func:`eos_ids_of`),
+    padded with :func:`pad_id_of`; ``extra`` adds fields (e.g. ``return_dict_in_generate``).
+    Returns ``(config, eos_ids)``: the pools and the RL dev sampler cut responses at those ids."""
+    from transformers import GenerationConfig
+
+    eos_ids = eos_ids_of(model, tok)
+    config = GenerationConfig(
+        do_sample=True,
+        temperature=1.0,
+        top_p=1.0,
+        top_k=0,
+        max_new_tokens=max_new_tokens,
+        eos_token_id=eos_ids,
+        pad_token_id=pad_id_of(tok, eos_ids),
+        **extra,
+    )
+    return config, eos_ids
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m repexp.models", description="Prepare one model folder."

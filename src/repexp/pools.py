@@ -158,21 +158,10 @@ def generate_hf(
     """``n`` responses to one prompt with transformers ``generate``, in batches of
     ``batch_size``."""
     import torch
-    from transformers import GenerationConfig
 
-    from repexp.models import cut_at_eos, eos_ids_of, pad_id_of
+    from repexp.models import cut_at_eos, sampling_config
 
-    eos_ids = eos_ids_of(model, tok)
-    gen_cfg = GenerationConfig(
-        do_sample=True,
-        temperature=1.0,
-        top_p=1.0,
-        top_k=0,
-        max_new_tokens=max_new_tokens,
-        eos_token_id=eos_ids,
-        pad_token_id=pad_id_of(tok, eos_ids),
-        return_dict_in_generate=True,
-    )
+    gen_cfg, eos_ids = sampling_config(model, tok, max_new_tokens, return_dict_in_generate=True)
     device = next(model.parameters()).device
     ids = torch.tensor([prompt_ids], device=device)
     rows = []

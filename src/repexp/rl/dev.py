@@ -27,23 +27,13 @@ def dev_counts_hf(
     import contextlib
 
     import torch
-    from transformers import GenerationConfig
 
-    from repexp.models import cut_at_eos, eos_ids_of, pad_id_of
+    from repexp.models import cut_at_eos, sampling_config
     from repexp.pools import prompt_ids_of, question_seed
 
     device = next(model.parameters()).device
-    eos_ids = eos_ids_of(model, tok)
-    pad = pad_id_of(tok, eos_ids)
-    gen_cfg = GenerationConfig(
-        do_sample=True,
-        temperature=1.0,
-        top_p=1.0,
-        top_k=0,
-        max_new_tokens=max_new_tokens,
-        eos_token_id=eos_ids,
-        pad_token_id=pad,
-    )
+    gen_cfg, eos_ids = sampling_config(model, tok, max_new_tokens)
+    pad = gen_cfg.pad_token_id
     amp = (
         torch.autocast("cuda", dtype=torch.bfloat16)
         if device.type == "cuda"

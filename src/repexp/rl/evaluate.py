@@ -949,6 +949,18 @@ def _cmd_tables(a) -> int:
 def _cmd_summary(a) -> int:
     """Print :func:`summary_table` of a results/tables folder."""
     d = Path(a.tables_dir)
+    missing = [
+        f"rl_{n}.csv"
+        for n in ("best", "train", "passk", "divergence")
+        if not (d / f"rl_{n}.csv").is_file()
+    ]
+    if missing:
+        log.error(
+            "%s has no %s: run the RL stage first (snakemake results/tables/rl_passk.csv)",
+            d,
+            ", ".join(missing),
+        )
+        return 2
     table = summary_table(
         *(
             provenance.strip(pd.read_csv(d / f"rl_{name}.csv"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import threading
 import time
 
@@ -298,3 +299,27 @@ def test_every_compute_rule_passes_its_threads():
                 )
                 seen |= clis | {name}
     assert THREADED_CLIS | {"rl_train"} <= seen
+
+
+def test_start_cli_logs_and_caps_like_every_stage_cli():
+    """`start_cli(threads)`: INFO logging with timestamps, then `cap_threads`; run in a child so
+    that the cap and the logging configuration stay there."""
+    import subprocess
+    import sys
+
+    from repexp.parallel import THREAD_ENV
+
+    code = (
+        "import logging, os, sys\n"
+        "from repexp.parallel import start_cli\n"
+        "start_cli(int(sys.argv[1]) if sys.argv[1] != 'none' else None, torch=True)\n"
+        "logging.getLogger('x').info('hello')\n"
+        "print(os.environ.get('OMP_NUM_THREADS'), 'torch' in sys.modules)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in THREAD_ENV}
+    for arg, want in (("1", "1 True"), ("none", "None False")):
+        out = subprocess.run(
+            [sys.executable, "-c", code, arg], capture_output=True, text=True, env=env, check=True
+        )
+        assert out.stdout.strip() == want, out
+        assert re.search(r"^\d{4}-\d\d-\d\d [\d:,]+ x INFO hello$", out.stderr.strip(), re.M), out

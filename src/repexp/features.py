@@ -53,6 +53,7 @@ import pandas as pd
 
 from repexp.assets import sha256_file
 from repexp.atomic import atomic_path
+from repexp.parallel import start_cli
 
 log = logging.getLogger(__name__)
 
@@ -570,15 +571,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", required=True, help="the manifest path (.json)")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    start_cli(args.threads, torch=True)  # torch, BLAS and OpenMP threads = the rule's threads
     import torch
 
     from repexp.models import load_model, load_tokenizer
 
-    if args.threads:
-        from repexp.parallel import cap_threads
-
-        cap_threads(args.threads)  # torch, BLAS and OpenMP threads = the rule's threads
     pool = pd.read_parquet(args.pool)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     try:

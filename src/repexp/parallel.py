@@ -110,6 +110,23 @@ def cap_threads(threads: int | None) -> int | None:
     return threads
 
 
+LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
+
+
+def start_cli(threads: int | None = None, *, torch: bool = False) -> None:
+    """What every stage CLI does once its arguments are parsed: log at INFO with timestamps (the
+    job's log file shows progress and timings), then cap its compute threads at the rule's
+    (:func:`cap_threads`; ``None`` leaves them). ``torch``: import torch first, so that its
+    intra-op pool is capped too."""
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    if threads:
+        if torch:
+            import torch as _torch  # noqa: F401  (loaded before the cap)
+        cap_threads(threads)
+
+
 class ItemError(RuntimeError):
     """``fn`` failed (raised, or its worker died) on item ``index`` of a batch."""
 

@@ -419,6 +419,53 @@ def token_method_label(method: str, beta: float | None = None) -> str:
     )
 
 
+def token_crossover(passk: pd.DataFrame, method: str) -> int | None:
+    """The smallest k from which ``method``'s pass@k is at least vanilla's all the way to k_max
+    (None: behind at k_max too), from ``tokenlevel_passk.csv``.
+
+    >>> t = pd.DataFrame({"method": ["vanilla"] * 3 + ["beta1"] * 3, "k": [1, 2, 4] * 2,
+    ...                   "pass_at_k": [0.2, 0.3, 0.4, 0.1, 0.3, 0.5]})
+    >>> token_crossover(t, "beta1")
+    2
+    """
+    a = passk[passk["method"] == method].set_index("k")["pass_at_k"]
+    v = passk[passk["method"] == "vanilla"].set_index("k")["pass_at_k"].reindex(a.index)
+    behind = np.flatnonzero((a < v).to_numpy())
+    if not len(behind):
+        return int(a.index[0])
+    return int(a.index[behind[-1] + 1]) if behind[-1] + 1 < len(a) else None
+
+
+def token_level_tables(tables_dir: str | Path):
+    """The token-level figures' tables, with what both print: pass@k at the usual k, each β's
+    crossover k against vanilla (the paper: 512-640) and the solve rates per difficulty bin.
+
+    Returns a namespace with ``passk``, ``difficulty``, ``methods`` (vanilla first), ``betas``,
+    ``k_max`` and ``where`` ("<model> on <task>")."""
+    from types import SimpleNamespace
+
+    passk = load(tables_dir, "tokenlevel_passk.csv")
+    difficulty = load(tables_dir, "tokenlevel_difficulty.csv")
+    methods = sorted(passk["method"].unique(), key=lambda m: (m != "vanilla", m))
+    betas = [m for m in methods if m != "vanilla"]
+    k_max = int(passk["k"].max()) if len(passk) else 0
+    where = f"{passk['model'].iloc[0]} on {passk['task'].iloc[0]}" if len(passk) else "no runs"
+    usual = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 640, 1024, k_max}
+    ks = [k for k in sorted(usual) if 0 < k <= k_max]
+    table = passk[passk["k"].isin(ks)].pivot_table(index="k", columns="method", values="pass_at_k")
+    print_table(table.reset_index(), f"pass@k, {where}")
+    if "vanilla" in methods:
+        for m in betas:
+            print(
+                f"{m}: at least as good as vanilla from k = {token_crossover(passk, m)} on "
+                "(paper: 512-640)"
+            )
+    print_table(difficulty, f"solve rate within {k_max} generations per difficulty bin")
+    return SimpleNamespace(
+        passk=passk, difficulty=difficulty, methods=methods, betas=betas, k_max=k_max, where=where
+    )
+
+
 def token_method_colors(methods: Sequence[str]) -> dict[str, tuple]:
     """Vanilla grey (the random colour); the β methods in greens/blues, the largest β in RepExp
     green."""

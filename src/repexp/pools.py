@@ -40,6 +40,7 @@ import numpy as np
 import pandas as pd
 
 from repexp.atomic import write_parquet
+from repexp.parallel import start_cli
 
 log = logging.getLogger(__name__)
 
@@ -452,13 +453,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    if args.threads:
-        import torch  # noqa: F401  (loaded first, so that its thread pool is capped too)
-
-        from repexp.parallel import cap_threads
-
-        cap_threads(args.threads)  # torch, BLAS and OpenMP threads = the rule's threads
+    start_cli(args.threads, torch=True)  # torch, BLAS and OpenMP threads = the rule's threads
     table = pd.read_parquet(args.tasks)
     rows = shard_rows(len(table), args.shard, args.questions_per_shard)
     sampler = Sampler(args.temperature, args.top_p, args.min_p, args.top_k)

@@ -26,6 +26,7 @@ import time
 import pandas as pd
 
 from repexp.atomic import write_parquet
+from repexp.parallel import start_cli
 from repexp.tasks import SOURCES, TASKS, get_task, score_many
 from repexp.verifiers.formats import format_ok
 from repexp.verifiers.settings import VerifierSettings
@@ -109,7 +110,7 @@ def _stats_main(argv: list[str]) -> int:
     ap.add_argument("--sampler", required=True)
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    start_cli()
     parts = []
     for f in args.scores:  # shard by shard: a paper pool holds tens of millions of responses
         scores = pd.read_parquet(f)
@@ -154,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     add_verifier_args(ap)
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    start_cli()
     task = task_from_args(args)
     t0 = time.perf_counter()
     scores = score_pool(

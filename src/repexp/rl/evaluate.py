@@ -49,6 +49,7 @@ import pandas as pd
 from repexp import provenance
 from repexp.atomic import atomic_path, write_parquet
 from repexp.metrics import pass_at_k_curve
+from repexp.parallel import start_cli
 from repexp.rl.methods import BASE, METHODS, OURS, REFERENCE
 
 # the DAG's settings live in repexp.rl.settings; re-exported here, where they used to be
@@ -1038,7 +1039,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     sm.add_argument("--tables-dir", default="results/tables", help="where the rl_*.csv tables are")
     a = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    start_cli()
     return {
         "questions": _cmd_questions,
         "tables": _cmd_tables,

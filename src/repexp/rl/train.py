@@ -95,6 +95,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from repexp.parallel import start_cli
 from repexp.rl.callbacks import BudgetSpent, TrainingOver, callback_classes  # noqa: F401
 from repexp.rl.checkpoints import (
     PUBLISHED,
@@ -358,15 +359,8 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    import torch  # noqa: F401  (loaded first, so that its thread pool is capped too)
-
     # --threads is the job's; `accelerate launch` starts LOCAL_WORLD_SIZE processes that share them
-    from repexp.parallel import cap_threads
-
-    cap_threads(
-        max(1, args.threads // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    )  # torch + BLAS
+    start_cli(max(1, args.threads // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))), torch=True)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     train(args, verifiers=VerifierSettings.for_stage(json.loads(args.verifiers), "rl"))
     return 0

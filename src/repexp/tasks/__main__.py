@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from repexp.atomic import write_parquet
+from repexp.parallel import start_cli
 from repexp.tasks import SOURCES, TASKS, build_table, get_task
 from repexp.tasks.sources import TaskDataError
 
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--wheel-dir", type=Path, default=None)
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    start_cli()
     t0 = time.perf_counter()
     options = json.loads(args.options)
     chain_sum = json.loads(args.chain_sum)

@@ -29,6 +29,7 @@ import pandas as pd
 from repexp import provenance
 from repexp.atomic import write_parquet
 from repexp.models import eos_ids_of
+from repexp.parallel import start_cli
 from repexp.tokenlevel.batch import BatchedExplorer, Run
 from repexp.tokenlevel.decode import Decoder
 from repexp.tokenlevel.engine import explore_vanilla_batched
@@ -371,5 +372,5 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--out-runs", required=True)
     provenance.add_argument(s)
     a = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    start_cli()
     return {"questions": _cmd_questions, "run": _cmd_run, "summarize": _cmd_summarize}[a.cmd](a)

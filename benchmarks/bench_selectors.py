@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/bench_selectors.py            # N = 6400, d = 512 (2-3 minutes)
     .venv/bin/python benchmarks/bench_selectors.py --quick    # N = 1600
+    .venv/bin/python benchmarks/bench_selectors.py --n 16     # the embedded default's pools
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE .venv/bin/python benchmarks/bench_selectors.py
 
 One full order (k = N) of one synthetic pool per selector, through ``run_selector`` (the context
@@ -60,12 +61,13 @@ def blas_line() -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="N = 1600")
+    ap.add_argument("--n", type=int, default=0, help="pool size N (overrides --quick)")
     ap.add_argument("--threads", type=int, default=1, help="BLAS/OpenMP threads (default 1)")
     ap.add_argument("--only", default="", help="comma-separated selector names (default: all)")
     args = ap.parse_args()
 
     cap_threads(args.threads)
-    n, d = (1600 if args.quick else 6400), 512
+    n, d = (args.n or (1600 if args.quick else 6400)), 512
     t0 = time.perf_counter()
     ctx = synthetic_pool(n, d)
     t_pool = time.perf_counter() - t0

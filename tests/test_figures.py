@@ -29,7 +29,14 @@ def test_figures_for_follows_the_stages():
     assert figures_for(set()) == {}
     assert set(figures_for(set(STAGES))) == set(FIGURES)
     inference = figures_for({"inference"})
-    assert set(inference) == {"overview", "stc", "features", "model_rank_difficulty", "samplers"}
+    assert set(inference) == {
+        "overview",
+        "stc",
+        "features",
+        "model_rank_difficulty",
+        "samplers",
+        "selectors",
+    }
     assert inference["stc"] == ["results/tables/stc.csv", "results/tables/questions.parquet"]
     with pytest.raises(ValueError, match="unknown stage"):
         figures_for({"tokenlevel"})

@@ -625,16 +625,31 @@ def test_selectors_in_the_tables_match_run_selector_on_every_path(pool):
             assert got == samples[want].tolist()
 
 
-def test_selection_methods_are_checked():
-    from repexp.inference import check_methods
+def test_selection_methods_are_checked(monkeypatch):
+    from repexp import selectors
+    from repexp.inference import STAGE_INPUTS, check_methods
+
+    # every input of SELECTORS is one the select stage provides (issue 13), so a selector it
+    # cannot feed is one that reads an input outside it
+    assert set(selectors.INPUTS) <= STAGE_INPUTS
+    assert check_methods(list(selectors.SELECTORS)) == tuple(selectors.SELECTORS)
+    monkeypatch.setitem(
+        selectors.SELECTORS,
+        "needs_rewards",
+        selectors.Selector(selectors.random_order, frozenset({"rewards"}), "x"),
+    )
 
     assert check_methods(["random", "repexp"]) == ("random", "repexp")
     with pytest.raises(ValueError, match="unknown selection method 'nope'"):
         check_methods(["random", "nope"])
-    with pytest.raises(ValueError, match="needs \\['texts'\\], which the select stage"):
-        check_methods(["ngram"])
+    with pytest.raises(ValueError, match="needs \\['rewards'\\], which the select stage"):
+        check_methods(["needs_rewards"])
     with pytest.raises(ValueError, match="distinct"):
         check_methods(["random", "random"])
+    # answer_dedup: refused when no task has a final answer, skipped on the code tasks otherwise
+    with pytest.raises(ValueError, match="answer_dedup cannot run on task 'mbppplus'"):
+        check_methods(["random", "answer_dedup"], tasks=["mbppplus"])
+    assert check_methods(["answer_dedup"], tasks=["mbppplus", "gsm8k"]) == ("answer_dedup",)
 
 
 def test_results_page_shows_repexp_against_random_from_the_long_stc_table(tmp_path):
@@ -647,3 +662,119 @@ def test_results_page_shows_repexp_against_random_from_the_long_stc_table(tmp_pa
     cols += ["stc_random", "stc_repexp", "reduction", "speedup"]
     assert want[cols].round(3).to_html(index=False, na_rep="-") in page
     assert "stc_repexp" in page and "reduction" in page
+
+
+# ------------------------------------------------------------------------------------------------
+# the pool's texts, log-probs and final answers in the select stage (issue 13)
+# ------------------------------------------------------------------------------------------------
+TEXT_METHODS = [
+    "random",
+    "repexp",
+    "repexp_loo",
+    "maxmin",
+    "dpp",
+    "likelihood_high",
+    "likelihood_low",
+    "likelihood_high_per_token",
+    "likelihood_low_per_token",
+    "answer_dedup",
+    "kmeans_rr",
+    "ngram",
+    "oracle",
+]
+
+
+def _pool_texts(rows, rng):
+    """The pool-shard columns of ``rows`` (repexp.pools.POOL_COLUMNS): GSM8K-style texts whose
+    final answers repeat (answer = sample % 3, sample 0 none), distinct log-probs and lengths."""
+    answers = [None if s == 0 else str(10 * (s % 3)) for s in rows["sample"]]
+    text = [
+        f"step {q} {s} {'so' if s % 2 else 'thus'} " + ("no answer" if a is None else f"#### {a}")
+        for q, s, a in zip(rows["qid"], rows["sample"], answers, strict=True)
+    ]
+    n_tokens = rng.integers(5, 40, size=len(rows))
+    return rows[["qid", "sample"]].assign(
+        prompt_ids=[[1, 2]] * len(rows),
+        response_ids=[list(range(t)) for t in n_tokens],
+        text=text,
+        finish_reason="stop",
+        logprob=-rng.permutation(len(rows)).astype(float) - rng.uniform(0, 0.5, len(rows)),
+        n_tokens=n_tokens,
+    )
+
+
+def _cli_select_task(manifests, scores, pools, prefix, task, methods, *extra):
+    from repexp.inference import main
+
+    args = ["select", *extra, "--features", *manifests, "--scores", *scores, "--pools", *pools]
+    args += ["--model", "m", "--task", task, "--sampler", "vanilla", "--pooling", "mean"]
+    args += ["--proj-dim", "8", "--trials", "3", "--seed", "7", "--methods", *methods]
+    assert main([*args, "--out-prefix", str(prefix)]) == 0
+    return [
+        pd.read_parquet(f"{prefix}.{name}.parquet") for name in ("trials", "questions", "passk")
+    ]
+
+
+def test_select_cli_feeds_texts_logprobs_and_answers_to_every_selector(pool, tmp_path, caplog):
+    from repexp.atomic import write_parquet
+
+    feats, rows = pool
+    manifests, scores = _write_shards(tmp_path, feats.astype(np.float32), rows, 3)
+    texts = _pool_texts(rows, np.random.default_rng(5))
+    pools = []
+    for m in manifests:
+        part = pd.read_parquet(m.replace(".json", ".scores.parquet"), columns=["qid", "sample"])
+        p = m.replace(".json", ".parquet")
+        write_parquet(texts.merge(part, on=["qid", "sample"]), p)
+        pools.append(p)
+    trials, questions, passk = _cli_select_task(
+        manifests, scores, pools, tmp_path / "sel", "gsm8k", TEXT_METHODS
+    )
+    assert questions["method"].tolist() == TEXT_METHODS * 4  # rows for every selector
+    assert set(passk["method"]) == set(TEXT_METHODS)
+    assert set(trials["method"]) == set(TEXT_METHODS) - {"random"}
+    q = methods_wide(questions).set_index("qid")
+    solved = q["c"] > 0
+    assert solved.sum() == 3 and (q.loc[solved, "stc_oracle"] == 1.0).all()
+    by = texts.set_index(["qid", "sample"])
+    for (qid, method), g in trials.groupby(["qid", "method"]):
+        mine = by.loc[qid]
+        for order in g["order"]:
+            assert sorted(order) == list(range(12))  # full orders: permutations of the pool
+        if method == "likelihood_high":  # hand check: the max summed log-prob comes first
+            assert set(g["first"]) == {int(mine["logprob"].idxmax())}
+        if method == "likelihood_low_per_token":
+            per_token = mine["logprob"] / mine["n_tokens"]
+            assert set(g["first"]) == {int(per_token.idxmin())}
+        if method == "answer_dedup":  # answers 0, 10, 20 (4, 4, 3 responses), then sample 0
+            for order in g["order"]:
+                heads = [int(order[i]) % 3 for i in range(3)]
+                assert sorted(heads) == [0, 1, 2] and heads[2] == 0  # the group of 3 is third
+                assert order[3] == 0  # the no-answer group (sample 0) last in each round
+                assert [int(order[4 + i]) % 3 for i in range(3)] == heads  # round 2, same order
+    # random and RepExp as without the pool shards (the golden path)
+    keys = dict(model="m", task="gsm8k", sampler="vanilla", pooling="mean")
+    plain = select_pool(
+        feats.astype(np.float32).astype(np.float64),
+        rows,
+        **{**KW, "seed_parts": tuple(keys.values())},
+    )
+    for got, want in zip((trials, questions, passk), plain, strict=True):
+        mine = got[got["method"].isin(["random", "repexp"])].reset_index(drop=True)
+        pd.testing.assert_frame_equal(mine, want.assign(**keys))
+    # the same tables from two worker processes (the inputs travel with each question)
+    workers = _cli_select_task(
+        manifests, scores, pools, tmp_path / "w2", "gsm8k", TEXT_METHODS, "--threads", "2"
+    )
+    for a, b in zip((trials, questions, passk), workers, strict=True):
+        pd.testing.assert_frame_equal(a, b)
+    # a code task: answer_dedup is skipped with a note, the others run
+    with caplog.at_level("WARNING", logger="repexp.inference"):
+        _, code_q, _ = _cli_select_task(
+            manifests, scores, pools, tmp_path / "code", "mbppplus", TEXT_METHODS
+        )
+    assert "answer_dedup skipped on task 'mbppplus'" in caplog.text
+    assert code_q["method"].tolist() == [m for m in TEXT_METHODS if m != "answer_dedup"] * 4
+    # without the pool shards a text selector cannot run
+    with pytest.raises(ValueError, match="pass one pool shard per feature shard"):
+        _cli_select_task(manifests, scores, [], tmp_path / "none", "gsm8k", ["random", "ngram"])

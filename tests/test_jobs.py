@@ -500,7 +500,11 @@ def test_bad_selection_methods_fail_the_config_check():
     unknown = load("test.yaml", extra={"inference": {"selection": {"methods": ["random", "nope"]}}})
     (error,) = stage_errors(unknown)
     assert "inference.selection.methods" in error and "'nope'" in error and "maxmin" in error
-    # a selector the select stage cannot feed (it needs the response texts) is refused up front
+    # the text selectors run (the select stage reads the pools), answer grouping needs a task
+    # with a final answer: the default's only inference task is code
     texts = load("test.yaml", extra={"inference": {"selection": {"methods": ["random", "ngram"]}}})
-    (error,) = stage_errors(texts)
-    assert "'ngram' needs" in error and "leave it out" in error
+    assert stage_errors(texts) == []
+    dedup = {"inference": {"selection": {"methods": ["random", "answer_dedup"]}}}
+    assert stage_errors(load("test.yaml", extra=dedup)) == []  # game24 and gsm8k have answers
+    (error,) = stage_errors(load(extra=dedup))
+    assert "answer_dedup" in error and "mbppplus" in error

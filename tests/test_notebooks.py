@@ -32,6 +32,7 @@ NOTEBOOKS = [
     "features",
     "model_rank_difficulty",
     "samplers",
+    "selectors",
     "tokenlevel",
     "tokenlevel_se",
 ]
@@ -110,7 +111,8 @@ def _stc(questions: pd.DataFrame) -> pd.DataFrame:
         )
         .reset_index()
     )
-    means = solved.groupby(keys)[["stc_random", "stc_repexp"]].mean().reset_index()
+    methods = [c for c in questions.columns if c.startswith("stc_")]
+    means = solved.groupby(keys)[methods].mean().reset_index()
     stc = stc.merge(means, on=keys, how="left")
     stc["used"] = stc.questions - stc.unsolved
     stc["reduction"] = (stc.stc_random - stc.stc_repexp) / stc.stc_random
@@ -133,8 +135,7 @@ def _stc(questions: pd.DataFrame) -> pd.DataFrame:
             "used",
             "pool_n",
             "pass1",
-            "stc_random",
-            "stc_repexp",
+            *methods,
             "reduction",
             "speedup",
             "model_rank",
@@ -157,6 +158,10 @@ def _passk(questions: pd.DataFrame) -> pd.DataFrame:
             ]
             rand = 1 - float(np.mean(miss))
             boost = {"mean": 1.8, "last": 1.3, "penultimate": 1.25}[pooling]
+            extra = {  # the other selectors: made-up curves, oracle = the share of solved ones
+                m: 1 - (1 - rand) ** b if rand > 0 else np.nan for m, b in EXTRA_BOOST.items()
+            }
+            extra["oracle"] = float((g.c > 0).mean())
             rows.append(
                 dict(
                     model=model,
@@ -166,6 +171,7 @@ def _passk(questions: pd.DataFrame) -> pd.DataFrame:
                     k=k,
                     random=rand,
                     repexp=1 - (1 - rand) ** boost if rand > 0 else np.nan,
+                    **extra,
                     questions=len(g),
                 )
             )
@@ -233,7 +239,25 @@ def _overview(rng, variant: str) -> pd.DataFrame:
     )
 
 
-METHODS = {"random": "random", "repexp": "repexp"}
+# selectors beyond the paper (issue 13) in the inference tables: STC = random's times a factor
+# (oracle: 1 on every solved question), pass@k curves of made-up strength
+EXTRA = ["maxmin", "likelihood_high", "ngram", "oracle"]
+EXTRA_BOOST = {"maxmin": 1.5, "likelihood_high": 0.9, "ngram": 1.1}
+METHODS = {m: m for m in ["random", "repexp", *EXTRA]}
+STC_COLUMNS = {f"stc_{m}": m for m in METHODS}
+
+
+def _with_selectors(questions: pd.DataFrame) -> pd.DataFrame:
+    """questions with an STC column per extra selector, drawn from their own generator (the
+    random and RepExp columns, and so the other figures' values, stay as they were)."""
+    rng = np.random.default_rng(13)
+    solved = questions["c"] > 0
+    out = questions.copy()
+    for m in EXTRA:
+        factor = rng.uniform(0.3, 1.4, len(out)) if m != "oracle" else 0.0
+        stc = np.maximum(1.0, out["stc_random"] * factor)
+        out[f"stc_{m}"] = np.where(solved, stc, np.nan)
+    return out
 
 
 def _long(wide: pd.DataFrame, columns: dict[str, str], value: str) -> pd.DataFrame:
@@ -253,7 +277,7 @@ def wide_tables(variant: str) -> dict[str, pd.DataFrame]:
     """The synthetic tables of ``variant`` one column per method (the reference of the plotted
     values); :func:`make_tables` writes them long."""
     rng = np.random.default_rng(0)
-    questions = _questions(rng, variant)
+    questions = _with_selectors(_questions(rng, variant))
     stc = _stc(questions)
     passk = _passk(questions)
     if variant == "rich":  # scattered NaNs, as a failed metric would leave them
@@ -274,8 +298,8 @@ def make_tables(root: Path, variant: str) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     t = wide_tables(variant)
     stc_cols = {"stc_random": "random", "stc_repexp": "repexp"}
-    _long(t["questions"], stc_cols, "stc").to_parquet(root / "questions.parquet", index=False)
-    stc = _long(t["stc"], stc_cols, "stc")
+    _long(t["questions"], STC_COLUMNS, "stc").to_parquet(root / "questions.parquet", index=False)
+    stc = _long(t["stc"], STC_COLUMNS, "stc")
     stc = stc[
         ["model", "task", "sampler", "pooling", "method"]
         + [c for c in stc.columns if c not in ("model", "task", "sampler", "pooling", "method")]
@@ -529,3 +553,34 @@ def test_tokenlevel_figures_plot_the_tokenlevel_tables(executed, name):
     for bars, m in zip(right["bars"], shown, strict=True):
         d = difficulty[difficulty.method == m].sort_values("bin")
         _close(bars["heights"], d["improvement"])
+
+
+def test_selectors_figure_plots_relative_stc_with_bootstrap_cis_and_passk(executed):
+    from repexp import plots
+    from repexp.metrics import bootstrap_ratio_ci
+
+    panels, t = _figure(executed, "selectors")
+    q = t["questions"][(t["questions"].sampler == "vanilla") & (t["questions"].pooling == "mean")]
+    order = [m for m in METHODS if m != "random"]
+    for task, d in q.groupby("task"):
+        p = panel(panels, f"STC relative to random on {task}")
+        for model, g in d.groupby("model"):
+            g = g.dropna(subset=list(STC_COLUMNS))  # the questions every selector has an STC for
+            (points,) = [pt for pt in p["points"] if pt["label"] == model]
+            _close(points["x"], [g[f"stc_{m}"].mean() / g["stc_random"].mean() for m in order])
+            want = []
+            for m in order:
+                _, lo, hi = bootstrap_ratio_ci(g[f"stc_{m}"], g["stc_random"], n_boot=2000)
+                want += [lo, hi, np.nan]
+            _close(line(p, f"95% CI, {model}")["x"], want)
+    p = panel(panels, "pass@k of the main selectors: ")
+    m, task = re.match(r"pass@k of the main selectors: (\S+) on (\S+)", p["title"]).groups()
+    pk = t["passk"]
+    pk = pk[
+        (pk.model == m) & (pk.task == task) & (pk.sampler == "vanilla") & (pk.pooling == "mean")
+    ]
+    for method in METHODS:  # every synthetic selector is one of the main ones
+        want = pk[["k", method]].dropna().sort_values("k")
+        got = line(p, plots.method_label(method))
+        _close(got["x"], want["k"])
+        _close(got["y"], want[method])

@@ -8,6 +8,7 @@ import itertools
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 from scipy.spatial.distance import cdist
 
@@ -523,3 +524,55 @@ def test_oracle_stc_is_1_on_every_solved_question():
             assert correct[order[: correct.sum()]].all()  # every correct one first
         else:
             assert samples_to_correct(order, correct) is None
+
+
+# --------------------------------------------------------------------------------------------
+# the selector comparison's confidence intervals (repexp.metrics)
+
+
+def test_bootstrap_ratio_ci_against_a_hand_computation():
+    from repexp.metrics import bootstrap_ratio_ci
+
+    x, y = np.array([1.0, 2.0, 6.0]), np.array([2.0, 4.0, 3.0])
+    ratio, lo, hi = bootstrap_ratio_ci(x, y, n_boot=5, level=0.5, seed=3)
+    assert ratio == pytest.approx(9.0 / 9.0)
+    # by hand: the same 5 resamples of the 3 questions, the ratio of means of each, and the
+    # 25 % / 75 % points by linear interpolation between the sorted ratios (positions 1 and 3)
+    idx = np.random.default_rng(3).integers(0, 3, size=(5, 3))
+    ratios = sorted(sum(x[i] for i in r) / sum(y[i] for i in r) for r in idx.tolist())
+    assert (lo, hi) == pytest.approx((ratios[1], ratios[3]))
+    # an exact case: x = (1, 3) over y = (1, 1) resamples to means 1, 2, 3 with mass 1/4, 1/2,
+    # 1/4, so the 95 % interval is [1, 3] and the 40 % one [2, 2]
+    assert bootstrap_ratio_ci([1, 3], [1, 1]) == (2.0, 1.0, 3.0)
+    assert bootstrap_ratio_ci([1, 3], [1, 1], level=0.4)[1:] == (2.0, 2.0)
+    assert all(np.isnan(v) for v in bootstrap_ratio_ci([], []))
+    with pytest.raises(ValueError, match="finite"):
+        bootstrap_ratio_ci([1.0, np.nan], [1.0, 1.0])
+
+
+def test_relative_stc_per_pool_over_the_questions_every_method_has():
+    from repexp.metrics import bootstrap_ratio_ci, relative_stc
+
+    pool = dict(model="m", task="t", sampler="vanilla", pooling="mean")
+    stc = {  # q2: no oracle STC (say k_max cut it), so q2 leaves every ratio of this pool
+        "random": [4.0, 2.0, 8.0, 6.0],
+        "repexp": [2.0, 2.0, 1.0, 3.0],
+        "oracle": [1.0, 1.0, np.nan, 1.0],
+    }
+    rows = [
+        {**pool, "qid": f"q{i}", "method": m, "stc": v[i]} for i in range(4) for m, v in stc.items()
+    ]
+    other = {**pool, "model": "w"}
+    rows += [
+        {**other, "qid": "q0", "method": m, "stc": v} for m, v in (("random", 3), ("repexp", 1.5))
+    ]
+    got = relative_stc(pd.DataFrame(rows), n_boot=200)
+    assert got[["model", "method", "questions"]].values.tolist() == [
+        ["m", "repexp", 3],
+        ["m", "oracle", 3],
+        ["w", "repexp", 1],
+    ]
+    assert got["ratio"].tolist() == pytest.approx([7 / 12, 3 / 12, 0.5])
+    want = bootstrap_ratio_ci([2.0, 2.0, 3.0], [4.0, 2.0, 6.0], n_boot=200)
+    assert tuple(got.iloc[0][["ratio", "lo", "hi"]]) == pytest.approx(want)
+    assert (got["lo"] <= got["ratio"]).all() and (got["ratio"] <= got["hi"]).all()

@@ -243,7 +243,8 @@ def stage_errors(config: dict, root: str | os.PathLike | None = None) -> list[st
     """Problems that only a stage's own settings check finds, reported with the schema's.
 
     The inference stage: every name in ``inference.selection.methods`` is a selector of
-    :data:`repexp.selectors.SELECTORS` that needs only the select stage's inputs.
+    :data:`repexp.selectors.SELECTORS` that needs only the select stage's inputs and can run on
+    at least one of the stage's tasks (``answer_dedup`` needs a task with a final answer).
     The RL stage (when ``rl.model`` and ``rl.tasks`` are set): every task's training settings
     (``rl`` with its ``task_overrides``) must pass ``RLSettings.from_dict`` (whole groups per
     process, batch multiples, ...), and with ``rl.gpus_per_run`` > 1 the ``rl.accelerate_config``
@@ -254,10 +255,12 @@ def stage_errors(config: dict, root: str | os.PathLike | None = None) -> list[st
     errors = []
     methods = ((config.get("inference") or {}).get("selection") or {}).get("methods")
     if methods is not None:
+        from repexp.dag import inference_pools
         from repexp.inference import check_methods
 
+        tasks = sorted({t for _m, t, _s in inference_pools(config)}) or None
         try:
-            check_methods(methods)
+            check_methods(methods, tasks=tasks)
         except ValueError as e:
             errors.append(f"config key `inference.selection.methods`: {e}")
     rl = config.get("rl") or {}

@@ -53,6 +53,12 @@ FIGURES: dict[str, Figure] = {
         _fig("model_rank_difficulty", "inference", ["stc.csv", "deciles.csv"], "Fig. 5"),
         _fig("samplers", "inference", ["stc.csv", "passk.csv"], "Fig. 6"),
         _fig(
+            "selectors",
+            "inference",
+            ["stc.csv", "passk.csv", "questions.parquet"],
+            "beyond the paper (issue 13)",
+        ),
+        _fig(
             "tokenlevel",
             "token_level",
             ["tokenlevel_passk.csv", "tokenlevel_difficulty.csv"],

@@ -12,7 +12,8 @@ method and :func:`repexp.metrics.versus` one method against a baseline (STC redu
 CLI (rules ``select_pool``, ``summarize_inference``, ``overview``)::
 
     python -m repexp.inference select --features F1.json F2.json --scores S1.parquet S2.parquet \\
-        --pooling mean --out-prefix results/inference/selection/m/t/vanilla/mean ...
+        --pools P1.parquet P2.parquet --pooling mean \\
+        --out-prefix results/inference/selection/m/t/vanilla/mean ...
     python -m repexp.inference summarize --questions ... --out-dir results/tables
     python -m repexp.inference overview --features ... --scores ... \\
         --out results/tables/overview.parquet
@@ -37,7 +38,7 @@ import pandas as pd
 from repexp import metrics, provenance
 from repexp.atomic import atomic_path, write_parquet
 from repexp.features import read_cache
-from repexp.parallel import cap_threads, mp_context
+from repexp.parallel import cap_threads, mp_context, start_cli
 from repexp.pools import question_seed
 from repexp.select import first_picks, project, repexp_orders, repexp_orders_torch
 
@@ -45,24 +46,55 @@ log = logging.getLogger(__name__)
 
 
 def pool_shards(
-    feature_manifests: list[str], score_files: list[str], pooling: str
+    feature_manifests: list[str],
+    score_files: list[str],
+    pooling: str,
+    pool_files: list[str] | None = None,
+    *,
+    inputs: Iterable[str] = (),
+    task: str | None = None,
+    verifiers: dict | str | None = None,
 ) -> Iterator[tuple[np.ndarray, pd.DataFrame]]:
     """Each shard of a pool in turn: (its features as :func:`repexp.features.read_cache` returns
     them, its rows with their correctness), read when the caller asks for the next one.
 
     ``score_files[i]`` holds the scores of ``feature_manifests[i]`` (the rules pass both in shard
     order). A shard holds whole questions: a question met in two shards is an error.
+
+    ``inputs``: the selector inputs (:data:`repexp.selectors.INPUTS`) the rows must carry besides
+    ``correct``, read from the pool shards ``pool_files`` (``pool_files[i]`` is the pool shard of
+    ``feature_manifests[i]``; only the columns asked for): ``texts`` adds the column ``text``,
+    ``logprob_sum`` ``logprob``, ``n_tokens`` ``n_tokens``, and ``answers`` the column ``answer``,
+    each response's final answer as ``task``'s verifier (settings ``verifiers``) extracts it
+    (:func:`repexp.selectors.final_answers`). Without such inputs the pool shards are not read.
     """
     if len(feature_manifests) != len(score_files):
         raise ValueError(
             f"{len(feature_manifests)} feature manifests but {len(score_files)} score tables: "
             f"pass one score table per feature shard, in the same shard order"
         )
+    columns = pool_columns(inputs)
+    if columns and (pool_files is None or len(pool_files) != len(feature_manifests)):
+        raise ValueError(
+            f"the selectors need {sorted(set(inputs) - {'features', 'correct'})}, read from the "
+            f"pool shards: pass one pool shard per feature shard (--pools), in the same order; "
+            f"got {0 if pool_files is None else len(pool_files)} for {len(feature_manifests)}"
+        )
+    if "answers" in set(inputs) and task is None:
+        raise ValueError("the final answers (answer_dedup) need the task's name")
     seen: set[str] = set()
-    for manifest, score_file in zip(feature_manifests, score_files, strict=True):
+    for i, (manifest, score_file) in enumerate(zip(feature_manifests, score_files, strict=True)):
         feats, rows = read_cache(manifest, pooling)
         scores = pd.read_parquet(score_file, columns=["qid", "sample", "correct"])
         merged = rows.merge(scores, on=["qid", "sample"], how="left", validate="one_to_one")
+        if columns:
+            merged = _with_pool_columns(
+                merged,
+                pool_files[i],
+                columns,
+                answers_of=task if "answers" in set(inputs) else None,
+                verifiers=verifiers,
+            )
         if merged["correct"].isna().any():
             bad = merged[merged["correct"].isna()].iloc[0]
             raise ValueError(
@@ -80,6 +112,76 @@ def pool_shards(
         seen.update(qids)
         yield feats, merged
         del feats, rows, merged  # the next shard is read only after this one is dropped
+
+
+# The selector inputs read from a pool shard (repexp.pools.POOL_COLUMNS) and the row column each
+# becomes; ``answers`` are extracted from the texts (the column ``answer``).
+POOL_INPUTS = {"texts": "text", "logprob_sum": "logprob", "n_tokens": "n_tokens", "answers": "text"}
+ROW_COLUMNS = {
+    "correct": "correct",
+    "texts": "text",
+    "logprob_sum": "logprob",
+    "n_tokens": "n_tokens",
+    "answers": "answer",
+}
+
+
+def pool_columns(inputs: Iterable[str]) -> list[str]:
+    """The pool-shard columns that give the selector ``inputs`` (none for features and labels)."""
+    return sorted({POOL_INPUTS[i] for i in inputs if i in POOL_INPUTS})
+
+
+def _with_pool_columns(rows, pool_file, columns, *, answers_of, verifiers):
+    """``rows`` with the pool shard's ``columns`` matched on (qid, sample), and with ``answers_of``
+    (a task name) the column ``answer`` of the final answers; a response missing from the pool is
+    an error."""
+    pool = pd.read_parquet(pool_file, columns=["qid", "sample", *columns])
+    out = rows.merge(pool, on=["qid", "sample"], how="left", validate="one_to_one")
+    if out[columns].isna().any().any():
+        bad = out[out[columns].isna().any(axis=1)].iloc[0]
+        raise ValueError(
+            f"no pool row (or a missing {columns}) for question {bad.qid} sample "
+            f"{bad['sample']} in {pool_file}: the pool and feature shards are out of step; "
+            f"rerun cache_features for this pool"
+        )
+    if answers_of is not None:
+        from repexp.selectors import final_answers
+
+        out["answer"] = final_answers(answers_of, out["text"].tolist(), verifiers=verifiers)
+    return out
+
+
+def _has_final_answer(task: str) -> bool:
+    from repexp.tasks import TASKS
+
+    return task in TASKS and TASKS[task].final_answer is not None
+
+
+def methods_for_task(methods: Iterable[str], task: str) -> tuple[tuple[str, ...], list[str]]:
+    """The methods that can run on ``task``, and a note for each one left out: ``answer_dedup``
+    (a selector that needs ``answers``) on a task without a final answer, i.e. a code task, whose
+    "answer" is a program's behaviour (:func:`repexp.selectors.final_answers`). The select stage
+    skips such a method for that task's pools and logs the note; its tables then have no rows
+    of it there."""
+    from repexp.selectors import SELECTORS
+
+    kept, notes = [], []
+    for m in methods:
+        if "answers" in SELECTORS[m].needs and not _has_final_answer(task):
+            notes.append(
+                f"{m} skipped on task {task!r}: it groups responses by their final answer, and "
+                f"{task!r} has none (a code task's answer is a program's behaviour)"
+            )
+        else:
+            kept.append(m)
+    return tuple(kept), notes
+
+
+def method_inputs(methods: Iterable[str]) -> frozenset[str]:
+    """Every input the ``methods`` read (the union of their ``needs`` in SELECTORS)."""
+    from repexp.selectors import SELECTORS
+
+    return frozenset().union(*(SELECTORS[m].needs for m in methods))
 
 
 def load_pool(feature_manifests: list[str], score_files: list[str], pooling: str):
@@ -186,13 +288,16 @@ DEFAULT_METHODS = ("random", "repexp")
 # negative-hypergeometric mean and its pass@k the unbiased estimator (repexp.metrics).
 CLOSED_FORM = frozenset({"random"})
 # What the select stage can give a selector (repexp.selectors.PoolContext): the projected
-# features and the verifier labels (the latter reach only selectors that list them in `needs`).
-STAGE_INPUTS = frozenset({"features", "correct"})
+# features, the verifier labels (they reach only selectors that list them in `needs`), and from
+# the pool shards the response texts, summed log-probs, token counts and final answers.
+STAGE_INPUTS = frozenset({"features", "correct", "texts", "logprob_sum", "n_tokens", "answers"})
 
 
-def check_methods(methods: Iterable[str]) -> tuple[str, ...]:
+def check_methods(methods: Iterable[str], tasks: Iterable[str] | None = None) -> tuple[str, ...]:
     """The selection methods, checked against :data:`repexp.selectors.SELECTORS`: each known, once,
-    and needing only inputs this stage has (:data:`STAGE_INPUTS`)."""
+    and needing only inputs this stage has (:data:`STAGE_INPUTS`). With ``tasks``, a method that
+    can run on none of them (``answer_dedup`` with only code tasks, :func:`methods_for_task`) is
+    refused; one that runs on some of them is skipped on the others."""
     from repexp.selectors import SELECTORS
 
     methods = tuple(methods)
@@ -211,6 +316,16 @@ def check_methods(methods: Iterable[str]) -> tuple[str, ...]:
                 f"not provide (it has {sorted(STAGE_INPUTS)}); leave it out of "
                 f"inference.selection.methods"
             )
+    if tasks is not None:
+        tasks = tuple(tasks)
+        runs = {m: [t for t in tasks if m in methods_for_task([m], t)[0]] for m in methods}
+        for m, where in runs.items():
+            if tasks and not where:
+                raise ValueError(
+                    methods_for_task([m], tasks[0])[1][0].replace(" skipped", " cannot run")
+                    + f"; none of the tasks {list(tasks)} has a final answer: leave {m} out of "
+                    f"inference.selection.methods"
+                )
     return methods
 
 
@@ -219,9 +334,32 @@ def _order_methods(methods) -> tuple[str, ...]:
     return tuple(m for m in methods if m not in CLOSED_FORM)
 
 
+def question_inputs(rows: pd.DataFrame, inputs: Iterable[str]) -> dict:
+    """The PoolContext inputs (all but ``features``) of one question's ``rows``, from their
+    columns (:data:`ROW_COLUMNS`): ``correct`` as bools, ``texts`` and ``answers`` as tuples, the
+    rest as arrays. A missing column is an error that names where it comes from."""
+    out = {}
+    for name in sorted(set(inputs) - {"features"}):
+        col = ROW_COLUMNS[name]
+        if col not in rows:
+            raise ValueError(
+                f"a selection method needs {name!r} (the rows' column {col!r}), which the pool's "
+                f"rows do not carry: pass the pool shards (select --pools; "
+                f"repexp.inference.pool_shards(..., inputs=...)) or add the column"
+            )
+        values = rows[col]
+        if name == "correct":
+            out[name] = values.to_numpy() > 0
+        elif name in ("texts", "answers"):
+            out[name] = tuple(None if v is None or v is pd.NA else v for v in values)
+        else:
+            out[name] = values.to_numpy()
+    return out
+
+
 def selector_orders(
     phi: np.ndarray,
-    correct: np.ndarray,
+    inputs: dict,
     name: str,
     k: int,
     seeds: Iterable[int],
@@ -229,18 +367,20 @@ def selector_orders(
     budget: int | None,
 ) -> np.ndarray:
     """The (trials, k) orders of selector ``name`` (:func:`repexp.selectors.run_selector`) on one
-    question: projected features ``phi`` (N × d) and labels ``correct``, one trial per seed (each
-    its own ``numpy.random.default_rng(seed)``), each full order cut to its first ``k`` picks.
-    ``budget`` is the selector's ``k`` (None: no budget, the whole order)."""
+    question: projected features ``phi`` (N × d) and the question's other ``inputs``
+    (:func:`question_inputs`: labels, texts, log-probs, ...), one trial per seed (each its own
+    ``numpy.random.default_rng(seed)``), each full order cut to its first ``k`` picks. ``budget``
+    is the selector's ``k`` (None: no budget, the whole order). ``run_selector`` hands the
+    selector only the inputs its ``needs`` name."""
     from repexp.selectors import PoolContext, run_selector
 
-    ctx = PoolContext(len(phi), features=phi, correct=np.asarray(correct) > 0)
+    ctx = PoolContext(len(phi), features=phi, **inputs)
     return np.stack([run_selector(name, ctx, np.random.default_rng(s), budget)[:k] for s in seeds])
 
 
 def question_method_orders(
     features: np.ndarray,
-    correct: np.ndarray,
+    inputs: dict,
     k: int,
     firsts: np.ndarray,
     seeds: dict[str, list[int]],
@@ -254,15 +394,16 @@ def question_method_orders(
 ) -> dict[str, np.ndarray]:
     """{method: (trials, k) orders} of one question for every order-producing method: ``repexp``
     by :func:`question_orders` (Algorithm 1 with the seeded first picks ``firsts``), any other by
-    :func:`selector_orders` with that method's trial ``seeds``. The unit of work of the CPU path,
-    in this process or in a worker; the features are projected once."""
+    :func:`selector_orders` with that method's trial ``seeds`` and the question's ``inputs``
+    (:func:`question_inputs`). The unit of work of the CPU path, in this process or in a worker;
+    the features are projected once."""
     phi = project(features, proj_dim, projection_seed)
     out = {}
     for name in methods:
         if name == "repexp":
             out[name] = repexp_orders(phi, k, firsts, lam=lam, center=center)
         else:
-            out[name] = selector_orders(phi, correct, name, k, seeds[name], budget=budget)
+            out[name] = selector_orders(phi, inputs, name, k, seeds[name], budget=budget)
     return out
 
 
@@ -321,6 +462,7 @@ def select_shards(
         return
     pool, window = _executor(workers), workers + 2
     order_methods = _order_methods(methods)
+    needs = method_inputs(order_methods) | {"correct"}
     try:
         # (groups, k_of, futures) of shards whose questions are submitted
         done_shards: deque = deque()
@@ -337,7 +479,7 @@ def select_shards(
                 futures[qid] = pool.submit(
                     question_method_orders,
                     part,
-                    g["correct"].to_numpy(),
+                    question_inputs(g, needs),
                     k_of[qid],
                     firsts_of[qid],
                     seeds_of[qid],
@@ -400,6 +542,7 @@ def _shard_orders(
         rows, trials=trials, k_max=k_max, seed=seed, seed_parts=seed_parts, methods=methods
     )
     order_methods = _order_methods(methods)
+    needs = method_inputs(order_methods) | {"correct"}
     settings = dict(proj_dim=proj_dim, projection_seed=projection_seed, lam=lam, center=center)
     if device != "cpu":
         phi = project(features, proj_dim, projection_seed)
@@ -425,7 +568,7 @@ def _shard_orders(
                 if m == "repexp"
                 else selector_orders(
                     phi[idx],
-                    g["correct"].to_numpy(),
+                    question_inputs(g, needs),
                     m,
                     k_of[qid],
                     seeds_of[qid][m],
@@ -437,7 +580,7 @@ def _shard_orders(
         orders_of = {
             qid: question_method_orders(
                 _rows_of(features, g.index.to_numpy()),
-                g["correct"].to_numpy(),
+                question_inputs(g, needs),
                 k_of[qid],
                 firsts_of[qid],
                 seeds_of[qid],
@@ -532,8 +675,10 @@ def select_pool(
     ``random`` uses the closed forms (STC (n + 1)/(c + 1), pass@k the unbiased estimator of
     :func:`repexp.metrics.pass_at_k`); ``repexp`` is Algorithm 1 with distinct seeded first picks
     per trial (:func:`repexp.select.first_picks`); any other selector runs through
-    :func:`repexp.selectors.run_selector` on the question's projected features (and labels, for
-    ``oracle``), one seeded generator per trial.
+    :func:`repexp.selectors.run_selector` on the question's projected features and the inputs it
+    needs from ``rows``' columns (:data:`ROW_COLUMNS`: ``correct``, and for the text, likelihood
+    and answer selectors ``text``, ``logprob``, ``n_tokens``, ``answer``, which
+    :func:`pool_shards` adds from the pool shards), one seeded generator per trial.
 
     One projection (``proj_dim``, ``projection_seed``) for the whole pool. ``device``: ``"cpu"``
     (numpy, one question at a time, the trials sharing each pass over the features; ``workers``
@@ -794,10 +939,24 @@ def _cmd_select(a) -> int:
     temporary names, renamed when every shard is done), so memory does not grow with the pool."""
     t0 = time.perf_counter()
     a.methods = check_methods(a.methods)  # before any output is opened
+    a.methods, notes = methods_for_task(a.methods, a.task)
+    for note in notes:
+        log.warning("%s: no rows of it in this pool's tables", note)
+    if not a.methods:
+        raise ValueError(f"no selection method can run on task {a.task!r}: {'; '.join(notes)}")
     cap_threads(a.threads)
     keys = {"model": a.model, "task": a.task, "sampler": a.sampler, "pooling": a.pooling}
+    inputs = method_inputs(_order_methods(a.methods))
     parts = select_shards(
-        pool_shards(a.features, a.scores, a.pooling),
+        pool_shards(
+            a.features,
+            a.scores,
+            a.pooling,
+            a.pools or None,
+            inputs=inputs,
+            task=a.task,
+            verifiers=a.verifiers or None,
+        ),
         proj_dim=a.proj_dim,
         lam=a.lam,
         trials=a.trials,
@@ -960,6 +1119,19 @@ def main(argv: list[str] | None = None) -> int:
             help="CPU threads of the job (its rule's threads): BLAS threads; for select also "
             "the worker processes, one question each",
         )
+    s.add_argument(
+        "--pools",
+        nargs="*",
+        default=[],
+        help="pool shards (.parquet), one per feature shard in the same order: the texts, "
+        "log-probs and token counts of the selectors that read them (read only for those)",
+    )
+    s.add_argument(
+        "--verifiers",
+        default="",
+        help="the task's verifier settings as JSON (VerifierSettings.to_json): answer_dedup "
+        "groups by the final answer as the verifier extracts it",
+    )
     s.add_argument("--sampler", required=True)
     s.add_argument("--pooling", default="mean")
     s.add_argument("--trials", type=int, default=5)
@@ -992,7 +1164,7 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--out-dir", required=True)
     provenance.add_argument(m)
     a = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    start_cli()
     return {"select": _cmd_select, "summarize": _cmd_summarize, "overview": _cmd_overview}[a.cmd](a)
 
 

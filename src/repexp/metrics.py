@@ -8,7 +8,9 @@
 * the two readings of "relative improvement" (Fig. 5), difficulty deciles (RF3, Fig. 5 right)
   and the model-strength ranking by pass@1 (RF2, Fig. 5 left);
 * the long result tables (one row per method, a ``method`` column) seen one method per column:
-  :func:`methods_wide`, and one method against a baseline: :func:`versus`.
+  :func:`methods_wide`, and one method against a baseline: :func:`versus`;
+* the selector comparison (issue 13): each method's mean STC relative to a baseline's with a
+  bootstrap CI over questions, :func:`bootstrap_ratio_ci` and :func:`relative_stc`.
 
 Conventions: a pool has ``n`` responses of which ``c`` are correct; ``correct`` is a boolean
 array over the pool (indexed like the features); an ``order`` lists pool indices in selection
@@ -22,6 +24,7 @@ import math
 import numpy as np
 
 __all__ = [
+    "bootstrap_ratio_ci",
     "difficulty_deciles",
     "methods_wide",
     "order_pass_at_k",
@@ -30,6 +33,7 @@ __all__ = [
     "random_samples_to_correct",
     "rank_models",
     "relative_improvement",
+    "relative_stc",
     "samples_to_correct",
     "versus",
 ]
@@ -240,3 +244,72 @@ def versus(table, ours: str = "repexp", baseline: str = "random", value: str = "
         for col in ("reduction", "speedup"):
             wide.loc[both, col] = rel[col]
     return wide
+
+
+def bootstrap_ratio_ci(
+    x, y, *, n_boot: int = 2000, level: float = 0.95, seed: int = 0
+) -> tuple[float, float, float]:
+    """mean(x) / mean(y) over paired observations (one per question) and its percentile bootstrap
+    confidence interval: ``n_boot`` resamples of the questions with replacement (one draw
+    ``default_rng(seed).integers(0, n, (n_boot, n))``, so the same inputs give the same CI), the
+    ratio of means of each, and their ``(1 − level)/2`` and ``(1 + level)/2`` quantiles (numpy's
+    linear interpolation). Resampling whole questions keeps each question's pair together.
+
+    Returns ``(ratio, lo, hi)``; all NaN without observations.
+
+    >>> bootstrap_ratio_ci([2.0, 2.0], [4.0, 4.0])
+    (0.5, 0.5, 0.5)
+    """
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if x.shape != y.shape or x.ndim != 1:
+        raise ValueError(f"x and y must be 1-D and paired, got shapes {x.shape} and {y.shape}")
+    if not 0 < level < 1 or n_boot < 1:
+        raise ValueError(f"need 0 < level < 1 and n_boot >= 1, got {level}, {n_boot}")
+    if not np.isfinite(x).all() or not np.isfinite(y).all():
+        raise ValueError("x and y must be finite (drop the questions without an STC first)")
+    n = x.size
+    if n == 0:
+        return (math.nan, math.nan, math.nan)
+    idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+    ratios = x[idx].mean(axis=1) / y[idx].mean(axis=1)
+    lo, hi = np.quantile(ratios, [(1 - level) / 2, (1 + level) / 2])
+    return (float(x.mean() / y.mean()), float(lo), float(hi))
+
+
+def relative_stc(
+    questions,
+    baseline: str = "random",
+    *,
+    keys=("model", "task", "sampler", "pooling"),
+    n_boot: int = 2000,
+    level: float = 0.95,
+    seed: int = 0,
+):
+    """Each method's mean STC relative to ``baseline``'s, per pool, with a bootstrap CI over
+    questions (:func:`bootstrap_ratio_ci`), from the long per-question table
+    (``questions.parquet``: ``keys``, ``qid``, ``method``, ``stc``).
+
+    The questions of a pool are those every method of the pool has a finite STC for (the
+    ``used`` questions of ``stc.csv``), so ``ratio`` is ``stc.csv``'s STC of the method divided
+    by the baseline's. One row per pool and method other than the baseline: ``keys``,
+    ``method``, ``questions``, ``ratio``, ``lo``, ``hi`` (below 1: fewer samples to a correct
+    response than the baseline). Each pool's bootstrap uses ``seed``, so every method of a pool
+    is resampled over the same draws of questions.
+    """
+    import pandas as pd
+
+    keys = list(keys)
+    cols = [*keys, "method", "questions", "ratio", "lo", "hi"]
+    rows = []
+    q = questions[[*keys, "qid", "method", "stc"]]
+    for key, g in q.groupby(keys, sort=True):
+        wide = methods_wide(g.drop(columns=keys), name="{method}").set_index("qid")
+        if baseline not in wide:
+            continue
+        wide = wide.dropna()  # questions every method has an STC for
+        for m in (c for c in wide.columns if c != baseline):
+            ratio, lo, hi = bootstrap_ratio_ci(
+                wide[m].to_numpy(), wide[baseline].to_numpy(), n_boot=n_boot, level=level, seed=seed
+            )
+            rows.append((*key, m, len(wide), ratio, lo, hi))
+    return pd.DataFrame(rows, columns=cols)

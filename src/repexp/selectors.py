@@ -521,7 +521,11 @@ def answer_dedup(ctx: PoolContext, rng: np.random.Generator, k: int | None = Non
 
 
 def final_answers(
-    task: str, responses: Sequence[str], *, last_number_fallback: bool = False
+    task: str,
+    responses: Sequence[str],
+    *,
+    last_number_fallback: bool = False,
+    verifiers=None,
 ) -> list[str | None]:
     """Each response's final answer as the task's verifier extracts it, canonicalised for grouping.
 
@@ -539,13 +543,20 @@ def final_answers(
       spaces: different correct expressions are different answers.
 
     ``None`` where no answer can be extracted. Code tasks raise ValueError: ``answer_dedup`` is left
-    out for them (see its docstring).
+    out for them (see its docstring). ``verifiers``: the verifier settings the task scores with
+    (:class:`repexp.verifiers.settings.VerifierSettings`, its dict or JSON; default: the inference
+    defaults), so that answers are grouped as the verifier extracts them;
+    ``last_number_fallback=True`` turns gsm8k's fallback on whatever they say.
     """
     from repexp.tasks import TASKS, get_task
+    from repexp.verifiers.settings import VerifierSettings
 
     if task not in TASKS:
         raise ValueError(f"final_answers: unknown task {task!r}; known: {', '.join(TASKS)}")
-    t = get_task(task, last_number_fallback=last_number_fallback)
+    if isinstance(verifiers, str):
+        verifiers = VerifierSettings.from_json(verifiers)
+    options = {"last_number_fallback": True} if last_number_fallback else {}
+    t = get_task(task, verifiers=verifiers, **options)
     if t.spec.final_answer is None:
         raise ValueError(
             f"answer_dedup is not defined for the task {task!r}: "

@@ -167,8 +167,10 @@ def sampler_args(wildcards):
 
 
 def pool_files(kind, model, task, sampler):
-    """All shards of one pool: kind = 'scores' (tables) or 'features' (manifests)."""
+    """All shards of one pool: kind = 'pools' (the responses), 'scores' (verdicts) or 'features'
+    (manifests)."""
     pattern = {
+        "pools": "results/inference/pools/{model}/{task}/{sampler}/shard-{shard}.parquet",
         "scores": "results/inference/pools/{model}/{task}/{sampler}/shard-{shard}.scores.parquet",
         "features": "results/inference/features/{model}/{task}/{sampler}/shard-{shard}.json",
     }[kind]
@@ -220,6 +222,13 @@ def overview_pool():
 
 def overview_files(kind):
     return pool_files(kind, **overview_pool()) if inference_pools() else []
+
+
+def verifier_settings(stage):
+    """The `verifiers` section as `stage` (inference or rl) applies it, as one JSON value."""
+    from repexp.verifiers.settings import VerifierSettings
+
+    return VerifierSettings.for_stage(config["verifiers"], stage).to_json()
 
 
 def verifier_args(wildcards, stage="inference"):

@@ -110,6 +110,8 @@ rule select_pool:
     input:
         features=pool_shard_files("features"),
         scores=pool_shard_files("scores"),
+        # texts, log-probs and token counts of the text, likelihood and answer selectors
+        pools=pool_shard_files("pools"),
     output:
         trials="results/inference/selection/{model}/{task}/{sampler}/{pooling}.trials.parquet",
         questions="results/inference/selection/{model}/{task}/{sampler}/{pooling}.questions.parquet",
@@ -131,9 +133,11 @@ rule select_pool:
         center="" if config["inference"]["selection"]["center"] else "--no-center",
         projection_seed=config["inference"]["selection"]["projection_seed"],
         methods=config["inference"]["selection"]["methods"],
+        verifiers=verifier_settings("inference"),
         seed=config["seed"],
     shell:
         "python -m repexp.inference select --features {input.features} --scores {input.scores} "
+        "--pools {input.pools} --verifiers {params.verifiers:q} "
         "--model {wildcards.model} --task {wildcards.task} --sampler {wildcards.sampler} "
         "--pooling {wildcards.pooling} --methods {params.methods} "
         "--proj-dim {params.proj_dim} --lam {params.lam} "

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import os
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,15 +31,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from repexp import memory
 from repexp.models import cpu_capability_line
 
 HIDDEN, N, PROJ, TRIALS = 3584, 6400, 512, 5
 MATH_QUESTIONS = 5000
-# max RSS (KiB) and CPU seconds (user + system, workers included) of the command in argv[1:]
-MAXRSS = (
-    "import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True); "
-    "r = resource.getrusage(resource.RUSAGE_CHILDREN); print(r.ru_maxrss, r.ru_utime + r.ru_stime)"
-)
 
 
 def write_shards(out: Path, n_questions: int) -> tuple[list[str], list[str]]:
@@ -74,9 +69,6 @@ def run_cli(manifests, scores, prefix, threads, k_max) -> tuple[float, float, fl
     the largest of the CLI's processes (with workers: the main process or one worker)."""
     cmd = [
         sys.executable,
-        "-c",
-        MAXRSS,
-        sys.executable,
         "-m",
         "repexp.inference",
         "select",
@@ -102,8 +94,8 @@ def run_cli(manifests, scores, prefix, threads, k_max) -> tuple[float, float, fl
         str(prefix),
     ]
     t0 = time.perf_counter()
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.split()
-    return int(out[-2]) / 1024, time.perf_counter() - t0, float(out[-1])
+    got = memory.peak_rss(cmd)
+    return got["maxrss"] / 2**20, time.perf_counter() - t0, got["cpu_s"]
 
 
 def main() -> None:

@@ -8,20 +8,15 @@ full orders."""
 
 from __future__ import annotations
 
-import subprocess
 import sys
 
 import numpy as np
 import pandas as pd
 import pytest
 
-HIDDEN, N = 3584, 6400
+from repexp import memory
 
-# max RSS (KiB on Linux) of the command in argv[1:], run as this wrapper's only child
-MAXRSS = (
-    "import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True); "
-    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
-)
+HIDDEN, N = 3584, 6400
 
 
 def write_shards(out, n_questions, hidden=HIDDEN, n=N, seed=0):
@@ -47,11 +42,9 @@ def write_shards(out, n_questions, hidden=HIDDEN, n=N, seed=0):
 
 
 def select_peak_rss_mb(manifests, scores, out_prefix, *extra) -> float:
-    """Max RSS (MB) of the select CLI over these shards, in a fresh child process."""
+    """Max RSS (MiB) of the select CLI over these shards, in a fresh child process
+    (:func:`repexp.memory.peak_rss`)."""
     cmd = [
-        sys.executable,
-        "-c",
-        MAXRSS,
         sys.executable,
         "-m",
         "repexp.inference",
@@ -70,8 +63,7 @@ def select_peak_rss_mb(manifests, scores, out_prefix, *extra) -> float:
         str(out_prefix),
         *extra,
     ]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-    return int(out.split()[-1]) / 1024
+    return memory.peak_rss(cmd)["maxrss"] / 2**20
 
 
 @pytest.mark.scale

@@ -1180,7 +1180,8 @@ def mem_mb(config: dict, rule: str, wildcards=None, threads: int = 1, attempt: i
 # large parent (a benchmark that has just written its inputs) would inflate it.
 _WRAPPER = (
     "import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
-    "print('\\nREPEXP_MAXRSS_KIB', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); "
+    "u = resource.getrusage(resource.RUSAGE_CHILDREN); "
+    "print('\\nREPEXP_MAXRSS_KIB', u.ru_maxrss, u.ru_utime + u.ru_stime); "
     "sys.exit(r.returncode)"
 )
 
@@ -1192,8 +1193,9 @@ def peak_rss(
     kernel's high-water mark; bytes), and with ``tree_every`` (seconds) also ``tree_pss``, the peak
     of the summed proportional set size of the command's processes, sampled at that interval
     (pages shared by forked workers counted once, as a cgroup does). The command runs under a
-    small wrapper interpreter (:data:`_WRAPPER`). Raises ``CalledProcessError`` with the command's
-    output when it fails."""
+    small wrapper interpreter (:data:`_WRAPPER`), which also reports ``cpu_s``, the CPU seconds
+    (user + system) of the command and its workers. Raises ``CalledProcessError`` with the
+    command's output when it fails."""
     import subprocess
     import tempfile
     import time
@@ -1230,8 +1232,8 @@ def peak_rss(
         text = out.read()
         if proc.returncode != 0:
             raise subprocess.CalledProcessError(proc.returncode, cmd, output=text[-4000:])
-    kib = int(text.rsplit("REPEXP_MAXRSS_KIB", 1)[1].split()[0])
-    return {"maxrss": kib * 1024, "tree_pss": tree}
+    kib, cpu_s = text.rsplit("REPEXP_MAXRSS_KIB", 1)[1].split()[:2]
+    return {"maxrss": int(kib) * 1024, "tree_pss": tree, "cpu_s": float(cpu_s)}
 
 
 # ------------------------------------------------------------------------------------------------

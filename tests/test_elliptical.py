@@ -10,6 +10,7 @@ import torch
 
 from repexp.elliptical import (
     CentredInverse,
+    DeferredUpperInverse,
     centred_inverse,
     sherman_morrison,
     sherman_morrison_batch,
@@ -47,6 +48,36 @@ def test_sherman_morrison_equals_the_inverse_from_scratch(seed, kind):
         # the returned u = Λ_{t-1} h and s = 1 + hᵀ Λ_{t-1} h
         np.testing.assert_allclose(np.asarray(u), before @ h, rtol=1e-12, atol=1e-12)
         assert float(s) == pytest.approx(1.0 + h @ before @ h, rel=1e-12)
+
+
+@pytest.mark.parametrize("m", [1, 3, 8])
+@pytest.mark.parametrize("seed", range(6))
+def test_deferred_updates_equal_the_inverse_from_scratch(seed, m):
+    """Every (u, s) and Λ_t of the deferred layout, before and across the flushes every m
+    updates, against the dense update and (λI + Σ hhᵀ)⁻¹ from scratch."""
+    rows, lam = updates(seed)
+    d = rows.shape[1]
+    deferred, dense = DeferredUpperInverse(d, lam, m=m), np.eye(d) / lam
+    pending = 0  # updates since the last flush
+    for t, h in enumerate(rows, start=1):
+        u_def, s_def = deferred.update(h)
+        u, s = sherman_morrison(dense, h)
+        np.testing.assert_allclose(u_def, u, rtol=1e-9, atol=1e-9 * np.abs(u).max())
+        assert s_def == pytest.approx(float(s), rel=1e-9)
+        pending = (pending + 1) % m
+        assert deferred.count == pending  # folded into the stored triangle every m updates
+        if t % 4 == 0 or t == len(rows):  # dense() flushes the pending ones too
+            want = brute_inverse(rows[:t], lam)
+            np.testing.assert_allclose(
+                deferred.dense(), want, rtol=1e-9, atol=1e-9 * np.abs(want).max()
+            )
+            assert deferred.count == 0
+            pending = 0
+
+
+def test_deferred_rejects_an_empty_buffer():
+    with pytest.raises(ValueError, match="m must be >= 1"):
+        DeferredUpperInverse(3, 1.0, m=0)
 
 
 @pytest.mark.parametrize("seed", range(6))

@@ -15,6 +15,9 @@ had, so every result is unchanged to the bit):
   :mod:`repexp.bonus`; the token-level covariance, :class:`CentredInverse`);
 * :func:`sherman_morrison_upper` -- one numpy inverse kept as its upper triangle only, through
   BLAS ``symv``/``syr`` (half the memory traffic; selection, :func:`repexp.select.repexp_order`);
+* :class:`DeferredUpperInverse` -- the same inverse with its rank-one updates applied m at a
+  time (one ``syrk`` per m picks instead of m ``syr`` passes over Λ; selection trials,
+  :func:`repexp.select.repexp_orders`);
 * :func:`sherman_morrison_batch` -- n torch inverses at once (batched selection,
   :func:`repexp.select.repexp_orders_torch`).
 
@@ -28,10 +31,11 @@ from __future__ import annotations
 import numpy as np
 
 # at import, before a caller's thread cap (threadpoolctl caps only the BLAS already loaded)
-from scipy.linalg.blas import dsymv, dsyr
+from scipy.linalg.blas import dsymv, dsyr, dsyrk
 
 __all__ = [
     "CentredInverse",
+    "DeferredUpperInverse",
     "centred_inverse",
     "sherman_morrison",
     "sherman_morrison_batch",
@@ -65,6 +69,62 @@ def sherman_morrison_upper(inverse: np.ndarray, h: np.ndarray) -> tuple[np.ndarr
     s = 1.0 + float(h @ u)
     dsyr(-1.0 / s, u, a=inverse.T, lower=1, overwrite_a=True)
     return u, s
+
+
+class DeferredUpperInverse:
+    """Λ under Sherman–Morrison updates, with the updates folded into the stored matrix m at a time.
+
+    After t updates by h_1..h_t, Λ_t = Λ_e − Σ_{j∈pending} w_j w_jᵀ with w_j = u_j/√s_j, where Λ_e
+    (upper triangle only, as :func:`sherman_morrison_upper`) holds every update up to the last
+    flush and the pending w_j (at most ``m``) sit in a (d, m) buffer W. One update is then
+
+        u = Λ_e h − W (Wᵀ h),   s = 1 + hᵀu,   W ← [W, u/√s],
+
+    and every m updates Λ_e ← Λ_e − W Wᵀ (one BLAS ``dsyrk``, a matrix product) and W ← [].
+    Λ_t and (u, s) are those of :func:`sherman_morrison` (Alg. 1 line 5) up to rounding: u uᵀ/s =
+    w wᵀ. Λ is read once per update instead of three times (``symv``, then ``syr``'s read and
+    write), which matters when Λ does not stay in the cache (selection at N = 6,400: the features
+    stream through it between updates).
+
+    >>> inv = DeferredUpperInverse(2, lam=0.5, m=2)
+    >>> for h in ([1.0, 0.0], [0.0, 1.0], [1.0, 1.0]):
+    ...     _ = inv.update(np.array(h))
+    >>> np.allclose(inv.dense(), np.linalg.inv(0.5 * np.eye(2) + [[2, 1], [1, 2]]))
+    True
+    """
+
+    def __init__(self, dim: int, lam: float, *, m: int = 8):
+        if m < 1:
+            raise ValueError(f"m must be >= 1, got {m}")
+        self.stored = np.eye(dim) / lam  # Λ_e, C order: only its upper triangle is kept current
+        self.pending = np.zeros((dim, m), order="F")  # W
+        self.count = 0
+
+    def update(self, h: np.ndarray) -> tuple[np.ndarray, float]:
+        """Λ ← Λ − u uᵀ/s for u = Λh, s = 1 + hᵀu; returns (u, s)."""
+        u = dsymv(1.0, self.stored.T, h, lower=1)  # Λ_e h
+        if self.count:
+            w = self.pending[:, : self.count]
+            u -= w @ (h @ w)
+        s = 1.0 + float(h @ u)
+        self.pending[:, self.count] = u / np.sqrt(s)
+        self.count += 1
+        if self.count == self.pending.shape[1]:
+            self.flush()
+        return u, s
+
+    def flush(self) -> None:
+        """Fold the pending updates into the stored triangle: Λ_e ← Λ_e − W Wᵀ."""
+        if self.count:
+            w = self.pending[:, : self.count]
+            dsyrk(-1.0, w, beta=1.0, c=self.stored.T, lower=1, overwrite_c=1)
+            self.count = 0
+
+    def dense(self) -> np.ndarray:
+        """Λ as a full symmetric (d, d) array (a copy; for tests and inspection)."""
+        self.flush()
+        upper = np.triu(self.stored)
+        return upper + np.triu(upper, 1).T
 
 
 def sherman_morrison_batch(inverse, h):

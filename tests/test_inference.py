@@ -778,3 +778,195 @@ def test_select_cli_feeds_texts_logprobs_and_answers_to_every_selector(pool, tmp
     # without the pool shards a text selector cannot run
     with pytest.raises(ValueError, match="pass one pool shard per feature shard"):
         _cli_select_task(manifests, scores, [], tmp_path / "none", "gsm8k", ["random", "ngram"])
+
+
+# ------------------------------------------------------------------------------------------------
+# repexp_layer<L>: RepExp on a middle layer's mean state (issue 13)
+# ------------------------------------------------------------------------------------------------
+LAYER_METHODS = ("random", "repexp", "repexp_layer15", "maxmin")
+
+
+def _layer_feats(feats):
+    """Stand-in mean@15 features of the pool: as many rows, the same width, other values."""
+    return np.random.default_rng(11).normal(size=feats.shape)
+
+
+def test_repexp_layer_is_algorithm_1_on_the_layer_features_with_repexps_first_picks(pool):
+    """In the tables, repexp_layer15 is Algorithm 1 on the projected mean@15 features with the
+    seeded first picks of repexp (hand check with repexp_order), i.e. repexp's rows of a run on
+    those features; repexp and the other methods are untouched; every path agrees."""
+    feats, rows = pool
+    layer = _layer_feats(feats)
+    extra = {"mean@15": layer}
+    ref = select_pool(feats, rows, **KW, methods=LAYER_METHODS, extra=extra)
+    trials, questions, passk = ref
+    assert questions["method"].tolist() == list(LAYER_METHODS) * 4
+    phi = project(layer, KW["proj_dim"], KW["projection_seed"])
+    for qid, g in rows.groupby("qid"):
+        idx, samples = g.index.to_numpy(), g["sample"].to_numpy()
+        firsts = first_picks(
+            len(idx), 3, question_seed(7, "m", "t", "vanilla", "mean", qid, "first-picks")
+        )
+        mine = trials[(trials.qid == qid) & (trials.method == "repexp_layer15")]
+        for t, first in enumerate(firsts):
+            want = repexp_order(phi[idx], len(idx), first=int(first), lam=1.0)
+            assert mine[mine.trial == t]["order"].item() == samples[want].tolist()
+    # = repexp's rows of a run on the layer's features; the last layer's repexp unchanged
+    on_layer = select_pool(layer, rows, **KW, methods=("random", "repexp"))
+    plain = select_pool(feats, rows, **KW, methods=("random", "repexp", "maxmin"))
+    for got, lay, base in zip(ref, on_layer, plain, strict=True):
+        mine = got[got["method"] == "repexp_layer15"].reset_index(drop=True)
+        want = lay[lay["method"] == "repexp"].reset_index(drop=True).assign(method="repexp_layer15")
+        pd.testing.assert_frame_equal(mine, want)
+        others = got[got["method"] != "repexp_layer15"].reset_index(drop=True)
+        pd.testing.assert_frame_equal(others, base)
+    for kw in (dict(workers=2), dict(device="cpu:0", batch_questions=3)):
+        got = select_pool(feats, rows, **KW, methods=LAYER_METHODS, extra=extra, **kw)
+        for a, b in zip(ref, got, strict=True):
+            pd.testing.assert_frame_equal(a, b)
+    with pytest.raises(ValueError, match="needs the mean@15 features.*extra_poolings"):
+        select_pool(feats, rows, **KW, methods=LAYER_METHODS)
+
+
+def test_repexp_layer_methods_are_checked():
+    from repexp.inference import check_methods, method_poolings
+
+    methods = ["random", "repexp", "repexp_layer15"]
+    assert check_methods(methods) == tuple(methods)  # without the pools' layers: a name check
+    assert check_methods(methods, layers={15: ["m/t"]}) == tuple(methods)
+    with pytest.raises(
+        ValueError,
+        match=r"'repexp_layer15' reads the mean state of decoder block 15 \(cache pooling "
+        r"mean@15\), which no pool caches \(inference.features.layers: layer 7: m/t\); add "
+        r"\{model: <model>, task: <task>, layer: 15\} to inference.features.layers",
+    ):
+        check_methods(methods, layers={7: ["m/t"]})
+    with pytest.raises(ValueError, match="inference.features.layers: none"):
+        check_methods(methods, layers={})
+    with pytest.raises(ValueError, match="unknown selection method 'repexp_layer0'"):
+        check_methods(["repexp_layer0"])
+    assert method_poolings(methods, "mean") == ["mean@15"]
+    assert method_poolings(["repexp_layer3", "repexp", "repexp_layer1"], "mean") == [
+        "mean@3",
+        "mean@1",
+    ]
+    assert method_poolings(["repexp"], "last") == []
+    with pytest.raises(ValueError, match="mean pooling only.*'last'"):
+        method_poolings(methods, "last")
+
+
+def test_select_cli_reads_the_layer_pooling_from_the_cache(pool, tmp_path):
+    """The select CLI on a tiny cache holding mean and mean@15: rows of repexp_layer15 in all
+    three tables, equal to select_pool with the layer's features (cache float32); a cache without
+    mean@15, or a job of another pooling, is refused with the fix."""
+    from repexp.atomic import write_parquet
+    from repexp.features import FeatureError, write_cache
+    from repexp.inference import main
+
+    feats, rows = pool
+    feats, layer = feats.astype(np.float32), _layer_feats(feats).astype(np.float32)
+    manifests, scores = [], []
+    for s, qids in enumerate((["q0", "q1"], ["q2", "q3"])):
+        part = rows[rows["qid"].isin(qids)]
+        m = tmp_path / f"shard-{s}.json"
+        idx = part.index.to_numpy()
+        by = {"mean": feats[idx], "mean@15": layer[idx]}
+        write_cache(m, by, part, model="m", dtype="float32", shard_name=m.stem)
+        write_parquet(part[["qid", "sample", "correct"]], m.with_suffix(".scores.parquet"))
+        manifests.append(str(m))
+        scores.append(str(m.with_suffix(".scores.parquet")))
+    got = _cli_select(manifests, scores, tmp_path / "sel", "--methods", *LAYER_METHODS)
+    want = select_pool(
+        feats.astype(np.float64),
+        rows,
+        **KW,
+        methods=LAYER_METHODS,
+        extra={"mean@15": layer.astype(np.float64)},
+    )
+    keys = dict(model="m", task="t", sampler="vanilla", pooling="mean")
+    for a, b in zip(want, got, strict=True):
+        pd.testing.assert_frame_equal(a.assign(**keys), b)
+    assert set(got[1]["method"]) == set(LAYER_METHODS)
+    assert (got[0]["method"] == "repexp_layer15").sum() == 4 * KW["trials"]
+    plain, _ = _write_shards(tmp_path / "plain", feats, rows, 2)
+    with pytest.raises(FeatureError, match="no 'mean@15'.*inference.features.layers"):
+        _cli_select(plain, scores, tmp_path / "p", "--methods", *LAYER_METHODS)
+    with pytest.raises(ValueError, match="mean pooling only"):
+        main(
+            ["select", "--features", *manifests, "--scores", *scores, "--model", "m"]
+            + ["--task", "t", "--sampler", "vanilla", "--pooling", "last"]
+            + ["--methods", *LAYER_METHODS, "--out-prefix", str(tmp_path / "last")]
+        )
+    assert not (tmp_path / "last.trials.parquet").exists()
+
+
+def _layer_config(tmp_path, layers, methods=None):
+    import yaml
+
+    from repexp.config import load_config
+
+    inf = {"features": {"layers": layers}}
+    if methods is not None:
+        inf["selection"] = {"methods": methods}
+    overlay = tmp_path / "layers.yaml"
+    overlay.write_text(yaml.safe_dump({"inference": inf}))
+    return overlay, lambda *files: load_config([*files, overlay])
+
+
+def test_layers_in_the_dag_and_the_config_check(tmp_path, monkeypatch):
+    """inference.features.layers: which pools cache which layer (null: the middle block, from
+    the model's shape without loading it), which select jobs run repexp_layer<L>, and the config
+    check's refusals, each naming the fix."""
+    from repexp import dag
+    from repexp.config import ConfigError
+
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    methods = ["random", "repexp", "repexp_layer1", "maxmin"]
+    layers = [{"model": "tiny-random", "task": "gsm8k", "layer": None}]
+    _, load = _layer_config(tmp_path, layers, methods)
+    cfg = load("config/test.yaml")
+    assert dag.feature_layers(cfg, "tiny-random", "gsm8k", "vanilla") == [1]  # 2 blocks // 2
+    assert dag.feature_layers(cfg, "tiny-random", "game24", "vanilla") == []
+    assert dag.feature_layers(cfg, "tiny-random", "gsm8k", "temp1.5") == []
+    assert dag.layer_pools(cfg) == {1: ["tiny-random/gsm8k"]}
+    assert dag.pool_poolings(cfg, "tiny-random", "gsm8k", "vanilla") == [
+        "mean",
+        "last",
+        "penultimate",
+    ]  # no select job of its own
+    assert dag.pool_methods(cfg, "tiny-random", "gsm8k", "vanilla", "mean") == methods
+    for pool, pooling in (("gsm8k", "last"), ("game24", "mean")):
+        got = dag.pool_methods(cfg, "tiny-random", pool, "vanilla", pooling)
+        assert got == ["random", "repexp", "maxmin"]
+    # the default's SmolLM2 (30 blocks, from repexp.memory.SHAPES): null is block 15
+    _, load_default = _layer_config(
+        tmp_path, [{"model": "smollm2-135m-instruct", "task": "mbppplus", "layer": None}]
+    )
+    default = load_default()
+    assert dag.feature_layers(default, "smollm2-135m-instruct", "mbppplus", "vanilla") == [15]
+    # refusals: a method no pool can run, a layer outside the model, a pool that does not exist
+    _, load = _layer_config(tmp_path, [], ["random", "repexp_layer1"])
+    with pytest.raises(ConfigError, match="repexp_layer1.*no pool caches.*add"):
+        load("config/test.yaml")
+    bad = [
+        {"model": "tiny-random", "task": "gsm8k", "layer": 2},
+        {"model": "tiny-randon", "task": "gsm8k", "layer": 1},
+    ]
+    plain = ["random", "repexp"]  # config/test.yaml's own list runs repexp_layer1
+    _, load = _layer_config(tmp_path, bad, plain)
+    with pytest.raises(ConfigError) as err:
+        load("config/test.yaml")
+    assert "`inference.features.layers.0.layer`: inference.features.layers: layer 2" in str(
+        err.value
+    )
+    assert "2 decoder blocks: a middle layer is 1..1" in str(err.value)
+    assert "`inference.features.layers.1.model` names model 'tiny-randon'" in str(err.value)
+    # a defined model and task that this config does not run: the entry caches nothing (the
+    # default's entry under an overlay with other models)
+    _, load = _layer_config(tmp_path, [{"model": "tiny-random", "task": "math", "layer": 5}], plain)
+    assert dag.layer_pools(load("config/test.yaml")) == {}
+    _, load = _layer_config(
+        tmp_path, [{"model": "tiny-random", "task": "gsm8k", "layer": 0}], plain
+    )
+    with pytest.raises(ConfigError, match=r"inference.features.layers.0.layer"):
+        load("config/test.yaml")

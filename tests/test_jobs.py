@@ -100,7 +100,8 @@ def test_explicit_questions_per_shard_takes_precedence():
     assert jobs.rl_test_shard_size(cfg, "arith") == 5 * 16 // 8
     test = load("test.yaml")
     assert jobs.pool_shard_size(test, "tiny-random", "game24") == 8
-    assert jobs.job_counts(cfg)["generate_pool"] == 6  # 3 samplers x 2 shards, as before
+    # SmolLM2: 3 samplers x 2 shards, as before; Qwen2.5-Coder: its vanilla pool, 2 shards
+    assert jobs.job_counts(cfg)["generate_pool"] == 8
 
 
 def test_runtime_bounded_shard_size_by_hand():

@@ -580,3 +580,32 @@ def test_vllm_pool_is_generated_in_bounded_calls_with_the_same_seeds(tiny, quest
     assert r["text"] == tok.decode(list(r["response_ids"]), skip_special_tokens=True)
     assert r["n_tokens"] == len(r["response_ids"]) and r["finish_reason"] in ("stop", "length")
     assert list(one_call["sample"]) == list(range(6)) * 3
+
+
+def test_vllm_engine_keys_reach_the_llm(tiny, questions, fake_vllm):
+    """inference.pool.vllm_gpu_memory_utilization / vllm_enforce_eager: passed to vllm.LLM when
+    set, vLLM's own defaults (nothing passed) when not; the rule's flags come from the config."""
+    from repexp.pools import vllm_engine_cli
+
+    kw = dict(
+        n=2,
+        sampler=Sampler(),
+        max_new_tokens=8,
+        seed=3,
+        seed_parts=("tiny", "gsm8k", "vanilla"),
+        backend="vllm",
+    )
+    generate_shard(tiny, questions, **kw)
+    generate_shard(
+        tiny, questions, vllm_engine={"gpu_memory_utilization": 0.35, "enforce_eager": True}, **kw
+    )
+    default, set_ = (llm.kw for llm in fake_vllm.made)
+    assert "gpu_memory_utilization" not in default and "enforce_eager" not in default
+    assert set_["gpu_memory_utilization"] == 0.35 and set_["enforce_eager"] is True
+    assert {k: v for k, v in set_.items() if k not in default} == {
+        "gpu_memory_utilization": 0.35,
+        "enforce_eager": True,
+    }
+    flags = vllm_engine_cli({"vllm_gpu_memory_utilization": 0.35, "vllm_enforce_eager": True})
+    assert flags.split() == ["--gpu-memory-utilization", "0.35", "--enforce-eager"]
+    assert vllm_engine_cli({"vllm_gpu_memory_utilization": None, "vllm_enforce_eager": False}) == ""

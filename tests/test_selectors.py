@@ -576,3 +576,39 @@ def test_relative_stc_per_pool_over_the_questions_every_method_has():
     want = bootstrap_ratio_ci([2.0, 2.0, 3.0], [4.0, 2.0, 6.0], n_boot=200)
     assert tuple(got.iloc[0][["ratio", "lo", "hi"]]) == pytest.approx(want)
     assert (got["lo"] <= got["ratio"]).all() and (got["ratio"] <= got["hi"]).all()
+
+
+# --------------------------------------------------------------------------------------------
+# repexp_layer<L>: a family of entries, each Algorithm 1 on another layer's features
+
+
+def test_repexp_layer_family_is_resolved_by_name():
+    from repexp.selectors import SelectorTable
+
+    sel = SELECTORS["repexp_layer15"]
+    assert isinstance(SELECTORS, SelectorTable) and "repexp_layer15" in SELECTORS
+    assert sel.fn is repexp and sel.layer == 15 and sel.needs == frozenset({"features"})
+    assert "15" in sel.label and SELECTORS.get("repexp_layer3").layer == 3
+    assert SELECTORS["repexp"].layer is None and SELECTORS["maxmin"].layer is None
+    for bad in ("repexp_layer0", "repexp_layer", "repexp_layer015", "repexp_layerx", "xrepexp"):
+        assert bad not in SELECTORS and SELECTORS.get(bad) is None
+        with pytest.raises(KeyError):
+            SELECTORS[bad]
+    assert not any(name.startswith("repexp_layer") for name in SELECTORS)  # fixed entries only
+    assert "repexp_layer<L>" in SELECTORS.known() and "oracle" in SELECTORS.known()
+    with pytest.raises(ValueError, match="known: .*repexp_layer<L>"):
+        run_selector("repexp_layer0", full_context(), np.random.default_rng(0))
+
+
+def test_repexp_layer_is_repexp_on_the_features_it_is_given():
+    """run_selector("repexp_layer<L>") on a context holding layer L's features: the same order as
+    repexp on them with the same generator, and Algorithm 1's (repexp_order, hand-made first
+    pick) on the centred features."""
+    ctx = full_context(n=30, d=5, seed=4)
+    for layer in (1, 15):
+        for seed in range(3):
+            got = run_selector(f"repexp_layer{layer}", ctx, np.random.default_rng(seed))
+            want = run_selector("repexp", ctx, np.random.default_rng(seed))
+            np.testing.assert_array_equal(got, want)
+            first = int(np.random.default_rng(seed).integers(ctx.n))
+            np.testing.assert_array_equal(got, repexp_order(ctx.centred, ctx.n, first=first))

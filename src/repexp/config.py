@@ -169,6 +169,22 @@ def reference_errors(config: dict) -> list[str]:
                 f"config key `inference.features.ablation_models.{i}` names model {m!r}, which is "
                 f"not in `inference.models` (only those have vanilla pools)"
             )
+    # an entry whose pool this config does not run is inert (an overlay that drops the model
+    # keeps the default's entry harmlessly); a repexp_layer<L> method that no pool can run is
+    # refused by stage_errors
+    for i, entry in enumerate((inf.get("features") or {}).get("layers") or []):
+        key = f"inference.features.layers.{i}"
+        m, t = entry.get("model"), entry.get("task")
+        need("model", models, f"{key}.model", m)
+        need("task", tasks, f"{key}.task", t)
+        if m not in inf.get("models", []) or t not in inf.get("tasks", []):
+            continue
+        from repexp.dag import resolve_layer
+
+        try:
+            resolve_layer(config, m, entry.get("layer"))
+        except ValueError as e:
+            errors.append(f"config key `{key}.layer`: {e}")
     need(
         "model",
         models,
@@ -244,7 +260,9 @@ def stage_errors(config: dict, root: str | os.PathLike | None = None) -> list[st
 
     The inference stage: every name in ``inference.selection.methods`` is a selector of
     :data:`repexp.selectors.SELECTORS` that needs only the select stage's inputs and can run on
-    at least one of the stage's tasks (``answer_dedup`` needs a task with a final answer).
+    at least one of the stage's tasks (``answer_dedup`` needs a task with a final answer) and,
+    for ``repexp_layer<L>``, on at least one pool whose cache holds layer L
+    (``inference.features.layers``).
     The RL stage (when ``rl.model`` and ``rl.tasks`` are set): every task's training settings
     (``rl`` with its ``task_overrides``) must pass ``RLSettings.from_dict`` (whole groups per
     process, batch multiples, ...), and with ``rl.gpus_per_run`` > 1 the ``rl.accelerate_config``
@@ -255,12 +273,12 @@ def stage_errors(config: dict, root: str | os.PathLike | None = None) -> list[st
     errors = []
     methods = ((config.get("inference") or {}).get("selection") or {}).get("methods")
     if methods is not None:
-        from repexp.dag import inference_pools
+        from repexp.dag import inference_pools, layer_pools
         from repexp.inference import check_methods
 
         tasks = sorted({t for _m, t, _s in inference_pools(config)}) or None
         try:
-            check_methods(methods, tasks=tasks)
+            check_methods(methods, tasks=tasks, layers=layer_pools(config))
         except ValueError as e:
             errors.append(f"config key `inference.selection.methods`: {e}")
     rl = config.get("rl") or {}

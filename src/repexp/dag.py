@@ -75,6 +75,84 @@ def pool_poolings(config: dict, model: str, task: str, sampler: str) -> list[str
     return ["mean"]
 
 
+def feature_layers(config: dict, model: str, task: str, sampler: str) -> list[int]:
+    """The middle layers whose mean response state the feature cache of one pool holds (the
+    ``mean@L`` poolings, :func:`repexp.features.layer_pooling`): the ``layer`` of every entry of
+    ``inference.features.layers`` naming this model and task, for the vanilla pool only. A
+    ``null`` layer is the middle block, ``num_hidden_layers // 2`` of the model's shape
+    (:func:`repexp.memory.model_shape`: known models and tiny random ones without loading them);
+    a layer outside 1..num_hidden_layers - 1 is an error when the shape is known (else the
+    ``cache_features`` job checks it on the loaded model)."""
+    if sampler != "vanilla":
+        return []
+    out = []
+    for entry in config["inference"]["features"].get("layers") or []:
+        if entry["model"] != model or entry["task"] != task:
+            continue
+        out.append(resolve_layer(config, model, entry.get("layer")))
+    return list(dict.fromkeys(out))
+
+
+def resolve_layer(config: dict, model: str, layer: int | None) -> int:
+    from repexp.memory import JobModelError, model_shape
+
+    try:
+        blocks = model_shape(config, model).layers
+    except JobModelError as e:
+        if layer is None:
+            raise ValueError(
+                f"inference.features.layers: layer null (the middle block) for model {model!r} "
+                f"needs its number of blocks, which is not known before the model is prepared "
+                f"({e}); give the layer as an integer"
+            ) from e
+        return int(layer)
+    if layer is None:
+        return blocks // 2
+    if not 1 <= layer <= blocks - 1:
+        raise ValueError(
+            f"inference.features.layers: layer {layer} of model {model!r}, which has {blocks} "
+            f"decoder blocks: a middle layer is 1..{blocks - 1} (the middle one: {blocks // 2}, "
+            f"or null)"
+        )
+    return int(layer)
+
+
+def cache_poolings(config: dict, model: str, task: str, sampler: str) -> list[str]:
+    """The poolings the feature cache of one pool holds: its selection poolings
+    (:func:`pool_poolings`) and the ``mean@L`` of each of its :func:`feature_layers` (read by the
+    ``repexp_layer<L>`` selectors in the select job of the mean pooling; no select job of their
+    own)."""
+    from repexp.features import layer_pooling
+
+    layers = [layer_pooling(x) for x in feature_layers(config, model, task, sampler)]
+    return pool_poolings(config, model, task, sampler) + layers
+
+
+def pool_methods(config: dict, model: str, task: str, sampler: str, pooling: str) -> list[str]:
+    """The selection methods of one select job (pool and pooling): ``inference.selection.methods``
+    less each ``repexp_layer<L>`` that this job cannot run: those run in the job of the ``mean``
+    pooling of a pool whose cache holds ``mean@L`` (:func:`feature_layers`). The config check
+    refuses a ``repexp_layer<L>`` that no pool can run (:func:`layer_pools`)."""
+    from repexp.selectors import SELECTORS
+
+    layers = feature_layers(config, model, task, sampler) if pooling == "mean" else []
+    return [
+        m
+        for m in config["inference"]["selection"]["methods"]
+        if SELECTORS[m].layer is None or SELECTORS[m].layer in layers
+    ]
+
+
+def layer_pools(config: dict) -> dict[int, list[str]]:
+    """{layer: the pools ("model/task") whose cache holds its mean state} over every inference
+    pool (for the config check of ``repexp_layer<L>`` methods)."""
+    out: dict[int, list[str]] = {}
+    for m, t, s in inference_pools(config):
+        for x in feature_layers(config, m, t, s):
+            out.setdefault(x, []).append(f"{m}/{t}")
+    return out
+
+
 def pool_setting(config: dict, task: str, key: str):
     """A pool's `n` or `max_new_tokens`: the task's value, else the inference default."""
     value = config["tasks"][task][{"n": "pool_n", "max_new_tokens": "max_new_tokens"}[key]]

@@ -3,13 +3,19 @@
 The base model is run *without its LM head* (``AutoModel``: ``last_hidden_state`` is taken after
 the final norm, as in the authors' code) over the exact saved prompt + response token ids. Per
 response up to three poolings of the response positions ``[P, P + T)`` (P prompt tokens, T response
-tokens) are kept:
+tokens) of the last layer are kept, plus any middle-layer means:
 
 * ``mean``: the mean over all T response positions, the paper's feature h̄(x, y). When the response
   ended with an end-of-sequence token, that token is one of the T positions (as in the authors'
   code, whose mean runs over the attention mask of the response, EOS included);
 * ``last``: the state at position P + T − 1 (the last response token);
-* ``penultimate``: the state at position P + T − 2 (the last one when T = 1).
+* ``penultimate``: the state at position P + T − 2 (the last one when T = 1);
+* ``mean@L`` (:func:`layer_pooling`; beyond the paper, the ``repexp_layer<L>`` selector): the mean
+  over the same T positions of the output of decoder block L, 1 <= L < the model's number of
+  blocks: ``hidden_states[L]`` in Hugging Face's convention (``hidden_states[0]`` = the
+  embeddings), the residual stream *before* the final norm. It is read during the same forward pass
+  (a hook on block L pools each row as the block returns, :class:`LayerMeans`), so it costs no
+  second forward and no extra activation memory beyond one row's float32 copy.
 
 Batching. Responses to one prompt (a question's pool) run on the prompt's key/value cache, computed
 once and shared by every row of a batch without being copied per row (:class:`SharedPrefixLayer`);
@@ -27,10 +33,11 @@ Right padding with an attention mask keeps every real position's state identical
 forward pass (causal attention; checked by the tests).
 
 Cache format per shard: ``<out>.safetensors`` (one tensor per pooling, rows in the shard's order)
-and ``<out>.json`` (model, layer, poolings, dims, dtype, row -> question/sample, sha256 of the
-tensor file). Cache dtypes (``inference.features.dtype``): ``float32``, ``float16``, ``bfloat16``
-and ``uint8``: 8-bit affine quantisation per question and hidden dimension (:func:`quantize_groups`;
-the tensors ``<pooling>.lo`` and ``<pooling>.scale`` hold each question's offset and step, float32).
+and ``<out>.json`` (model, layer, layers (the decoder block of each ``mean@L`` pooling), poolings,
+dims, dtype, row -> question/sample, sha256 of the tensor file). Cache dtypes
+(``inference.features.dtype``): ``float32``, ``float16``, ``bfloat16`` and ``uint8``: 8-bit affine
+quantisation per question and hidden dimension (:func:`quantize_groups`; the tensors
+``<pooling>.lo`` and ``<pooling>.scale`` hold each question's offset and step, float32).
 :func:`read_cache` always returns float64, so the selection does not depend on the cache dtype, and
 projection happens downstream: any projection seed reuses the cache. A NaN or Inf is an error naming
 the shard.
@@ -42,6 +49,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -57,7 +65,9 @@ from repexp.parallel import start_cli
 
 log = logging.getLogger(__name__)
 
-POOLINGS = ("mean", "last", "penultimate")
+POOLINGS = ("mean", "last", "penultimate")  # of the last layer (after the final norm)
+# a middle layer's mean: "mean@<L>", the output of decoder block L (hidden_states[L])
+LAYER_POOLING = re.compile(r"mean@([1-9][0-9]*)")
 CACHE_DTYPES = ("float32", "float16", "bfloat16", "uint8")
 # bytes per stored feature value
 CACHE_DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "uint8": 1}
@@ -68,6 +78,46 @@ QUANT_GROUP_BYTES = 8
 class FeatureError(RuntimeError):
     """A feature cache is invalid (NaN/Inf, checksum mismatch, rows out of step) or cannot be
     built."""
+
+
+def layer_pooling(layer: int) -> str:
+    """The cache pooling of the mean response state of decoder block ``layer``.
+
+    >>> layer_pooling(15), pooling_layer("mean@15"), pooling_layer("mean")
+    ('mean@15', 15, None)
+    """
+    if isinstance(layer, bool) or int(layer) != layer or layer < 1:
+        raise ValueError(f"a layer is a decoder block number >= 1, got {layer!r}")
+    return f"mean@{int(layer)}"
+
+
+def pooling_layer(pooling: str) -> int | None:
+    """The decoder block of a ``mean@L`` pooling; None for a last-layer pooling (``mean``, ``last``,
+    ``penultimate``); ValueError for anything else."""
+    if pooling in POOLINGS:
+        return None
+    m = LAYER_POOLING.fullmatch(pooling)
+    if m is None:
+        raise ValueError(
+            f"unknown pooling {pooling!r}: one of {', '.join(POOLINGS)}, or mean@<L> (the mean "
+            f"state of decoder block L >= 1)"
+        )
+    return int(m[1])
+
+
+def check_layers(poolings: Sequence[str], num_layers: int) -> list[int]:
+    """The decoder blocks of the ``mean@L`` poolings, each checked to be a middle block:
+    1 <= L <= ``num_layers`` - 1 (block ``num_layers``'s output is the last layer, which the
+    ``mean`` pooling already holds after the final norm)."""
+    layers = [x for x in map(pooling_layer, poolings) if x is not None]
+    bad = [x for x in layers if not 1 <= x <= num_layers - 1]
+    if bad:
+        raise FeatureError(
+            f"pooling {layer_pooling(bad[0])}: this model has {num_layers} decoder blocks, so a "
+            f"middle layer is 1..{num_layers - 1} (the middle one: {num_layers // 2}); fix "
+            f"`layer` in inference.features.layers"
+        )
+    return layers
 
 
 # ------------------------------------------------------------------------------------------------
@@ -250,6 +300,47 @@ def shared_prefix_cache(prompt_cache):
     return Cache(layers=[layer(lay.keys, lay.values) for lay in prompt_cache.layers])
 
 
+class LayerMeans:
+    """Forward hooks that pool middle layers during the feature forward (``mean@L`` poolings).
+
+    A hook on decoder block L (``base_model.layers[L - 1]``) takes the block's output, the residual
+    stream after block L (``hidden_states[L]``, no final norm), and writes the mean over each row's
+    response positions into ``out["mean@L"]`` as soon as the block returns, so the block's output
+    is not kept beyond its normal life. Before each forward the caller sets :attr:`spans`: for
+    every row of the batch, (pool index i, first position, end position) of its response in the
+    batch's sequence axis; an empty list (the prompt's own forward) pools nothing. Use as a
+    context manager (the hooks are removed on exit).
+    """
+
+    def __init__(self, base_model, layers: Sequence[int], out: dict[str, np.ndarray]):
+        blocks = getattr(base_model, "layers", None)
+        if blocks is None:
+            raise FeatureError(
+                f"{type(base_model).__name__} has no `layers` (its decoder blocks): the mean@L "
+                f"poolings need a decoder-only base model (Llama, Qwen2, Mistral, Phi-3 shape)"
+            )
+        check_layers([layer_pooling(x) for x in layers], len(blocks))
+        self.out, self.spans = out, []
+        self.handles = [
+            blocks[x - 1].register_forward_hook(self._hook(layer_pooling(x))) for x in layers
+        ]
+
+    def _hook(self, name: str):
+        def hook(_module, _args, output):
+            h = output[0] if isinstance(output, tuple) else output  # (rows, width, hidden)
+            for row, (i, start, stop) in enumerate(self.spans):
+                self.out[name][i] = h[row, start:stop].float().mean(0).cpu().numpy()
+
+        return hook
+
+    def __enter__(self) -> LayerMeans:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
 def pooled_states(
     base_model,
     prompt_ids: Sequence[Sequence[int]],
@@ -263,7 +354,11 @@ def pooled_states(
     memory_budget: int | None = None,
     stats: dict | None = None,
 ) -> dict[str, np.ndarray]:
-    """Pooled last-layer states of every response: ``{pooling: (n, hidden) float32}``.
+    """Pooled states of every response: ``{pooling: (n, hidden) float32}``.
+
+    ``poolings``: any of :data:`POOLINGS` (the last layer, after the final norm) and ``mean@L``
+    (:func:`layer_pooling`: decoder block L's output before the final norm, pooled in the same
+    forward by :class:`LayerMeans`; 1 <= L < the model's ``num_hidden_layers``, else an error).
 
     With ``share_prompts`` (default), responses to the same prompt (a question's pool) are run on
     the prompt's key/value cache, computed once and shared by the rows of every batch, so the
@@ -282,6 +377,7 @@ def pooled_states(
     if any(len(r) == 0 for r in response_ids):
         raise FeatureError("a response has no tokens: nothing to pool")
     hidden = base_model.config.hidden_size
+    layers = check_layers(poolings, int(base_model.config.num_hidden_layers))
     out = {p: np.zeros((n, hidden), dtype=np.float32) for p in poolings}
     device = next(base_model.parameters()).device
 
@@ -316,12 +412,13 @@ def pooled_states(
         if memory is not None:
             stats["modelled_peak"] = max(stats["modelled_peak"], memory.batch(rows, width, prefix))
 
-    with torch.inference_mode():
+    with torch.inference_mode(), LayerMeans(base_model, layers, out) as taps:
         for members in groups.values():
             if len(members) == 1:
                 continue
             prompt = np.asarray(prompt_ids[members[0]], dtype=np.int64)
             check_fits(memory, memory_budget, len(prompt), 0)  # the prompt's own forward
+            taps.spans = []  # the prompt's forward pools nothing
             cache = DynamicCache()
             base_model(
                 input_ids=torch.tensor(prompt)[None].to(device),
@@ -338,6 +435,7 @@ def pooled_states(
                     [response_ids[i] for i in idx], int(lengths[local].max()), prefix=len(prompt)
                 )
                 planned(len(idx), ids.shape[1], len(prompt))
+                taps.spans = [(i, 0, len(response_ids[i])) for i in idx]
                 h = base_model(
                     input_ids=ids, attention_mask=mask, past_key_values=shared, use_cache=True
                 ).last_hidden_state
@@ -365,6 +463,9 @@ def pooled_states(
             ]
             ids, mask = padded(seqs, int(lengths[local].max()))
             planned(len(idx), ids.shape[1], 0)
+            taps.spans = [
+                (i, len(prompt_ids[i]), len(prompt_ids[i]) + len(response_ids[i])) for i in idx
+            ]
             h = base_model(input_ids=ids, attention_mask=mask).last_hidden_state
             for row, i in enumerate(idx):
                 p, t = len(prompt_ids[i]), len(response_ids[i])
@@ -455,9 +556,16 @@ def write_cache(
     path = out.with_suffix(".safetensors")
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp))
+    layers = {p: pooling_layer(p) for p in sorted(feats) if pooling_layer(p) is not None}
     manifest = {
         "model": model,
-        "layer": "last (after the final norm; base model without LM head)",
+        "layer": "last (after the final norm; base model without LM head)"
+        + (
+            "; mean@L: the output of decoder block L (hidden_states[L]), before the final norm"
+            if layers
+            else ""
+        ),
+        "layers": layers,
         "poolings": sorted(feats),
         "dim": int(next(iter(feats.values())).shape[1]),
         "dtype": dtype,
@@ -481,6 +589,15 @@ def read_cache(
 ) -> tuple[np.ndarray, pd.DataFrame]:
     """(features (n, dim) float64, rows with qid/sample) of one shard, checksum verified; any cache
     dtype (float32/float16/bfloat16, or uint8 dequantised)."""
+    feats, rows = read_cache_poolings(manifest_path, [pooling])
+    return feats[pooling], rows
+
+
+def read_cache_poolings(
+    manifest_path: str | os.PathLike, poolings: Sequence[str]
+) -> tuple[dict[str, np.ndarray], pd.DataFrame]:
+    """:func:`read_cache` of several poolings of one shard, the file read and verified once:
+    ({pooling: features (n, dim) float64}, rows)."""
     from safetensors.torch import load_file
 
     manifest_path = Path(manifest_path)
@@ -493,23 +610,30 @@ def read_cache(
             f"cache_features rebuilds them."
         )
     arr = load_file(str(tensors))
-    if pooling not in arr:
+    for pooling in poolings:
+        if pooling in arr:
+            continue
         have = sorted(k for k in arr if "." not in k)
-        raise FeatureError(
-            f"{tensors} has no {pooling!r} features; it has {have}. Pools outside "
-            f"inference.features.ablation_models cache only the mean."
+        why = (
+            f"only the pools listed in inference.features.layers cache {pooling}: add this "
+            f"pool's model and task with layer {pooling_layer(pooling)} there"
+            if pooling not in POOLINGS and LAYER_POOLING.fullmatch(pooling)
+            else "pools outside inference.features.ablation_models cache only the mean"
         )
+        raise FeatureError(f"{tensors} has no {pooling!r} features; it has {have}: {why}.")
     rows = pd.DataFrame(manifest["rows"], columns=["qid", "sample"])
-    if manifest.get("dtype") == "uint8":
-        x = dequantize_groups(
-            arr[pooling].numpy(),
-            arr[f"{pooling}.lo"].numpy(),
-            arr[f"{pooling}.scale"].numpy(),
-            cache_groups(rows["qid"]),
-        )
-    else:
-        x = arr[pooling].double().numpy()
-    return x, rows
+    out = {}
+    for pooling in poolings:
+        if manifest.get("dtype") == "uint8":
+            out[pooling] = dequantize_groups(
+                arr[pooling].numpy(),
+                arr[f"{pooling}.lo"].numpy(),
+                arr[f"{pooling}.scale"].numpy(),
+                cache_groups(rows["qid"]),
+            )
+        else:
+            out[pooling] = arr[pooling].double().numpy()
+    return out, rows
 
 
 def cache_bytes(rows: int, questions: int, dim: int, poolings: int, dtype: str) -> int:
@@ -544,6 +668,14 @@ def gpu_budget(device, gpu_memory_gb: float | None, fraction: float) -> int | No
     return int(gpu_memory_gb * 1e9 * fraction)
 
 
+def _pooling_arg(value: str) -> str:
+    try:
+        pooling_layer(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m repexp.features", description="Cache one shard's features."
@@ -551,7 +683,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", required=True)
     ap.add_argument("--model-name", required=True)
     ap.add_argument("--pool", required=True, help="the pool shard (Parquet)")
-    ap.add_argument("--poolings", nargs="+", default=list(POOLINGS), choices=POOLINGS)
+    ap.add_argument(
+        "--poolings",
+        nargs="+",
+        default=list(POOLINGS),
+        type=_pooling_arg,
+        help=f"{', '.join(POOLINGS)} (last layer) and mean@<L> (decoder block L's mean)",
+    )
     ap.add_argument("--dtype", default="float32", choices=CACHE_DTYPES, help="cache dtype")
     ap.add_argument("--model-dtype", default="bfloat16")
     ap.add_argument(

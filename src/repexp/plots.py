@@ -111,10 +111,14 @@ def method_label(method: str) -> str:
 
 def method_color(method: str) -> tuple:
     """The authors' colours for random and RepExp; a stable "deep" colour for any other selector
-    (from its position in SELECTORS, so it keeps its colour across figures and runs)."""
+    (from its position in SELECTORS, so it keeps its colour across figures and runs); RepExp on a
+    middle layer (``repexp_layer<L>``) in a paler RepExp colour."""
     if method in ("random", "repexp"):
         return {"random": RANDOM_COLOR, "repexp": REPEXP_COLOR}[method]
     from repexp.selectors import SELECTORS
+
+    if method in SELECTORS and SELECTORS[method].layer is not None:
+        return sns.desaturate(REPEXP_COLOR, 0.45)
 
     names = [m for m in SELECTORS if m not in ("random", "repexp")]
     i = names.index(method) if method in names else len(names)

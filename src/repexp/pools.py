@@ -254,8 +254,11 @@ def generate_vllm(
     dtype: str,
     tokenizer,
     responses_per_call: int = 8192,
+    gpu_memory_utilization: float | None = None,
+    enforce_eager: bool = False,
 ) -> list[list[dict]]:
     """``n`` responses to every prompt with one ``vllm.LLM``, in calls of :func:`vllm_calls`.
+    ``gpu_memory_utilization`` (None: vLLM's default) and ``enforce_eager`` go to ``LLM``.
 
     Each question keeps its own seed (``SamplingParams.seed``), whatever call it is in. vLLM returns
     a call's outputs only when all of them are finished, holding every response's token ids and
@@ -281,9 +284,18 @@ def generate_vllm(
     # prefill, once a call's prompts pass max_num_batched_tokens) rewinds the request's seeded
     # generator, which a CPU generator cannot do ("CPU Generator does not use offset"): whole
     # prefills there. GPUs keep vLLM's default.
-    cpu = {} if torch.cuda.is_available() else {"enable_chunked_prefill": False}
+    engine = {} if torch.cuda.is_available() else {"enable_chunked_prefill": False}
+    if gpu_memory_utilization is not None:
+        engine["gpu_memory_utilization"] = gpu_memory_utilization
+    if enforce_eager:
+        engine["enforce_eager"] = True
     llm = LLM(
-        model=model_dir, dtype=dtype, seed=0, generation_config="vllm", max_model_len=max_len, **cpu
+        model=model_dir,
+        dtype=dtype,
+        seed=0,
+        generation_config="vllm",
+        max_model_len=max_len,
+        **engine,
     )
     result: list[list[dict]] = []
     for call in vllm_calls(len(prompts), n, responses_per_call):
@@ -352,10 +364,12 @@ def generate_shard(
     dtype: str = "bfloat16",
     device: str | None = None,
     responses_per_call: int = 8192,
+    vllm_engine: dict | None = None,
 ) -> pd.DataFrame:
     """Responses for every question of ``questions`` (a slice of a task table); ``batch_size``: the
     hf backend's sequences per ``generate``, ``responses_per_call``: the vllm backend's
-    (:func:`vllm_calls`)."""
+    (:func:`vllm_calls`); ``vllm_engine``: :func:`generate_vllm`'s ``gpu_memory_utilization``
+    and ``enforce_eager``."""
     from repexp.models import load_tokenizer
 
     tok = load_tokenizer(model_dir)
@@ -373,6 +387,7 @@ def generate_shard(
             dtype=dtype,
             tokenizer=tok,
             responses_per_call=responses_per_call,
+            **(vllm_engine or {}),
         )
     elif backend == "hf":
         import torch
@@ -424,6 +439,22 @@ def generate_shard(
     return df
 
 
+def vllm_engine_cli(pool: dict) -> str:
+    """The CLI flags of ``inference.pool``'s vLLM engine keys (the ``generate_pool`` rule).
+
+    >>> vllm_engine_cli({"vllm_gpu_memory_utilization": 0.5, "vllm_enforce_eager": True})
+    '--gpu-memory-utilization 0.5 --enforce-eager'
+    >>> vllm_engine_cli({})
+    ''
+    """
+    flags = []
+    if pool.get("vllm_gpu_memory_utilization") is not None:
+        flags.append(f"--gpu-memory-utilization {pool['vllm_gpu_memory_utilization']}")
+    if pool.get("vllm_enforce_eager"):
+        flags.append("--enforce-eager")
+    return " ".join(flags)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m repexp.pools", description="Generate one pool shard."
@@ -449,6 +480,15 @@ def main(argv: list[str] | None = None) -> int:
         default=8192,
         help="vllm backend: responses per LLM.generate call (at least one question)",
     )
+    ap.add_argument(
+        "--gpu-memory-utilization",
+        type=float,
+        default=None,
+        help="vllm backend: LLM(gpu_memory_utilization=...); default: vLLM's",
+    )
+    ap.add_argument(
+        "--enforce-eager", action="store_true", help="vllm backend: LLM(enforce_eager=True)"
+    )
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", required=True)
@@ -470,6 +510,10 @@ def main(argv: list[str] | None = None) -> int:
         batch_size=args.batch_size,
         dtype=args.dtype,
         responses_per_call=args.responses_per_call,
+        vllm_engine={
+            "gpu_memory_utilization": args.gpu_memory_utilization,
+            "enforce_eager": args.enforce_eager,
+        },
     )
     write_parquet(
         df,

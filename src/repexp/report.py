@@ -1,8 +1,10 @@
-"""The results index page: every figure with a link to its executed notebook, the STC table, and
-the provenance of every result table (commit, config hash, packages, model, seed).
+"""The results index page: every figure with a link to its executed notebook, the STC table, the
+replication findings (``findings.csv``, :mod:`repexp.findings`), and the provenance of every result
+table (commit, config hash, packages, model, seed).
 
     python -m repexp.report --figures results/figures/*.png --notebooks results/notebooks/*.html \\
-        --stc results/tables/stc.csv --tables results/tables/*.csv \\
+        --stc results/tables/stc.csv --findings results/tables/findings.csv \\
+        --tables results/tables/*.csv \\
         --stage-hashes '{"inference": "…"}' \\
         --out results/index.html
 """
@@ -21,6 +23,7 @@ from pathlib import Path
 import pandas as pd
 
 import repexp
+from repexp import findings as findings_mod
 from repexp import metrics, provenance
 from repexp.atomic import atomic_path
 
@@ -149,6 +152,73 @@ def provenance_section(
     return "\n".join(parts)
 
 
+def findings_section(table: pd.DataFrame) -> str:
+    """The "Replication findings" section: per finding and scope of ``findings.csv`` the paper's
+    claim and number (with its paper.md section), ours with its 95% CI, the verdict (and why),
+    the power (the minimal detectable effect) and the configuration the number came from. Every
+    number is read from the table."""
+    t = provenance.strip(table)
+    e = html.escape
+    parts = ["<h2 id='findings'>Replication findings</h2>"]
+    if t.empty:
+        parts.append("<p>No findings (findings.csv has no rows).</p>")
+        return "\n".join(parts)
+    n_boot = ", ".join(str(int(v)) for v in sorted(set(t["n_boot"].dropna())))
+    seeds = ", ".join(str(int(v)) for v in sorted(set(t["boot_seed"].dropna())))
+    counts = t["verdict"].value_counts()
+    tally = ", ".join(f"{counts[v]} {e(v)}" for v in findings_mod.VERDICTS if v in counts)
+    parts.append(
+        "<p>Each of the paper's findings and headline numbers against this run "
+        f"({tally}). <i>Ours</i>: the estimate and its 95% percentile bootstrap CI over "
+        f"questions (and over seeds where there are seeds; {e(n_boot)} resamples, generator seed "
+        f"{e(seeds)}). <i>Power</i>: the minimal detectable effect at 80% power, "
+        "(z<sub>0.975</sub> + z<sub>0.8</sub>) &times; bootstrap SE: a smaller deviation from the "
+        "paper's threshold this run could not tell from none. Verdicts: <i>consistent</i> / "
+        "<i>inconsistent</i> when the CI lies on the paper's / the other side of its number, "
+        "<i>inconclusive</i> when it covers it, <i>not testable at this scale</i> when the "
+        "configuration lacks what the finding needs (<code>repexp.findings</code>).</p>"
+    )
+    rows = []
+    for _, r in t.iterrows():
+        unit = r["unit"]
+        if r["verdict"] == findings_mod.NOT_TESTABLE:
+            ours, power = "-", "-"
+        else:
+            est, lo, hi = (findings_mod.format_value(unit, r[c]) for c in ("estimate", "lo", "hi"))
+            ours = f"{est} [{lo}, {hi}]"
+            power = findings_mod.format_value(unit, r["mde"]).lstrip("+")
+        n = [] if pd.isna(r["questions"]) else [f"{int(r['questions'])} questions"]
+        if not pd.isna(r["seeds"]):
+            n.append(f"{int(r['seeds'])} seed(s)")
+        reason = (
+            ""
+            if pd.isna(r["reason"]) or not r["reason"]
+            else f"<br><small>{e(r['reason'])}</small>"
+        )
+        source = "; ".join(
+            str(x)
+            for x in (r["config"], r["tables"], r["stage"], r["config_hash"])
+            if not pd.isna(x) and str(x)
+        )
+        flag = {"consistent": "ok", "inconsistent": "bad"}.get(r["verdict"], "open")
+        rows.append(
+            f"<tr><td><b>{e(str(r['finding']))}</b><br><small>{e(str(r['scope']))}</small></td>"
+            f"<td>{e(str(r['claim']))}<br><small>{e(str(r['section']))}</small></td>"
+            f"<td>{e(str(r['paper']))}</td>"
+            f"<td>{e(ours)}<br><small>{e(str(r['statistic']))}"
+            f"{'; ' + e(', '.join(n)) if n else ''}</small></td>"
+            f"<td class='verdict {flag}'>{e(str(r['verdict']))}{reason}</td>"
+            f"<td>{e(power)}</td><td><small>{e(source)}</small></td></tr>"
+        )
+    parts.append(
+        "<table class=findings><tr><th>finding</th><th>claim</th><th>paper</th>"
+        "<th>ours [95% CI]</th><th>verdict</th><th>power (mde)</th><th>configuration</th></tr>"
+        + "".join(rows)
+        + "</table>"
+    )
+    return "\n".join(parts)
+
+
 def index_page(
     figures: list[str],
     notebooks: list[str],
@@ -158,6 +228,7 @@ def index_page(
     config_name: str,
     tables: list[str] | None = None,
     stage_hashes: dict[str, str] | None = None,
+    findings: pd.DataFrame | None = None,
 ) -> str:
     by_name = {Path(n).stem: n for n in notebooks}
     current = provenance.collect()
@@ -167,7 +238,9 @@ def index_page(
         "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto} img{max-width:100%;"
         "border:1px solid #ddd} table{border-collapse:collapse;font-size:90%} "
         "td,th{padding:2px 8px;border-bottom:1px solid #eee} "
-        "tr.flagged td.flag{color:#b00;font-weight:bold}</style></head><body>",
+        "tr.flagged td.flag{color:#b00;font-weight:bold} td.verdict.ok{color:#060} "
+        "td.verdict.bad{color:#b00;font-weight:bold} table.findings td{vertical-align:top}"
+        "</style></head><body>",
         "<h1>RepExp replication: results</h1>",
         f"<p>config <code>{html.escape(config_name)}</code>, "
         f"commit <code>{_short(current['git_commit'])}</code>, "
@@ -190,6 +263,8 @@ def index_page(
             "speedup",
         ]
         parts.append(base[cols].round(3).to_html(index=False, na_rep="-"))
+    if findings is not None:
+        parts.append(findings_section(findings))
     for fig in figures:
         name = Path(fig).stem
         rel_png = os.path.relpath(fig, out.parent)
@@ -213,6 +288,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--figures", nargs="+", required=True)
     ap.add_argument("--notebooks", nargs="*", default=[])
     ap.add_argument("--stc", default=None, help="the inference-time STC table, when that stage ran")
+    ap.add_argument(
+        "--findings", default=None, help="findings.csv (python -m repexp.findings), when written"
+    )
     ap.add_argument("--config-name", default="config/config.yaml")
     ap.add_argument(
         "--tables", nargs="*", default=[], help="result tables whose provenance the page lists"
@@ -231,6 +309,7 @@ def main(argv: list[str] | None = None) -> int:
         config_name=a.config_name,
         tables=a.tables,
         stage_hashes=json.loads(a.stage_hashes),
+        findings=pd.read_csv(a.findings, dtype=findings_mod.TEXT_COLUMNS) if a.findings else None,
     )
     with atomic_path(out) as tmp:
         tmp.write_text(page)

@@ -46,11 +46,18 @@ The selectors (``SELECTORS``):
 ``kmeans_rr``         k-means with k clusters, round-robin over the clusters
 ``ngram``             greedy coverage of unseen word n-grams (text only, no model features)
 ``oracle``            correct responses first (uses the labels; a lower bound on STC)
+``repexp_layer<L>``   a family, resolved by name (``repexp_layer15``): ``repexp`` itself, on the
+                      mean response state of decoder block L instead of the last layer's
 ====================  ==========================================================================
 
-Left out for now: ``repexp_layer<L>`` (RepExp on a middle layer's mean state) needs that layer in
-the feature cache; it will be ``repexp`` run on a ``PoolContext`` built from those features.
-``answer_dedup`` is left out for code tasks (see :func:`final_answers`).
+``repexp_layer<L>`` is the *same function* as ``repexp``; what differs is the features its
+``PoolContext`` holds. Its entry says so with ``layer=L`` (:class:`Selector`): the select stage
+(:mod:`repexp.inference`) builds that selector's context from the cache pooling ``mean@L``
+(:func:`repexp.features.layer_pooling`; the output of block L, ``hidden_states[L]``, projected
+like the last layer's features) and runs it with Algorithm 1's settings and first picks, in the
+select job of the ``mean`` pooling. The cache holds ``mean@L`` only for the pools that
+``inference.features.layers`` lists. ``answer_dedup`` is left out for code tasks (see
+:func:`final_answers`).
 """
 
 from __future__ import annotations
@@ -72,6 +79,7 @@ __all__ = [
     "SELECTORS",
     "PoolContext",
     "Selector",
+    "SelectorTable",
     "answer_dedup",
     "dpp",
     "dpp_greedy_map",
@@ -699,11 +707,15 @@ def oracle(ctx: PoolContext, rng: np.random.Generator, k: int | None = None) -> 
 
 
 class Selector(NamedTuple):
-    """One entry of :data:`SELECTORS`: the function, the inputs it reads, a display label."""
+    """One entry of :data:`SELECTORS`: the function, the inputs it reads, a display label, and
+    ``layer``: None when its ``features`` are the select job's own (the last layer's pooled
+    states), else the decoder block L whose mean response state the caller must put in the
+    context's ``features`` instead (the ``mean@L`` cache pooling)."""
 
     fn: Callable[..., np.ndarray]
     needs: frozenset
     label: str
+    layer: int | None = None
 
     @property
     def uses_labels(self) -> bool:
@@ -722,15 +734,57 @@ def run_selector(
     try:
         sel = SELECTORS[name]
     except KeyError:
-        raise ValueError(f"unknown selector {name!r}; known: {', '.join(SELECTORS)}") from None
+        raise ValueError(f"unknown selector {name!r}; known: {SELECTORS.known()}") from None
     if k is not None and (isinstance(k, bool) or int(k) != k or not 1 <= k <= ctx.n):
         raise ValueError(f"k must be None or an integer in [1, N = {ctx.n}], got {k!r}")
     order = sel.fn(ctx.restricted(sel.needs), rng, k, **options)
     return _check_order(order, ctx.n, name)
 
 
+class SelectorTable(dict):
+    """The selector table: fixed entries (a dict) plus *families*, entries made from a name that
+    matches a pattern (``repexp_layer15``). ``name in SELECTORS`` and ``SELECTORS[name]`` resolve
+    both; iterating lists the fixed entries only; :meth:`known` names them and the families."""
+
+    def __init__(self, entries: dict, families: dict):
+        super().__init__(entries)
+        # {display form: (compiled full-match pattern, match -> Selector)}
+        self.families = families
+
+    def _family(self, name):
+        if isinstance(name, str):
+            for pattern, make in self.families.values():
+                m = pattern.fullmatch(name)
+                if m:
+                    return make(m)
+        return None
+
+    def __missing__(self, name):
+        sel = self._family(name)
+        if sel is None:
+            raise KeyError(name)
+        return sel
+
+    def __contains__(self, name) -> bool:
+        return dict.__contains__(self, name) or self._family(name) is not None
+
+    def get(self, name, default=None):
+        return self[name] if name in self else default
+
+    def known(self) -> str:
+        """Every fixed name and each family's form, for messages."""
+        return ", ".join([*self, *self.families])
+
+
+def _repexp_layer(m: re.Match) -> Selector:
+    layer = int(m[1])
+    return Selector(
+        repexp, frozenset({"features"}), f"RepExp, layer {layer} mean state", layer=layer
+    )
+
+
 _F = frozenset
-SELECTORS: dict[str, Selector] = {
+_ENTRIES: dict[str, Selector] = {
     "random": Selector(random_order, _F(), "random"),
     "repexp": Selector(repexp, _F({"features"}), "RepExp (Alg. 1)"),
     "repexp_loo": Selector(repexp_loo, _F({"features"}), "leave-one-out bonus, one shot"),
@@ -751,3 +805,7 @@ SELECTORS: dict[str, Selector] = {
     "ngram": Selector(ngram, _F({"texts"}), "n-gram novelty (text only)"),
     "oracle": Selector(oracle, _F({"correct"}), "oracle (uses labels)"),
 }
+SELECTORS: SelectorTable = SelectorTable(
+    _ENTRIES,
+    {"repexp_layer<L>": (re.compile(r"repexp_layer([1-9][0-9]*)"), _repexp_layer)},
+)

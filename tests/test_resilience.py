@@ -26,7 +26,7 @@ inference:
   tasks: [game24]
   grid: []
   pool: {n: 8, max_new_tokens: 12, backend: hf, questions_per_shard: 2, batch_size: 8}
-  features: {poolings: [mean]}
+  features: {poolings: [mean], layers: [{model: tiny-random, task: game24, layer: null}]}
 rl:
   methods: [grpo]
   max_steps: 2

@@ -58,6 +58,21 @@ def pool_stats(pool: pd.DataFrame, seconds: float, cpu_s: float) -> dict:
     }
 
 
+def sample(args, questions: pd.DataFrame, n: int, dtype: str) -> pd.DataFrame:
+    """``n`` vanilla responses to each of ``questions`` in one batch of ``n`` (the pools' code)."""
+    return generate_shard(
+        args.model,
+        questions,
+        n=n,
+        sampler=VANILLA,
+        max_new_tokens=args.max_new_tokens,
+        seed=0,
+        seed_parts=SEED_PARTS,
+        batch_size=n,
+        dtype=dtype,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", required=True)
@@ -87,17 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         q = table[table["qid"] == args.speed_qid]
         for dtype in ("float32", "bfloat16"):
             t0, c0 = time.perf_counter(), time.process_time()
-            pool = generate_shard(
-                args.model,
-                q,
-                n=args.speed_n,
-                sampler=VANILLA,
-                max_new_tokens=args.max_new_tokens,
-                seed=0,
-                seed_parts=SEED_PARTS,
-                batch_size=args.speed_n,
-                dtype=dtype,
-            )
+            pool = sample(args, q, args.speed_n, dtype)
             report["speed"][dtype] = pool_stats(
                 pool, time.perf_counter() - t0, time.process_time() - c0
             )
@@ -152,19 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         if spent >= args.budget_s:
             break
         t0, c0 = time.perf_counter(), time.process_time()
-        parts.append(
-            generate_shard(
-                args.model,
-                table.iloc[i : i + 1],
-                n=args.n,
-                sampler=VANILLA,
-                max_new_tokens=args.max_new_tokens,
-                seed=0,
-                seed_parts=SEED_PARTS,
-                batch_size=args.n,
-                dtype=dtype,
-            )
-        )
+        parts.append(sample(args, table.iloc[i : i + 1], args.n, dtype))
         spent += time.perf_counter() - t0
         cpu += time.process_time() - c0
         print(

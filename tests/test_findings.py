@@ -158,8 +158,39 @@ def test_rf1_mean_over_pools_against_a_brute_force_stratified_bootstrap():
     assert (r["lo"], r["hi"]) == pytest.approx(tuple(np.quantile(reps, [0.025, 0.975])))
     assert r["se"] == pytest.approx(np.std(reps, ddof=1))
     assert r["questions"] == 22
-    assert "2 pool(s)" in r["scope"] and "left out" in r["scope"] and "c/math (3)" in r["scope"]
+    assert "2 pool(s)" in r["scope"] and "left out" in r["scope"]
+    assert "c/math: 3 questions with an STC (need ≥ 10)" in r["scope"]
     assert r["verdict"] == F.INCONSISTENT  # the CI lies above 1 (b's 2x pulls the mean up)
+
+
+def test_saturated_pools_are_left_out_of_the_stc_ratio_findings():
+    """A pool whose random selection needs < 1.5 samples on average (hand-computed: 12 questions
+    of random STC 1.0-1.44, mean 1.22) is left out of RF1, Fig. 4 and RF2, with the reason; a
+    pool of random STC exactly 1.5 is kept (the rule is strictly below)."""
+    sat = [1.0 + 0.04 * i for i in range(12)]  # mean 1.22
+    edge = [1.0, 2.0] * 6  # mean 1.5: kept
+    assert np.mean(sat) == pytest.approx(1.22) and np.mean(edge) == 1.5
+    assert F.random_stc(_questions({_pool("s"): {"random": sat}})) == {
+        "s/math/vanilla": pytest.approx(1.22),
+        "s/math": pytest.approx(1.22),
+    }
+    q = _questions(
+        {
+            _pool("s", pooling="mean"): {"random": sat, "repexp": sat},
+            _pool("s", pooling="last"): {"random": sat, "repexp": sat},
+            _pool("w", pooling="mean"): {"random": edge, "repexp": [1.0] * 12, "_c": 2},
+        }
+    )
+    out = F.evaluate({"questions": q}, n_boot=200, findings=["RF1", "RF2", "Fig4-last"])
+    rf1 = _row(out, "RF1")
+    assert rf1["scope"].startswith("1 pool(s): w/math; left out: s/math: saturated, random STC")
+    assert "1.22 < 1.5" in rf1["scope"] and rf1["questions"] == 12
+    assert rf1["estimate"] == pytest.approx(12 / 18)  # w alone: mean 1.0 / mean 1.5
+    fig4 = _row(out, "Fig4-last")  # only s has last-token features, and it is saturated
+    assert fig4["verdict"] == F.NOT_TESTABLE and "saturated" in fig4["reason"]
+    rf2 = _row(out, "RF2")  # w (pass@1 2/16) is the weakest, s (8/16) the strongest: saturated
+    assert rf2["verdict"] == F.NOT_TESTABLE
+    assert "s/math: saturated" in rf2["reason"] and "w/math" not in rf2["reason"]
 
 
 def test_unsolved_questions_do_not_enter_a_ratio():

@@ -72,6 +72,13 @@ Infinite (RF5) when some resample never crosses over.
   pool, a token-level budget ``k_max`` below the paper's crossover, RL test pools smaller than
   :data:`MIN_RL_K` = 64 responses per question, a quarter of the paper's 256 [choice]).
 
+**Saturated pools.** The STC-ratio findings (RF1, RF2, Fig. 4, RF4) leave out a pool whose random
+selection needs fewer than :data:`MIN_RANDOM_STC` = 1.5 samples on average (its mean random STC
+over the questions with an STC): most of its responses are correct, every selector's STC is at
+least 1, and no choice of response, feature or selector can show the paper's effects there (a
+model far stronger than the task, e.g. Qwen2.5-Coder on the default's HumanEval problems)
+[choice]. The scope column names the pools left out and why.
+
 Every row says which tables and configuration it came from: ``tables``, their ``stage`` and
 ``config_hash`` (the tables' ``prov_config_hash``: :mod:`repexp.provenance`) and ``config`` (the
 config files of the run).
@@ -114,6 +121,7 @@ LEVEL = 0.95  # confidence level of every CI
 POWER = 0.8  # the power of the minimal detectable effect
 MIN_QUESTIONS = 10  # questions with a finite STC a pool needs (and tasks of RF6, runs of RF5)
 MIN_RL_K = 64  # the smallest largest-k of the RL test pools that counts as "large k" [choice]
+MIN_RANDOM_STC = 1.5  # a pool whose random mean STC is below this is saturated [choice]
 CONSISTENT, INCONSISTENT = "consistent", "inconsistent"
 INCONCLUSIVE, NOT_TESTABLE = "inconclusive", "not testable at this scale"
 VERDICTS = (CONSISTENT, INCONSISTENT, INCONCLUSIVE, NOT_TESTABLE)
@@ -314,24 +322,60 @@ def _ratio_rows(
     }
 
 
-def _too_few(strata, min_q: int) -> str | None:
-    small = [(name, x.size) for name, x, _ in strata if x.size < min_q]
-    if not small:
-        return None
-    listed = ", ".join(f"{name}: {n}" for name, n in small)
-    return f"too few questions with an STC (need ≥ {min_q}): {listed}"
+def random_stc(questions: pd.DataFrame) -> dict[str, float]:
+    """Per pool ``model/task/sampler`` (and ``model/task`` for its vanilla pool): random
+    selection's mean STC over the questions with an STC (random does not depend on the pooling).
+
+    >>> q = pd.DataFrame({"model": "m", "task": "t", "sampler": "vanilla", "pooling": "mean",
+    ...                   "qid": ["a", "b", "c"], "method": "random", "stc": [1.0, 2.0, np.nan]})
+    >>> random_stc(q)
+    {'m/t/vanilla': 1.5, 'm/t': 1.5}
+    """
+    r = questions[(questions["method"] == "random") & np.isfinite(questions["stc"])]
+    r = r.drop_duplicates(["model", "task", "sampler", "qid"])
+    out = {}
+    for (model, task, sampler), g in r.groupby(["model", "task", "sampler"], sort=True):
+        out[f"{model}/{task}/{sampler}"] = float(g["stc"].mean())
+        if sampler == "vanilla":
+            out[f"{model}/{task}"] = out[f"{model}/{task}/{sampler}"]
+    return out
 
 
-def _big_enough(strata, min_q: int) -> tuple[list, str]:
-    """The strata with at least ``min_q`` questions, and a scope naming them and those left out."""
-    keep = [s for s in strata if s[1].size >= min_q]
+def _saturated(name: str, random: Mapping[str, float]) -> bool:
+    return random.get(name, math.inf) < MIN_RANDOM_STC
+
+
+def _left_out(strata, min_q: int, random: Mapping[str, float]) -> list[str]:
+    """Why each stratum that is not judged is left out."""
+    left = []
+    for name, x, _ in strata:
+        if x.size < min_q:
+            left.append(f"{name}: {x.size} questions with an STC (need ≥ {min_q})")
+        elif _saturated(name, random):
+            left.append(
+                f"{name}: saturated, random STC {random[name]:.2f} < {MIN_RANDOM_STC:g} "
+                "(no room for a selector to gain)"
+            )
+    return left
+
+
+def _big_enough(strata, min_q: int, random: Mapping[str, float] | None = None):
+    """The strata with at least ``min_q`` questions that are not saturated (random STC below
+    :data:`MIN_RANDOM_STC`), and a scope naming them and those left out (with why)."""
+    random = random or {}
+    keep = [s for s in strata if s[1].size >= min_q and not _saturated(s[0], random)]
     names = [s[0] for s in keep]
     scope = f"{len(keep)} pool(s)" + (": " + ", ".join(names) if len(names) <= 4 else "")
-    left = [f"{name} ({x.size})" for name, x, _ in strata if x.size < min_q]
+    left = _left_out(strata, min_q, random)
     if left:
         more = f" and {len(left) - 4} more" if len(left) > 4 else ""
-        scope += f"; left out, < {min_q} questions with an STC: {', '.join(left[:4])}{more}"
+        scope += f"; left out: {'; '.join(left[:4])}{more}"
     return keep, scope
+
+
+def _none_judged(strata, min_q: int, random: Mapping[str, float]) -> str:
+    """The not-testable reason when every stratum is left out."""
+    return "every pool left out: " + "; ".join(_left_out(strata, min_q, random))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -350,9 +394,10 @@ def rf1(tables: Mapping[str, pd.DataFrame], context: Mapping, *, n_boot, seed, m
     ]
     if not strata:
         return _no("no vanilla pools with mean features")
-    keep, scope = _big_enough(strata, min_q)
+    random = random_stc(tables["questions"])
+    keep, scope = _big_enough(strata, min_q, random)
     if not keep:
-        return _no(_too_few(strata, min_q))
+        return _no(_none_judged(strata, min_q, random))
     return [_ratio_rows(keep, n_boot=n_boot, seed=seed, scope=scope)]
 
 
@@ -379,13 +424,17 @@ def rf2(tables, context, *, n_boot, seed, min_q) -> list:
         )
     if not pairs:
         return _no("one model per task: RF2 compares models of different strength")
-    strata = [(f"{t}/{m}", x, y) for t, *pools in pairs for m, x, y in pools]
-    small = {t for t, w, s in pairs if min(w[1].size, s[1].size) < min_q}
-    if small == {t for t, *_ in pairs}:
-        return _no(_too_few(strata, min_q))
-    left = sorted(small)
-    pairs = [p for p in pairs if p[0] not in small]
-    strata = [(f"{t}/{m}", x, y) for t, *pools in pairs for m, x, y in pools]
+    random = random_stc(tables["questions"])
+    why = {  # task -> why its weakest or strongest pool is left out
+        t: _left_out([(f"{m}/{t}", x, y) for m, x, y in (w, st)], min_q, random)
+        for t, w, st in pairs
+    }
+    every = [(f"{m}/{t}", x, y) for t, *pools in pairs for m, x, y in pools]
+    if all(why.values()):
+        return _no(_none_judged(every, min_q, random))
+    left = [r for t, *_ in pairs for r in why[t]]
+    pairs = [p for p in pairs if not why[p[0]]]
+    strata = [(f"{m}/{t}", x, y) for t, *pools in pairs for m, x, y in pools]
     rng = np.random.default_rng(seed)
     points, reps = [], []
     for _, (_, xw, yw), (_, xs, ys) in pairs:
@@ -395,7 +444,7 @@ def rf2(tables, context, *, n_boot, seed, min_q) -> list:
         reps.append(rw - rs)
     scope = ", ".join(f"{t}: {w[0]} (weakest) vs {s[0]} (strongest)" for t, w, s in pairs)
     if left:
-        scope += f"; left out, < {min_q} questions with an STC: {', '.join(left)}"
+        scope += f"; left out: {'; '.join(left)}"
     return [
         {
             "scope": scope,
@@ -429,9 +478,10 @@ def _fig4(pooling: str):
         ]
         if not strata:
             return _no(f"no pools with {pooling}-token features")
-        keep, scope = _big_enough(strata, min_q)
+        random = random_stc(tables["questions"])
+        keep, scope = _big_enough(strata, min_q, random)
         if not keep:
-            return _no(_too_few(strata, min_q))
+            return _no(_none_judged(strata, min_q, random))
         return [_ratio_rows(keep, n_boot=n_boot, seed=seed, scope=scope)]
 
     compute.__name__ = f"fig4_{pooling}"
@@ -464,6 +514,7 @@ def _samplers(hot: bool):
             return _no("the inference stage is off (no questions.parquet)")
         wide = _stc_wide(tables["questions"])
         wide = wide[wide["pooling"] == "mean"]
+        random = random_stc(tables["questions"])
         settings = (context or {}).get("samplers") or {}
         rows = []
         for (model, task), g in wide.groupby(["model", "task"], sort=True):
@@ -475,10 +526,9 @@ def _samplers(hot: bool):
                     continue
                 x, y = _paired(g[g["sampler"] == s], "stc_repexp", "stc_random")
                 scope = f"{model}/{task}/{s}"
-                if x.size < min_q:
-                    rows += _no(
-                        f"too few questions with an STC (need ≥ {min_q}): {x.size}", scope=scope
-                    )
+                left = _left_out([(scope, x, y)], min_q, random)
+                if left:
+                    rows += _no(left[0].removeprefix(f"{scope}: "), scope=scope)
                     continue
                 rows.append(_ratio_rows([(scope, x, y)], n_boot=n_boot, seed=seed, scope=scope))
         if not rows:

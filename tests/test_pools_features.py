@@ -544,6 +544,18 @@ def fake_vllm(monkeypatch):
     return _FakeLLM
 
 
+def _vllm_shard(n: int) -> dict:
+    """generate_shard's arguments for a vllm-backend shard of the tiny model's gsm8k questions."""
+    return dict(
+        n=n,
+        sampler=Sampler(),
+        max_new_tokens=8,
+        seed=3,
+        seed_parts=("tiny", "gsm8k", "vanilla"),
+        backend="vllm",
+    )
+
+
 def test_vllm_calls_split_questions_by_responses():
     assert vllm_calls(5, 6400, 8192) == [range(i, i + 1) for i in range(5)]  # one question a call
     assert vllm_calls(5, 64, 128) == [range(0, 2), range(2, 4), range(4, 5)]
@@ -553,14 +565,7 @@ def test_vllm_calls_split_questions_by_responses():
 def test_vllm_pool_is_generated_in_bounded_calls_with_the_same_seeds(tiny, questions, fake_vllm):
     """Calls of at most max(n, responses_per_call) responses; each question keeps its seed; the pool
     equals the one-call pool; a call's outputs are released before the next call."""
-    kw = dict(
-        n=6,
-        sampler=Sampler(),
-        max_new_tokens=8,
-        seed=3,
-        seed_parts=("tiny", "gsm8k", "vanilla"),
-        backend="vllm",
-    )
+    kw = _vllm_shard(n=6)
     one_call = generate_shard(tiny, questions, responses_per_call=10**6, **kw)
     per_question = generate_shard(tiny, questions, responses_per_call=6, **kw)
     pairs = generate_shard(tiny, questions, responses_per_call=12, **kw)
@@ -587,14 +592,7 @@ def test_vllm_engine_keys_reach_the_llm(tiny, questions, fake_vllm):
     set, vLLM's own defaults (nothing passed) when not; the rule's flags come from the config."""
     from repexp.pools import vllm_engine_cli
 
-    kw = dict(
-        n=2,
-        sampler=Sampler(),
-        max_new_tokens=8,
-        seed=3,
-        seed_parts=("tiny", "gsm8k", "vanilla"),
-        backend="vllm",
-    )
+    kw = _vllm_shard(n=2)
     generate_shard(tiny, questions, **kw)
     generate_shard(
         tiny, questions, vllm_engine={"gpu_memory_utilization": 0.35, "enforce_eager": True}, **kw

@@ -26,16 +26,10 @@ from nbharness import (
 )
 from nbharness import plotted as read_plotted
 
-NOTEBOOKS = [
-    "overview",
-    "stc",
-    "features",
-    "model_rank_difficulty",
-    "samplers",
-    "selectors",
-    "tokenlevel",
-    "tokenlevel_se",
-]
+from repexp.figures import figures_for
+
+# the figures of the inference and token-level stages (the RL ones: tests/test_rl_eval.py)
+NOTEBOOKS = list(figures_for({"inference", "token_level"}))
 VARIANTS = ["rich", "degenerate", "unsolved"]
 N = 64  # pool size of the synthetic pools
 KS = [1, 2, 4, 8, 16, 32, 64]

@@ -617,7 +617,7 @@ def read_cache_poolings(
         why = (
             f"only the pools listed in inference.features.layers cache {pooling}: add this "
             f"pool's model and task with layer {pooling_layer(pooling)} there"
-            if pooling not in POOLINGS and LAYER_POOLING.fullmatch(pooling)
+            if LAYER_POOLING.fullmatch(pooling)
             else "pools outside inference.features.ablation_models cache only the mean"
         )
         raise FeatureError(f"{tensors} has no {pooling!r} features; it has {have}: {why}.")

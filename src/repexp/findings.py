@@ -100,7 +100,7 @@ import numpy as np
 import pandas as pd
 
 from repexp import provenance
-from repexp.metrics import pass_at_k_curve
+from repexp.metrics import bootstrap_ratio_replicates, pass_at_k_curve
 
 __all__ = [
     "COLUMNS",
@@ -230,13 +230,6 @@ def verdict(rule: str, threshold: float, lo: float, hi: float, threshold_hi: flo
     return CONSISTENT if math.isfinite(hi) else INCONCLUSIVE
 
 
-def _ratio_replicates(x: np.ndarray, y: np.ndarray, rng, n_boot: int) -> tuple[float, np.ndarray]:
-    """mean(x)/mean(y) and its ``n_boot`` resamples of the paired questions (one draw
-    ``rng.integers(0, n, (n_boot, n))``: :func:`repexp.metrics.bootstrap_ratio_ci`'s)."""
-    idx = rng.integers(0, x.size, size=(n_boot, x.size))
-    return float(x.mean() / y.mean()), x[idx].mean(axis=1) / y[idx].mean(axis=1)
-
-
 def _weights(rng, n: int, n_boot: int) -> np.ndarray:
     """(n_boot, n): how often each of n items is drawn in each resample, divided by n (so that
     ``weights @ v`` is the resample's mean of v)."""
@@ -308,7 +301,7 @@ def _ratio_rows(
     rng = np.random.default_rng(seed)
     points, reps = [], []
     for _, x, y in sorted(strata, key=lambda s: s[0]):
-        p, r = _ratio_replicates(x, y, rng, n_boot)
+        p, r = bootstrap_ratio_replicates(x, y, rng, n_boot)
         points.append(p)
         reps.append(r)
     point, rep = float(np.mean(points)), np.mean(reps, axis=0)
@@ -341,29 +334,30 @@ def random_stc(questions: pd.DataFrame) -> dict[str, float]:
     return out
 
 
-def _saturated(name: str, random: Mapping[str, float]) -> bool:
-    return random.get(name, math.inf) < MIN_RANDOM_STC
+def _why_left_out(name: str, n: int, min_q: int, random: Mapping[str, float]) -> str | None:
+    """Why the pool ``name`` with ``n`` questions with an STC is not judged (too few questions,
+    or saturated: random STC below :data:`MIN_RANDOM_STC`); None when it is."""
+    if n < min_q:
+        return f"{n} questions with an STC (need ≥ {min_q})"
+    if random.get(name, math.inf) < MIN_RANDOM_STC:
+        return (
+            f"saturated, random STC {random[name]:.2f} < {MIN_RANDOM_STC:g} "
+            "(no room for a selector to gain)"
+        )
+    return None
 
 
 def _left_out(strata, min_q: int, random: Mapping[str, float]) -> list[str]:
-    """Why each stratum that is not judged is left out."""
-    left = []
-    for name, x, _ in strata:
-        if x.size < min_q:
-            left.append(f"{name}: {x.size} questions with an STC (need ≥ {min_q})")
-        elif _saturated(name, random):
-            left.append(
-                f"{name}: saturated, random STC {random[name]:.2f} < {MIN_RANDOM_STC:g} "
-                "(no room for a selector to gain)"
-            )
-    return left
+    """``"<pool>: <why>"`` for each stratum that is not judged."""
+    whys = ((name, _why_left_out(name, x.size, min_q, random)) for name, x, _ in strata)
+    return [f"{name}: {why}" for name, why in whys if why]
 
 
 def _big_enough(strata, min_q: int, random: Mapping[str, float] | None = None):
     """The strata with at least ``min_q`` questions that are not saturated (random STC below
     :data:`MIN_RANDOM_STC`), and a scope naming them and those left out (with why)."""
     random = random or {}
-    keep = [s for s in strata if s[1].size >= min_q and not _saturated(s[0], random)]
+    keep = [s for s in strata if _why_left_out(s[0], s[1].size, min_q, random) is None]
     names = [s[0] for s in keep]
     scope = f"{len(keep)} pool(s)" + (": " + ", ".join(names) if len(names) <= 4 else "")
     left = _left_out(strata, min_q, random)
@@ -438,8 +432,8 @@ def rf2(tables, context, *, n_boot, seed, min_q) -> list:
     rng = np.random.default_rng(seed)
     points, reps = [], []
     for _, (_, xw, yw), (_, xs, ys) in pairs:
-        pw, rw = _ratio_replicates(xw, yw, rng, n_boot)
-        ps, rs = _ratio_replicates(xs, ys, rng, n_boot)
+        pw, rw = bootstrap_ratio_replicates(xw, yw, rng, n_boot)
+        ps, rs = bootstrap_ratio_replicates(xs, ys, rng, n_boot)
         points.append(pw - ps)
         reps.append(rw - rs)
     scope = ", ".join(f"{t}: {w[0]} (weakest) vs {s[0]} (strongest)" for t, w, s in pairs)
@@ -526,9 +520,9 @@ def _samplers(hot: bool):
                     continue
                 x, y = _paired(g[g["sampler"] == s], "stc_repexp", "stc_random")
                 scope = f"{model}/{task}/{s}"
-                left = _left_out([(scope, x, y)], min_q, random)
-                if left:
-                    rows += _no(left[0].removeprefix(f"{scope}: "), scope=scope)
+                why = _why_left_out(scope, x.size, min_q, random)
+                if why:
+                    rows += _no(why, scope=scope)
                     continue
                 rows.append(_ratio_rows([(scope, x, y)], n_boot=n_boot, seed=seed, scope=scope))
         if not rows:

@@ -25,6 +25,7 @@ import numpy as np
 
 __all__ = [
     "bootstrap_ratio_ci",
+    "bootstrap_ratio_replicates",
     "difficulty_deciles",
     "methods_wide",
     "order_pass_at_k",
@@ -267,13 +268,26 @@ def bootstrap_ratio_ci(
         raise ValueError(f"need 0 < level < 1 and n_boot >= 1, got {level}, {n_boot}")
     if not np.isfinite(x).all() or not np.isfinite(y).all():
         raise ValueError("x and y must be finite (drop the questions without an STC first)")
-    n = x.size
-    if n == 0:
+    if x.size == 0:
         return (math.nan, math.nan, math.nan)
-    idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
-    ratios = x[idx].mean(axis=1) / y[idx].mean(axis=1)
+    ratio, ratios = bootstrap_ratio_replicates(x, y, np.random.default_rng(seed), n_boot)
     lo, hi = np.quantile(ratios, [(1 - level) / 2, (1 + level) / 2])
-    return (float(x.mean() / y.mean()), float(lo), float(hi))
+    return (ratio, float(lo), float(hi))
+
+
+def bootstrap_ratio_replicates(x, y, rng: np.random.Generator, n_boot: int):
+    """mean(x) / mean(y) of paired observations and its ``n_boot`` bootstrap replicates: one draw
+    ``rng.integers(0, n, (n_boot, n))`` of the pairs, the ratio of means of each resample.
+    :func:`bootstrap_ratio_ci` takes their quantiles; :mod:`repexp.findings` averages several
+    pools' replicates drawn from one generator. Here the draws are the pairs [1, 1], [1, 0] and
+    [0, 0]: ratios 3/2, 2/2 and 1/2.
+
+    >>> bootstrap_ratio_replicates(np.array([1.0, 3.0]), np.array([2.0, 2.0]),
+    ...                            np.random.default_rng(0), 3)
+    (1.0, array([1.5, 1. , 0.5]))
+    """
+    idx = rng.integers(0, x.size, size=(n_boot, x.size))
+    return float(x.mean() / y.mean()), x[idx].mean(axis=1) / y[idx].mean(axis=1)
 
 
 def relative_stc(
